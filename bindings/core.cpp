@@ -1,0 +1,467 @@
+// pybind11 glue for the C++ core: converts between Python objects and the
+// engine's byte messages, and releases the GIL around every wait.  No
+// scheduling or queueing logic lives here.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../cpp/batcher.hpp"
+#include "../cpp/collector.hpp"
+#include "../cpp/ledger.hpp"
+#include "../cpp/ring.hpp"
+#include "../cpp/shm.hpp"
+#include "../cpp/supervisor.hpp"
+
+namespace py = pybind11;
+using namespace mps;
+
+namespace {
+
+// Caller flags (bits 8..31 of a frame's flags; the low byte is framing).
+constexpr uint32_t kFlagObject = 1u << 8;   // payload is a PyObject* owned by the message
+constexpr uint32_t kFlagError = 1u << 9;    // payload is a pickled (or object) exception
+constexpr uint32_t kFlagControl = 1u << 10; // control-plane message (readiness, exits)
+
+// Status codes shared with python/mpserver/_server.py.
+enum Status : int {
+  kOk = 0,
+  kBacklogFull = 1,      // no free slot and backpressure=True
+  kBacklogTimeout = 2,   // waited for a slot until the deadline
+  kResultTimeout = 3,    // the result did not arrive by the deadline
+  kClosed = 4,           // the server is not accepting requests
+  kPushTimeout = 5,      // the entry ring stayed full until the deadline
+};
+
+int64_t deadline_from(py::object timeout) {
+  if (timeout.is_none()) return kForever;
+  return deadline_after(timeout.cast<double>());
+}
+
+// Holds the bytes of one Python payload for the duration of a push.
+struct PayloadRef {
+  Py_buffer view{};
+  bool has_view = false;
+  PyObject* handle = nullptr;  // for kFlagObject
+  Slice slice{nullptr, 0};
+  PayloadRef() = default;
+  PayloadRef(const PayloadRef&) = delete;
+  PayloadRef& operator=(const PayloadRef&) = delete;
+  ~PayloadRef() {
+    if (has_view) PyBuffer_Release(&view);
+  }
+};
+
+void prepare_payload(py::handle payload, uint32_t flags, PayloadRef& ref) {
+  if (flags & kFlagObject) {
+    ref.handle = payload.ptr();
+    ref.slice = {reinterpret_cast<const char*>(&ref.handle), sizeof(PyObject*)};
+    return;
+  }
+  // PyBUF_SIMPLE: a contiguous run of bytes (bytes, bytearray, memoryview, ...).
+  if (PyObject_GetBuffer(payload.ptr(), &ref.view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
+  ref.has_view = true;
+  ref.slice = {static_cast<const char*>(ref.view.buf), size_t(ref.view.len)};
+}
+
+// Turns a consumed message payload back into a Python object: a PyObject*
+// handle is adopted (its reference moves to the caller); bytes are copied.
+py::object payload_to_object(uint32_t flags, const char* data, size_t len) {
+  if (flags & kFlagObject) {
+    PyObject* p;
+    std::memcpy(&p, data, sizeof p);
+    return py::reinterpret_steal<py::object>(p);
+  }
+  return py::bytes(data, len);
+}
+
+PushStatus push_with_gil_rules(Ring& ring, const OutMessage* msgs, size_t n, int64_t deadline,
+                               size_t* written) {
+  PushStatus st = ring.try_push(msgs, n, written);
+  if (st != PushStatus::timeout) return st;
+  size_t done = written ? *written : 0;
+  py::gil_scoped_release nogil;
+  size_t more = 0;
+  st = ring.push(msgs + done, n - done, deadline, &more);
+  if (written) *written = done + more;
+  return st;
+}
+
+// ------------------------------------------------------------------ Ring
+
+class PyRing {
+ public:
+  explicit PyRing(std::unique_ptr<Ring> r) : ring(std::move(r)) {}
+  std::unique_ptr<Ring> ring;
+
+  // Pushes one message.  Returns a Status code (kOk, kPushTimeout, kClosed).
+  int push(uint64_t id, uint32_t flags, py::handle payload, uint64_t aux, py::object timeout) {
+    PayloadRef ref;
+    prepare_payload(payload, flags, ref);
+    OutMessage m{id, flags, aux, &ref.slice, 1};
+    if (flags & kFlagObject) Py_INCREF(ref.handle);
+    PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr);
+    if (st != PushStatus::ok && (flags & kFlagObject)) Py_DECREF(ref.handle);
+    return st == PushStatus::ok ? kOk : st == PushStatus::closed ? kClosed : kPushTimeout;
+  }
+
+  // Pushes [(id, flags, payload), ...] in order under one producer lock.
+  int push_many(py::list items, uint64_t aux) {
+    const size_t n = items.size();
+    std::unique_ptr<PayloadRef[]> refs(new PayloadRef[n]);
+    std::vector<OutMessage> msgs(n);
+    std::vector<py::tuple> keep(n);
+    for (size_t i = 0; i < n; ++i) {
+      keep[i] = items[i].cast<py::tuple>();
+      uint64_t id = keep[i][0].cast<uint64_t>();
+      uint32_t flags = keep[i][1].cast<uint32_t>();
+      prepare_payload(keep[i][2], flags, refs[i]);
+      msgs[i] = OutMessage{id, flags, aux, &refs[i].slice, 1};
+    }
+    for (size_t i = 0; i < n; ++i)
+      if (msgs[i].flags & kFlagObject) Py_INCREF(refs[i].handle);
+    size_t written = 0;
+    PushStatus st = push_with_gil_rules(*ring, msgs.data(), n, kForever, &written);
+    for (size_t i = written; i < n; ++i)
+      if (msgs[i].flags & kFlagObject) Py_DECREF(refs[i].handle);
+    return st == PushStatus::ok ? kOk : st == PushStatus::closed ? kClosed : kPushTimeout;
+  }
+
+  // Takes the worker's next unit of work (see batcher.hpp).  Returns a list
+  // of (id, flags, aux, payload); [] if idle_timeout passed with nothing;
+  // None once the ring is closed and drained.
+  py::object gather(size_t max_items, double wait_time, py::object idle_timeout) {
+    struct Item {
+      uint64_t id;
+      uint32_t flags;
+      uint64_t aux;
+      size_t off, len;
+    };
+    struct BufSink : MessageSink {
+      std::vector<Item> items;
+      std::string buf;
+      void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
+        items.push_back({id, flags, aux, buf.size(), 0});
+        buf.reserve(buf.size() + total);
+      }
+      void append(const char* d, size_t n) override {
+        buf.append(d, n);
+        items.back().len += n;
+      }
+      void end() override {}
+      void abort() override {
+        buf.resize(items.back().off);
+        items.pop_back();
+      }
+    } sink;
+    BatchPolicy policy;
+    policy.max_items = max_items;
+    policy.wait_ns = int64_t(wait_time * 1e9);
+    int64_t deadline = deadline_from(idle_timeout);
+    size_t n;
+    {
+      py::gil_scoped_release nogil;
+      n = mps::gather(*ring, sink, policy, deadline);
+    }
+    if (n == 0) {
+      if (ring->closed() && ring->empty()) return py::none();
+      return py::list();
+    }
+    py::list out(n);
+    for (size_t i = 0; i < n; ++i) {
+      const Item& it = sink.items[i];
+      out[i] = py::make_tuple(it.id, it.flags, it.aux,
+                              payload_to_object(it.flags, sink.buf.data() + it.off, it.len));
+    }
+    return out;
+  }
+
+};
+
+// ------------------------------------------------------------------ Engine
+
+// The main-process side of one Server: the ledger of requests, the output
+// ring and the collector thread that drains it.
+class Engine {
+ public:
+  Engine(std::shared_ptr<PyRing> output, uint32_t capacity)
+      : output_(std::move(output)), ledger_(capacity), collector_(*output_->ring, ledger_) {
+    ledger_.set_disposer([](uint32_t flags, const std::string& payload) {
+      if ((flags & kFlagObject) && payload.size() == sizeof(PyObject*)) {
+        PyObject* p;
+        std::memcpy(&p, payload.data(), sizeof p);
+        py::gil_scoped_acquire gil;
+        Py_DECREF(p);
+      }
+    });
+  }
+
+  ~Engine() {
+    output_->ring->close();
+    py::gil_scoped_release nogil;
+    collector_.join();
+  }
+
+  void start() { collector_.start(); }
+
+  // Closes the output ring and waits for the collector to drain it.
+  void stop() {
+    output_->ring->close();
+    py::gil_scoped_release nogil;
+    collector_.join();
+  }
+
+  // Takes a slot and pushes the request.  Returns slot index >= 0, or -Status.
+  int submit(PyRing& entry, py::handle payload, uint32_t flags, bool wait, double timeout,
+             uint64_t aux) {
+    const int64_t deadline = deadline_after(timeout);
+    return submit_until(entry, payload, flags, wait, deadline, aux);
+  }
+
+  int submit_until(PyRing& entry, py::handle payload, uint32_t flags, bool wait, int64_t deadline,
+                   uint64_t aux) {
+    uint32_t idx;
+    Ledger::AcquireStatus a = ledger_.acquire(false, 0, &idx);
+    if (a == Ledger::AcquireStatus::full && wait) {
+      py::gil_scoped_release nogil;
+      a = ledger_.acquire(true, deadline, &idx);
+    }
+    switch (a) {
+      case Ledger::AcquireStatus::ok: break;
+      case Ledger::AcquireStatus::full: return -kBacklogFull;
+      case Ledger::AcquireStatus::timeout: return -kBacklogTimeout;
+      case Ledger::AcquireStatus::closed: return -kClosed;
+    }
+    PayloadRef ref;
+    try {
+      prepare_payload(payload, flags, ref);
+    } catch (...) {
+      ledger_.release(idx);
+      throw;
+    }
+    OutMessage m{ledger_.token(idx), flags, aux, &ref.slice, 1};
+    if (flags & kFlagObject) Py_INCREF(ref.handle);
+    PushStatus st = push_with_gil_rules(*entry.ring, &m, 1, deadline, nullptr);
+    if (st != PushStatus::ok) {
+      if (flags & kFlagObject) Py_DECREF(ref.handle);
+      ledger_.release(idx);
+      return st == PushStatus::closed ? -kClosed : -kPushTimeout;
+    }
+    return int(idx);
+  }
+
+  bool wait(uint32_t idx, double timeout, int spin) {
+    check(idx);
+    if (ledger_.is_done(idx)) return true;
+    const int64_t deadline = deadline_after(timeout);
+    py::gil_scoped_release nogil;
+    return ledger_.wait(idx, deadline, spin);
+  }
+
+  bool done(uint32_t idx) {
+    check(idx);
+    return ledger_.is_done(idx);
+  }
+
+  // Returns (flags, payload) of a done slot and frees it.
+  py::tuple take(uint32_t idx) {
+    check(idx);
+    if (!ledger_.is_done(idx)) throw std::logic_error("take() on a request that is not done");
+    Ledger::Slot& s = ledger_.slot(idx);
+    py::object obj = payload_to_object(s.flags, s.payload.data(), s.payload.size());
+    uint32_t flags = s.flags;
+    ledger_.release(idx);
+    return py::make_tuple(flags, obj);
+  }
+
+  // The caller gives up on a request; its result is dropped whenever it comes.
+  void abandon(uint32_t idx) {
+    check(idx);
+    if (!ledger_.abandon(idx)) {
+      // Already done: drop the result now.
+      Ledger::Slot& s = ledger_.slot(idx);
+      py::object obj = payload_to_object(s.flags, s.payload.data(), s.payload.size());
+      ledger_.release(idx);
+    }
+  }
+
+  // submit + wait + take in one crossing: returns (status, flags, payload).
+  py::tuple call(PyRing& entry, py::handle payload, uint32_t flags, double timeout,
+                 bool backpressure, int spin) {
+    const int64_t deadline = deadline_after(timeout);
+    int r = submit_until(entry, payload, flags, !backpressure, deadline, 0);
+    if (r < 0) return py::make_tuple(-r, 0, py::none());
+    uint32_t idx = uint32_t(r);
+    bool ok;
+    {
+      py::gil_scoped_release nogil;
+      ok = ledger_.wait(idx, deadline, spin);
+    }
+    if (!ok) {
+      abandon(idx);
+      return py::make_tuple(int(kResultTimeout), 0, py::none());
+    }
+    py::tuple t = take(idx);
+    return py::make_tuple(int(kOk), t[0], t[1]);
+  }
+
+  uint32_t backlog() const { return ledger_.backlog(); }
+  uint32_t capacity() const { return ledger_.capacity(); }
+  void close() { ledger_.close(); }
+  void fail_pending(uint32_t flags, py::bytes payload) { ledger_.fail_pending(flags, std::string(payload)); }
+  bool collector_running() const { return collector_.running(); }
+  uint64_t delivered() const { return collector_.delivered(); }
+
+  py::list snapshot() const {
+    py::list out;
+    for (const auto& e : ledger_.snapshot()) {
+      static const char* names[] = {"free", "pending", "done", "abandoned"};
+      out.append(py::make_tuple(e.idx, names[e.state & 3], double(e.age_ns) / 1e9));
+    }
+    return out;
+  }
+
+ private:
+  void check(uint32_t idx) const {
+    if (idx >= ledger_.capacity()) throw std::out_of_range("bad request slot");
+  }
+
+  std::shared_ptr<PyRing> output_;
+  Ledger ledger_;
+  Collector collector_;
+};
+
+// ------------------------------------------------------------------ Supervisor
+
+class PySupervisor {
+ public:
+  Supervisor sup;
+
+  std::vector<int> spawn(const std::vector<std::tuple<std::vector<std::string>,
+                                                      std::vector<std::pair<int, int>>,
+                                                      std::vector<int>>>& specs) {
+    std::vector<SpawnSpec> ss;
+    for (const auto& [argv, fds, cpus] : specs) ss.push_back(SpawnSpec{argv, fds, cpus});
+    std::vector<pid_t> pids;
+    {
+      py::gil_scoped_release nogil;
+      pids = sup.spawn(ss);
+    }
+    return std::vector<int>(pids.begin(), pids.end());
+  }
+
+  // Returns the raw wait status, or None on timeout.
+  py::object wait_exit(int pid, py::object timeout) {
+    int st = 0;
+    bool ok;
+    int64_t d = deadline_from(timeout);
+    {
+      py::gil_scoped_release nogil;
+      ok = sup.wait_exit(pid, d, &st);
+    }
+    if (!ok) return py::none();
+    return py::int_(st);
+  }
+
+  py::object exit_status(int pid) {
+    int st = 0;
+    if (!sup.has_exited(pid, &st)) return py::none();
+    return py::int_(st);
+  }
+};
+
+int memfd_from_bytes(const std::string& name, py::bytes data) {
+  std::string s = data;
+  int fd = create_memfd(name, s.size());
+  size_t off = 0;
+  while (off < s.size()) {
+    ssize_t w = pwrite(fd, s.data() + off, s.size() - off, off_t(off));
+    if (w <= 0) {
+      close(fd);
+      throw std::runtime_error("writing bootstrap memfd failed");
+    }
+    off += size_t(w);
+  }
+  return fd;
+}
+
+// In a freshly spawned worker: die with the parent.  Returns false if the
+// parent is already gone (getppid() no longer matches).
+bool bind_to_parent(int expected_ppid) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  return getppid() == expected_ppid;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "mpserver's C++ core: shared-memory rings, request ledger, collector, supervisor.";
+
+  m.attr("FLAG_OBJECT") = kFlagObject;
+  m.attr("FLAG_ERROR") = kFlagError;
+  m.attr("FLAG_CONTROL") = kFlagControl;
+  m.attr("OK") = int(kOk);
+  m.attr("BACKLOG_FULL") = int(kBacklogFull);
+  m.attr("BACKLOG_TIMEOUT") = int(kBacklogTimeout);
+  m.attr("RESULT_TIMEOUT") = int(kResultTimeout);
+  m.attr("CLOSED") = int(kClosed);
+  m.attr("PUSH_TIMEOUT") = int(kPushTimeout);
+
+  py::register_exception<RingCorrupt>(m, "RingCorrupt");
+
+  py::class_<PyRing, std::shared_ptr<PyRing>>(m, "Ring")
+      .def_static("create",
+                  [](size_t capacity, const std::string& name) {
+                    return std::make_shared<PyRing>(Ring::create(capacity, name));
+                  },
+                  py::arg("capacity"), py::arg("name") = "mpserver-ring")
+      .def_static("attach", [](int fd) { return std::make_shared<PyRing>(Ring::attach(fd)); })
+      .def_property_readonly("fd", [](PyRing& r) { return r.ring->fd(); })
+      .def_property_readonly("capacity", [](PyRing& r) { return r.ring->capacity(); })
+      .def_property_readonly("max_chunk", [](PyRing& r) { return r.ring->max_chunk(); })
+      .def_property_readonly("closed", [](PyRing& r) { return r.ring->closed(); })
+      .def_property_readonly("empty", [](PyRing& r) { return r.ring->empty(); })
+      .def_property_readonly("bytes_used", [](PyRing& r) { return r.ring->bytes_used(); })
+      .def("close", [](PyRing& r) { r.ring->close(); })
+      .def("push", &PyRing::push, py::arg("id"), py::arg("flags"), py::arg("payload"),
+           py::arg("aux") = 0, py::arg("timeout") = py::none())
+      .def("push_many", &PyRing::push_many, py::arg("items"), py::arg("aux") = 0)
+      .def("gather", &PyRing::gather, py::arg("max_items") = 1, py::arg("wait_time") = 0.0,
+           py::arg("idle_timeout") = py::none());
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init<std::shared_ptr<PyRing>, uint32_t>(), py::arg("output"), py::arg("capacity"))
+      .def("start", &Engine::start)
+      .def("stop", &Engine::stop)
+      .def("submit", &Engine::submit, py::arg("ring"), py::arg("payload"), py::arg("flags"),
+           py::arg("wait"), py::arg("timeout"), py::arg("aux") = 0)
+      .def("wait", &Engine::wait, py::arg("slot"), py::arg("timeout"), py::arg("spin") = 0)
+      .def("done", &Engine::done)
+      .def("take", &Engine::take)
+      .def("abandon", &Engine::abandon)
+      .def("call", &Engine::call, py::arg("ring"), py::arg("payload"), py::arg("flags"),
+           py::arg("timeout"), py::arg("backpressure"), py::arg("spin") = 0)
+      .def_property_readonly("backlog", &Engine::backlog)
+      .def_property_readonly("capacity", &Engine::capacity)
+      .def_property_readonly("collector_running", &Engine::collector_running)
+      .def_property_readonly("delivered", &Engine::delivered)
+      .def("close", &Engine::close)
+      .def("fail_pending", &Engine::fail_pending)
+      .def("snapshot", &Engine::snapshot);
+
+  py::class_<PySupervisor>(m, "Supervisor")
+      .def(py::init<>())
+      .def("spawn", &PySupervisor::spawn)
+      .def("wait_exit", &PySupervisor::wait_exit, py::arg("pid"), py::arg("timeout") = py::none())
+      .def("exit_status", &PySupervisor::exit_status)
+      .def("kill", [](PySupervisor& s, int pid, int sig) { s.sup.kill(pid, sig); });
+
+  m.def("memfd_from_bytes", &memfd_from_bytes);
+  m.def("bind_to_parent", &bind_to_parent);
+}

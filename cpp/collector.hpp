@@ -1,0 +1,69 @@
+// collector.hpp — the main process's thread that drains a server's output ring.
+//
+// Every result of the servlet graph lands in one output ring.  The collector
+// is its only consumer: it copies each result into the ledger slot its token
+// names and wakes the caller waiting there.  A dedicated thread (instead of
+// callers taking turns) means results always drain, even while every caller
+// thread is blocked pushing a large input, so the pipeline cannot deadlock on
+// a full output ring.  The thread is C++ only: it never touches Python.
+//
+// Invariants
+//   * The thread runs from start() until the ring is closed and empty.
+//   * Messages for unknown/stale tokens are dropped (counted in dropped()).
+//   * on_batch, if set, runs on the collector thread after each drained batch
+//     (used to signal an eventfd for asyncio, and by tests).
+//
+// Memory ordering: the ring's acquire on head covers the payload the sink
+// copies; Ledger::finish publishes the slot with a seq_cst CAS (see ledger.hpp).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <thread>
+
+#include "ledger.hpp"
+#include "ring.hpp"
+
+namespace mps {
+
+class Collector {
+ public:
+  Collector(Ring& ring, Ledger& ledger) : ring_(ring), ledger_(ledger) {}
+  ~Collector() { join(); }
+
+  void set_on_batch(std::function<void(size_t)> f) { on_batch_ = std::move(f); }
+  void start();
+  // Returns after the ring has been closed (by the owner) and drained.
+  void join();
+
+  uint64_t delivered() const { return delivered_.load(std::memory_order_relaxed); }
+  uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  bool running() const { return running_.load(std::memory_order_acquire); }
+
+ private:
+  class Sink : public MessageSink {
+   public:
+    explicit Sink(Collector& c) : c_(c) {}
+    void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override;
+    void append(const char* data, size_t len) override;
+    void end() override;
+    void abort() override;
+
+   private:
+    Collector& c_;
+    Ledger::Slot* slot_ = nullptr;
+  };
+
+  void run();
+
+  Ring& ring_;
+  Ledger& ledger_;
+  std::thread thread_;
+  std::function<void(size_t)> on_batch_;
+  std::atomic<uint64_t> delivered_{0};
+  std::atomic<uint64_t> dropped_{0};
+  std::atomic<bool> running_{false};
+};
+
+}  // namespace mps

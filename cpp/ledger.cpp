@@ -1,0 +1,130 @@
+#include "ledger.hpp"
+
+#include <chrono>
+#include <climits>
+
+namespace mps {
+
+Ledger::Ledger(uint32_t capacity) : capacity_(capacity), slots_(new Slot[capacity]) {
+  free_.reserve(capacity);
+  for (uint32_t i = capacity; i > 0; --i) free_.push_back(i - 1);
+}
+
+Ledger::AcquireStatus Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx) {
+  std::unique_lock<std::mutex> lk(mu_);
+  while (free_.empty()) {
+    if (closed_.load(std::memory_order_relaxed)) return AcquireStatus::closed;
+    if (!wait) return AcquireStatus::full;
+    const int64_t left = deadline_ns == kForever ? INT64_MAX / 2 : deadline_ns - now_ns();
+    if (left <= 0) return AcquireStatus::timeout;
+    ++acquire_waiters_;
+    cv_.wait_for(lk, std::chrono::nanoseconds(left));
+    --acquire_waiters_;
+  }
+  if (closed_.load(std::memory_order_relaxed)) return AcquireStatus::closed;
+  uint32_t i = free_.back();
+  free_.pop_back();
+  in_use_.fetch_add(1, std::memory_order_relaxed);
+  lk.unlock();
+  Slot& s = slots_[i];
+  s.gen += 1;
+  s.flags = 0;
+  s.aux = 0;
+  s.payload.clear();
+  s.t_start_ns = now_ns();
+  s.state.store(kPending, std::memory_order_release);
+  *idx = i;
+  return AcquireStatus::ok;
+}
+
+Ledger::Slot* Ledger::lookup(uint64_t token) {
+  const uint32_t idx = uint32_t(token & 0xffffffffu);
+  if (idx >= capacity_) return nullptr;
+  Slot& s = slots_[idx];
+  uint32_t st = s.state.load(std::memory_order_acquire);
+  if ((st != kPending && st != kAbandoned) || s.gen != uint32_t(token >> 32)) return nullptr;
+  return &s;
+}
+
+void Ledger::finish(Slot& s) {
+  uint32_t expected = kPending;
+  if (s.state.compare_exchange_strong(expected, kDone, std::memory_order_seq_cst)) {
+    if (s.sleeping.load(std::memory_order_seq_cst)) futex_wake(&s.state, INT_MAX, false);
+    return;
+  }
+  if (expected == kAbandoned) {
+    if (disposer_) disposer_(s.flags, s.payload);
+    free_slot(s, uint32_t(&s - slots_.get()));
+  }
+}
+
+bool Ledger::wait(uint32_t idx, int64_t deadline_ns, int spin) {
+  Slot& s = slots_[idx];
+  for (int i = 0; i < spin; ++i) {
+    if (s.state.load(std::memory_order_acquire) == kDone) return true;
+    cpu_relax();
+  }
+  for (;;) {
+    s.sleeping.store(1, std::memory_order_seq_cst);
+    uint32_t st = s.state.load(std::memory_order_seq_cst);
+    if (st == kDone) {
+      s.sleeping.store(0, std::memory_order_relaxed);
+      return true;
+    }
+    bool ok = futex_wait_until(&s.state, st, deadline_ns, false);
+    s.sleeping.store(0, std::memory_order_relaxed);
+    if (s.state.load(std::memory_order_acquire) == kDone) return true;
+    if (!ok) return false;
+  }
+}
+
+void Ledger::free_slot(Slot& s, uint32_t idx) {
+  s.payload.clear();
+  if (s.payload.capacity() > (1u << 20)) s.payload.shrink_to_fit();  // don't hoard big buffers
+  s.state.store(kFree, std::memory_order_release);
+  std::lock_guard<std::mutex> lk(mu_);
+  free_.push_back(idx);
+  in_use_.fetch_sub(1, std::memory_order_relaxed);
+  if (acquire_waiters_) cv_.notify_one();
+}
+
+void Ledger::release(uint32_t idx) { free_slot(slots_[idx], idx); }
+
+bool Ledger::abandon(uint32_t idx) {
+  uint32_t expected = kPending;
+  if (slots_[idx].state.compare_exchange_strong(expected, kAbandoned, std::memory_order_seq_cst)) {
+    return true;
+  }
+  return false;  // already done
+}
+
+void Ledger::close() {
+  closed_.store(true, std::memory_order_release);
+  std::lock_guard<std::mutex> lk(mu_);
+  cv_.notify_all();
+}
+
+void Ledger::fail_pending(uint32_t flags, const std::string& payload) {
+  for (uint32_t i = 0; i < capacity_; ++i) {
+    Slot& s = slots_[i];
+    uint32_t st = s.state.load(std::memory_order_acquire);
+    if (st == kPending || st == kAbandoned) {
+      s.flags = flags;
+      s.aux = 0;
+      s.payload = payload;
+      finish(s);
+    }
+  }
+}
+
+std::vector<Ledger::Entry> Ledger::snapshot() const {
+  std::vector<Entry> out;
+  const int64_t now = now_ns();
+  for (uint32_t i = 0; i < capacity_; ++i) {
+    uint32_t st = slots_[i].state.load(std::memory_order_acquire);
+    if (st != kFree) out.push_back({i, st, now - slots_[i].t_start_ns});
+  }
+  return out;
+}
+
+}  // namespace mps

@@ -1,0 +1,180 @@
+// ring.hpp — the message ring: variable-size messages in shared memory,
+// many producers and many consumers, across processes.
+//
+// Why not boost::lockfree::spsc_queue: it carries fixed-size elements between
+// exactly one producer and one consumer and has no way to sleep.  Our edges
+// carry pickled payloads of any size, are fed by several producers (callers'
+// threads, upstream workers) and drained by several consumers (a servlet's
+// workers), and idle consumers must sleep without burning a core.  The ring
+// below keeps spsc_queue's core (two monotonically increasing positions, each
+// written by one side) and adds framing, one lock per side and futex waits.
+//
+// Layout: [RingHeader, page-aligned][data: capacity bytes, mapped twice].
+// A message is one or more frames; a frame is a FrameHeader then `len`
+// payload bytes, padded to 8.  Frames never split at the wrap (the mirror
+// mapping makes them contiguous).  A message larger than max_chunk() is cut
+// into frames; its producer holds the producer lock and its consumer holds the
+// consumer lock until the last frame, so frames of two messages never
+// interleave and a message larger than the whole ring still passes through.
+//
+// Invariants
+//   * head and tail are byte positions that only grow; 0 <= head - tail <= capacity.
+//   * Only the producer-lock holder writes head; only the consumer-lock holder
+//     writes tail.  Each is published with ONE release store after the bytes
+//     it covers are written (producer) or fully read (consumer), so a process
+//     that dies holding a side lock leaves the ring consistent.
+//   * Bytes in [tail, head) are complete frames; a frame's header is written
+//     before head covers it.  Frame lengths are checked on read: a corrupt
+//     frame raises RingCorrupt, never reads outside the data area.
+//
+// Memory ordering
+//   * producer: write frame bytes -> head.store(release) -> data_seq.fetch_add
+//     (seq_cst) -> data_waiters.load(seq_cst) -> futex_wake if nonzero.
+//   * consumer: s = data_seq.load -> check head (acquire) -> data_waiters++
+//     (seq_cst) -> futex_wait(data_seq, s).  A publish after the check bumps
+//     data_seq, so the wait returns at once; a publish before it is seen by
+//     the check.  No wake-up is lost and none is paid for when nobody sleeps.
+//   * The space side (tail, space_seq, space_waiters) mirrors this exactly.
+//   * closed is set with seq_cst and followed by bumping both sequences and
+//     waking everybody; waiters re-check closed after every wake.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "shm.hpp"
+#include "shm_mutex.hpp"
+
+namespace mps {
+
+// Low byte of a frame's flags is framing; callers own the other 24 bits.
+inline constexpr uint32_t kFrameFirst = 1u << 0;
+inline constexpr uint32_t kFrameLast = 1u << 1;
+inline constexpr uint32_t kFramingMask = 0xffu;
+
+struct FrameHeader {
+  uint32_t len;    // payload bytes in this frame
+  uint32_t flags;  // framing bits | caller flags
+  uint64_t id;     // caller's message id (same in every frame of a message)
+  uint64_t total;  // payload bytes of the whole message
+  uint64_t aux;    // caller's extra word (routing, worker index, ...)
+};
+static_assert(sizeof(FrameHeader) == 32);
+
+struct RingHeader {
+  uint64_t magic;
+  uint64_t capacity;  // data bytes, a power of two
+  alignas(64) std::atomic<uint64_t> head;
+  alignas(64) std::atomic<uint64_t> tail;
+  alignas(64) std::atomic<uint32_t> data_seq;
+  std::atomic<uint32_t> data_waiters;
+  alignas(64) std::atomic<uint32_t> space_seq;
+  std::atomic<uint32_t> space_waiters;
+  alignas(64) std::atomic<uint32_t> closed;
+  alignas(64) ShmMutex producer;
+  alignas(64) ShmMutex consumer;
+};
+
+struct RingCorrupt : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Slice {
+  const char* data;
+  size_t len;
+};
+
+// One message to push: its payload is the concatenation of `parts`.
+struct OutMessage {
+  uint64_t id;
+  uint32_t flags;  // caller flags only (framing bits are ignored)
+  uint64_t aux;
+  const Slice* parts;
+  size_t nparts;
+};
+
+// Receives consumed messages.  append() may be called several times per
+// message (once per frame).  abort() replaces end() when the ring was closed
+// in the middle of a multi-frame message.
+class MessageSink {
+ public:
+  virtual ~MessageSink() = default;
+  virtual void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) = 0;
+  virtual void append(const char* data, size_t len) = 0;
+  virtual void end() = 0;
+  virtual void abort() {}
+};
+
+enum class PushStatus { ok, timeout, closed };
+
+class Ring {
+ public:
+  // Creates a ring of at least `capacity` data bytes (rounded up to a power of two >= 64 KiB).
+  static std::unique_ptr<Ring> create(size_t capacity, const std::string& name);
+  // Maps the ring behind `fd`; the Ring takes ownership of fd.
+  static std::unique_ptr<Ring> attach(int fd);
+
+  int fd() const { return fd_.get(); }
+  size_t capacity() const { return cap_; }
+  size_t max_chunk() const { return cap_ / 4 - sizeof(FrameHeader); }
+
+  // ---- producer side -------------------------------------------------
+  // Pushes `n` messages in order under one hold of the producer lock.
+  // The deadline bounds waiting for space before a message's first frame;
+  // once a frame is written the message is always completed (unless the
+  // ring is closed).  *written receives the number of complete messages.
+  PushStatus push(const OutMessage* msgs, size_t n, int64_t deadline_ns, size_t* written = nullptr);
+  // Like push() but never sleeps: returns timeout if there is no room now.
+  PushStatus try_push(const OutMessage* msgs, size_t n, size_t* written = nullptr);
+
+  // ---- consumer side -------------------------------------------------
+  // Spins briefly, then sleeps until the ring is non-empty, closed, or the
+  // deadline passes.  Returns true iff there is something to consume.
+  bool wait_data(int64_t deadline_ns, int spin = 0);
+  // Consumes up to max_msgs complete messages that are already in the ring
+  // (and waits for the remaining frames of a multi-frame message it has
+  // started).  The caller must hold consumer_lock().
+  size_t consume_locked(size_t max_msgs, MessageSink& sink);
+  // Locks, consumes what is there (up to max_msgs), unlocks.
+  size_t try_consume(size_t max_msgs, MessageSink& sink);
+  ShmMutex& consumer_lock() { return h_->consumer; }
+
+  // ---- both ----------------------------------------------------------
+  void close();
+  bool closed() const { return h_->closed.load(std::memory_order_seq_cst) != 0; }
+  bool empty() const {
+    return h_->head.load(std::memory_order_acquire) == h_->tail.load(std::memory_order_acquire);
+  }
+  size_t bytes_used() const {
+    return size_t(h_->head.load(std::memory_order_acquire) -
+                  h_->tail.load(std::memory_order_acquire));
+  }
+
+ private:
+  Ring(FdHandle fd, Mapping map, size_t header_bytes, size_t cap);
+  static size_t header_bytes();
+  PushStatus push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns, bool may_sleep,
+                       size_t* written);
+  // Waits until `need` bytes are free.  Returns ok, timeout or closed.
+  PushStatus wait_space(uint64_t head, size_t need, int64_t deadline_ns, bool may_sleep,
+                        uint64_t* published, size_t* pending_msgs);
+  void publish(uint64_t head, size_t msgs);
+  void release_space(uint64_t tail);
+  const FrameHeader* frame_at(uint64_t pos, uint64_t head) const;
+
+  FdHandle fd_;
+  Mapping map_;
+  RingHeader* h_;
+  char* data_;
+  size_t cap_;
+};
+
+inline constexpr size_t frame_bytes(size_t payload) {
+  return (sizeof(FrameHeader) + payload + 7) & ~size_t(7);
+}
+
+}  // namespace mps

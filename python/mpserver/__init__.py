@@ -1,0 +1,49 @@
+"""mpserver — the ``mpservice.mpserver`` API on a C++ shared-memory core.
+
+Write :class:`Worker` subclasses, run them in :class:`ProcessServlet`\\ s
+(worker processes, for CPU-bound work) or :class:`ThreadServlet`\\ s (threads
+of the main process), and serve requests through a :class:`Server`::
+
+    from mpserver import Server, ProcessServlet, Worker
+
+    class Square(Worker):
+        def call(self, x):
+            return x * x
+
+    if __name__ == '__main__':
+        with Server(ProcessServlet(Square, cpus=2)) as server:
+            print(server.call(3))                    # 9
+            print(list(server.stream(range(5))))     # [0, 1, 4, 9, 16]
+"""
+
+from ._errors import ServerBacklogFull, TimeoutError, WorkerStartupError
+from ._remote import (
+    EnsembleError,
+    RemoteException,
+    RemoteTraceback,
+    get_remote_traceback,
+    is_remote_exception,
+)
+from ._server import Server
+from ._servlet import ProcessServlet, Servlet, ThreadServlet
+from ._worker import PassThrough, Worker, make_worker
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'Worker',
+    'make_worker',
+    'PassThrough',
+    'Servlet',
+    'ProcessServlet',
+    'ThreadServlet',
+    'Server',
+    'ServerBacklogFull',
+    'TimeoutError',
+    'WorkerStartupError',
+    'RemoteException',
+    'RemoteTraceback',
+    'is_remote_exception',
+    'get_remote_traceback',
+    'EnsembleError',
+]

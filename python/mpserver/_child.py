@@ -1,0 +1,75 @@
+"""Entry point of a worker process: ``python -m mpserver._child PPID INDEX KEY``.
+
+The supervisor hands the process four fds: 3 = bootstrap data (memfd),
+4 = the server's control ring, 5 = the servlet's input ring, 6 = its output
+ring.  The process binds its life to the parent, prepares ``__main__`` the
+way multiprocessing's spawn does (so classes defined in the user's script
+resolve), builds the worker, reports ready (or its ``__init__`` error) on the
+control ring, and serves until the input ring is closed and drained.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def main(argv: list[str]) -> int:
+    ppid, index, key = int(argv[0]), int(argv[1]), int(argv[2])
+    from . import _core
+
+    if not _core.bind_to_parent(ppid):
+        return 0  # the parent is already gone
+    # Ctrl-C in a terminal reaches the whole process group; the main process
+    # handles it and stops the workers, so workers ignore it (no traceback spam).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    import pickle
+
+    size = os.fstat(3).st_size
+    boot = pickle.loads(os.pread(3, size, 0))
+    os.close(3)
+    control = _core.Ring.attach(4)
+    inp = _core.Ring.attach(5)
+    out = _core.Ring.attach(6)
+
+    name = boot['names'][index]
+    prep = dict(boot['prep'], name=name)
+    import multiprocessing.spawn
+
+    multiprocessing.spawn.prepare(prep)
+
+    from . import _remote, _worker
+    from ._codec import FLAG_CONTROL, PickleCodec
+    from ._servlet import CTL_INIT_FAILED, CTL_READY
+
+    _worker._process_name = name
+    _remote._process_label = name
+
+    worker = None
+    try:
+        worker_cls, kwargs = pickle.loads(boot['body'])
+        worker = worker_cls(worker_index=index, cpu_affinity=boot['cpus'][index], **kwargs)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        flags, payload = PickleCodec.encode_error(e)
+        control.push(key, flags | FLAG_CONTROL, payload, CTL_INIT_FAILED)
+        return 1
+    control.push(key, FLAG_CONTROL, pickle.dumps(worker.name), CTL_READY)
+    del boot
+
+    from ._worker import _serve
+
+    try:
+        _serve(worker, inp, out, PickleCodec)
+    except BaseException as e:
+        worker.cleanup(e)
+        raise
+    worker.cleanup()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

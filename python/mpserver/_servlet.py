@@ -1,0 +1,389 @@
+"""Servlets: how many workers run a Worker class, and where (processes or threads).
+
+A servlet is a specification until a Server starts it.  Starting creates the
+servlet's input ring in shared memory and its workers: processes spawned by
+the C++ supervisor, or threads of the main process.  Workers take items from
+that ring (whichever is free takes the next) and write results to the ring
+they were given as output.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from . import _core
+from ._codec import FLAG_CONTROL, ObjectCodec, PickleCodec, decode
+from ._errors import ConfigError, WorkerStartupError
+from ._worker import Worker, _serve
+
+__all__ = ['Servlet', 'ProcessServlet', 'ThreadServlet']
+
+#: Data bytes of a servlet's input ring (messages larger than a quarter of it
+#: are streamed through in pieces).
+INPUT_RING_BYTES = 8 << 20
+
+# Control messages (aux field) on the Server's control ring.
+CTL_READY = 1
+CTL_INIT_FAILED = 2
+
+
+class _Launch:
+    """Everything one Server start needs: the supervisor, the control ring, and
+    the workers still to be spawned and waited for."""
+
+    def __init__(self, supervisor, control):
+        self.supervisor = supervisor
+        self.control = control
+        self._specs = []  # (servlet, worker index, spawn spec)
+        self._expect = {}  # worker key -> (servlet, index)
+        self._threads = []  # (servlet, index, ready-event holder)
+        self.failure: BaseException | None = None
+
+    def key_for(self, servlet, index) -> int:
+        """The id a worker uses on the control ring."""
+        return len(self._specs) << 16 | index
+
+    def add_process(self, servlet, index, spec, key):
+        self._specs.append((servlet, index, spec, key))
+
+    def add_thread(self, holder):
+        self._threads.append(holder)
+
+    def spawn_all(self):
+        if not self._specs:
+            return
+        pids = self.supervisor.spawn([s[2] for s in self._specs])
+        for (servlet, index, _, key), pid in zip(self._specs, pids):
+            servlet._pids[index] = pid
+            self._expect[key] = (servlet, index, pid)
+
+    def wait_ready(self):
+        """Waits until every worker reported ready; raises the first failure."""
+        failure = None
+        while self._expect and failure is None:
+            items = self.control.gather(64, 0.0, 0.05)
+            for mid, flags, aux, payload in items or ():
+                entry = self._expect.pop(mid, None)
+                if entry is None:
+                    continue
+                if aux == CTL_INIT_FAILED and failure is None:
+                    failure = decode(flags & ~FLAG_CONTROL, payload)
+            for key, (servlet, index, pid) in list(self._expect.items()):
+                status = self.supervisor.exit_status(pid)
+                if status is not None and failure is None:
+                    failure = WorkerStartupError(
+                        f'worker process {servlet._process_name(index)} (pid {pid}) exited with '
+                        f'{_describe_status(status)} before it was ready; see its output above'
+                    )
+        for holder in self._threads:
+            holder.ready.wait()
+            if holder.error is not None and failure is None:
+                failure = holder.error
+        if failure is not None:
+            raise failure
+
+
+def _describe_status(status: int) -> str:
+    if status < 0:
+        return 'an unknown status'
+    if os.WIFSIGNALED(status):
+        import signal
+
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f'signal {name}'
+    return f'exit code {os.WEXITSTATUS(status)}'
+
+
+class Servlet(ABC):
+    """A part of the serving graph: a simple servlet runs one Worker class on
+    several processes or threads; compound servlets combine servlets."""
+
+    @abstractmethod
+    def _start(self, launch: _Launch, output, output_local: bool):
+        """Create rings and register workers; return ``(input_ring, input_local)``.
+
+        ``output_local`` is true when whoever consumes ``output`` lives in the
+        main process (so thread workers may send object references).
+        ``input_local`` tells producers whether they may send references.
+        """
+
+    @abstractmethod
+    def _stop(self) -> None:
+        """Close the input; wait for the workers to finish what they hold and exit."""
+
+    @property
+    @abstractmethod
+    def workers(self) -> list:
+        """The running workers (process or thread handles)."""
+
+    @property
+    def children(self) -> list:
+        return self.workers
+
+    def _debug_info(self) -> dict:
+        return {'type': type(self).__name__, 'children': [self._worker_info(i) for i in range(len(self.workers))]}
+
+    def _worker_info(self, i) -> dict:  # pragma: no cover - overridden
+        return {}
+
+
+def _check_worker_cls(worker_cls):
+    if not (isinstance(worker_cls, type) and issubclass(worker_cls, Worker)):
+        raise ConfigError(f'worker_cls must be a subclass of mpserver.Worker, got {worker_cls!r}')
+
+
+def _normalize_cpus(cpus) -> list:
+    ncpu = os.cpu_count() or 1
+
+    def check_cpu(c, where):
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise ConfigError(f'cpus: {where} must be an int CPU number, got {c!r}')
+        if not 0 <= c < ncpu:
+            raise ConfigError(f'cpus: CPU {c} does not exist on this machine (CPUs 0..{ncpu - 1})')
+        return c
+
+    if cpus is None:
+        return [None]
+    if isinstance(cpus, bool):
+        raise ConfigError(f'cpus must be None, an int or a list, got {cpus!r}')
+    if isinstance(cpus, int):
+        if cpus < 1:
+            raise ConfigError(f'cpus as a number of workers must be >= 1, got {cpus}')
+        return [None] * cpus
+    if isinstance(cpus, (str, bytes)) or not isinstance(cpus, Sequence):
+        raise ConfigError(f'cpus must be None, an int or a list, got {type(cpus).__name__}')
+    if len(cpus) == 0:
+        raise ConfigError('cpus must not be an empty list')
+    out = []
+    for i, c in enumerate(cpus):
+        if c is None:
+            out.append(None)
+        elif isinstance(c, int) and not isinstance(c, bool):
+            out.append(check_cpu(c, f'entry {i}'))
+        elif hasattr(c, 'cpu') and not isinstance(c, (list, tuple)):  # CpuAffinity-like
+            out.append(_normalize_cpus([c.cpu])[0] if c.cpu is not None else None)
+        elif isinstance(c, Sequence) and not isinstance(c, (str, bytes)):
+            if len(c) == 0:
+                raise ConfigError(f'cpus: entry {i} is an empty list')
+            out.append(sorted({check_cpu(v, f'entry {i}') for v in c}))
+        else:
+            raise ConfigError(f'cpus: entry {i} must be None, an int or a list of ints, got {c!r}')
+    return out
+
+
+class ProcessServlet(Servlet):
+    """Runs ``worker_cls`` in worker processes — for CPU-bound work.
+
+    Parameters
+    ----------
+    worker_cls
+        A :class:`Worker` subclass that a fresh interpreter can import by name
+        (defined at module level, including in your ``__main__`` script).
+    cpus
+        ``None``: one unpinned process.  An int ``n``: ``n`` unpinned
+        processes.  A list: one process per entry, pinned to that entry's
+        CPUs (an int, a list of ints, or ``None`` for no pinning), e.g.
+        ``[[0, 1], 2, None]``.
+    worker_name
+        Prefix of the worker processes' names (default ``<class name>-process``).
+    **kwargs
+        Passed to ``worker_cls.__init__`` (they are pickled).
+    """
+
+    def __init__(self, worker_cls: type[Worker], *, cpus=None, worker_name: str | None = None, **kwargs):
+        _check_worker_cls(worker_cls)
+        self._worker_cls = worker_cls
+        self._cpus = _normalize_cpus(cpus)
+        self._worker_name = worker_name
+        self._init_kwargs = kwargs
+        self._pids: list = []
+        self._supervisor = None
+        self._input = None
+        self._started = False
+
+    def _process_name(self, index: int) -> str:
+        base = self._worker_name or f'{self._worker_cls.__name__}-process'
+        return f'{base}-{index}'
+
+    def _start(self, launch, output, output_local):
+        if self._started:
+            raise RuntimeError('this servlet is already running in a server')
+        try:
+            body = pickle.dumps((self._worker_cls, self._init_kwargs), 5)
+        except Exception as e:
+            raise TypeError(
+                f'{self._worker_cls.__qualname__} and its kwargs must be picklable to run in a worker '
+                f'process (define the class at module level; classes from make_worker() only work '
+                f'in a ThreadServlet): {e}'
+            ) from e
+        import multiprocessing.spawn
+
+        prep = multiprocessing.spawn.get_preparation_data('mpserver-worker')
+        prep.pop('authkey', None)
+        boot = pickle.dumps({'prep': prep, 'body': body, 'cpus': self._cpus,
+                             'names': [self._process_name(i) for i in range(len(self._cpus))]}, 5)
+        boot_fd = _core.memfd_from_bytes('mpserver-boot', boot)
+        self._input = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-in')
+        self._supervisor = launch.supervisor
+        self._pids = [None] * len(self._cpus)
+        try:
+            for i, cpu in enumerate(self._cpus):
+                key = launch.key_for(self, i)
+                argv = [sys.executable, '-m', 'mpserver._child', str(os.getpid()), str(i), str(key)]
+                fds = [(boot_fd, 3), (launch.control.fd, 4), (self._input.fd, 5), (output.fd, 6)]
+                cpus = [] if cpu is None else list(cpu) if isinstance(cpu, list) else [cpu]
+                launch.add_process(self, i, (argv, fds, cpus), key)
+            self._boot_fd = boot_fd
+        except BaseException:
+            os.close(boot_fd)
+            raise
+        self._started = True
+        return self._input, False
+
+    def _stop(self):
+        if not self._started:
+            return
+        self._input.close()
+        for pid in self._pids:
+            if pid is None:
+                continue
+            while self._supervisor.wait_exit(pid, 0.1) is None:
+                pass
+        if getattr(self, '_boot_fd', None) is not None:
+            os.close(self._boot_fd)
+            self._boot_fd = None
+        self._started = False
+
+    def _kill(self):
+        """Stop at once: used when start-up failed."""
+        if self._input is not None:
+            self._input.close()
+        for pid in self._pids:
+            if pid is not None:
+                self._supervisor.kill(pid, 9)
+                self._supervisor.wait_exit(pid, 5.0)
+        if getattr(self, '_boot_fd', None) is not None:
+            os.close(self._boot_fd)
+            self._boot_fd = None
+        self._started = False
+
+    @property
+    def workers(self):
+        return [p for p in self._pids if p is not None] if self._started else []
+
+    def _debug_info(self):
+        out = []
+        for i, pid in enumerate(self._pids if self._started else []):
+            status = self._supervisor.exit_status(pid) if pid is not None else None
+            out.append({
+                'type': 'process',
+                'name': self._process_name(i),
+                'pid': pid,
+                'cpus': self._cpus[i],
+                'is_alive': pid is not None and status is None,
+            })
+        return {'type': type(self).__name__, 'worker': self._worker_cls.__qualname__, 'children': out}
+
+
+class _ThreadHolder:
+    def __init__(self):
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+
+
+class ThreadServlet(Servlet):
+    """Runs ``worker_cls`` on threads of the main process — for I/O-bound or light steps.
+
+    Items reach the threads by reference (no pickling), so anything works as
+    input and output.
+
+    Parameters
+    ----------
+    worker_cls
+        A :class:`Worker` subclass (classes from :func:`make_worker` work too).
+    num_threads
+        Number of worker threads (default 1).
+    worker_name
+        Prefix of the threads' names (default ``<class name>-thread``).
+    **kwargs
+        Passed to ``worker_cls.__init__``.
+    """
+
+    def __init__(self, worker_cls: type[Worker], *, num_threads: int | None = None,
+                 worker_name: str | None = None, **kwargs):
+        _check_worker_cls(worker_cls)
+        if num_threads is None:
+            num_threads = 1
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ConfigError(f'num_threads must be None or an int >= 1, got {num_threads!r}')
+        self._worker_cls = worker_cls
+        self._num_threads = num_threads
+        self._worker_name = worker_name
+        self._init_kwargs = kwargs
+        self._threads: list = []
+        self._input = None
+        self._started = False
+
+    def _start(self, launch, output, output_local):
+        if self._started:
+            raise RuntimeError('this servlet is already running in a server')
+        self._input = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-thread-in')
+        codec = ObjectCodec if output_local else PickleCodec
+        base = self._worker_name or f'{self._worker_cls.__name__}-thread'
+        self._threads = []
+        for i in range(self._num_threads):
+            holder = _ThreadHolder()
+            t = threading.Thread(target=self._run, args=(i, holder, output, codec),
+                                 name=f'{base}-{i}', daemon=True)
+            launch.add_thread(holder)
+            self._threads.append(t)
+            t.start()
+        self._started = True
+        return self._input, True
+
+    def _run(self, index, holder, output, codec):
+        try:
+            worker = self._worker_cls(worker_index=index, **self._init_kwargs)
+        except BaseException as e:
+            holder.error = e
+            holder.ready.set()
+            return
+        holder.ready.set()
+        try:
+            _serve(worker, self._input, output, codec)
+        except BaseException as e:
+            worker.cleanup(e)
+            raise
+        else:
+            worker.cleanup()
+
+    def _stop(self):
+        if not self._started:
+            return
+        self._input.close()
+        for t in self._threads:
+            while t.is_alive():
+                t.join(0.1)
+        self._started = False
+
+    _kill = _stop
+
+    @property
+    def workers(self):
+        return list(self._threads) if self._started else []
+
+    def _debug_info(self):
+        return {
+            'type': type(self).__name__,
+            'worker': self._worker_cls.__qualname__,
+            'children': [{'type': 'thread', 'name': t.name, 'is_alive': t.is_alive()} for t in self.workers],
+        }
