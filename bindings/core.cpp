@@ -17,6 +17,7 @@
 #include "../cpp/ledger.hpp"
 #include "../cpp/ring.hpp"
 #include "../cpp/shm.hpp"
+#include "../cpp/stream_window.hpp"
 #include "../cpp/supervisor.hpp"
 
 namespace py = pybind11;
@@ -114,7 +115,7 @@ class PyRing {
   // Pushes [(id, flags, payload), ...] in order under one producer lock.
   int push_many(py::list items, uint64_t aux) {
     const size_t n = items.size();
-    std::unique_ptr<PayloadRef[]> refs(new PayloadRef[n]);
+    std::unique_ptr<PayloadRef[]> refs(new PayloadRef[n ? n : 1]);
     std::vector<OutMessage> msgs(n);
     std::vector<py::tuple> keep(n);
     for (size_t i = 0; i < n; ++i) {
@@ -283,12 +284,7 @@ class Engine {
   // The caller gives up on a request; its result is dropped whenever it comes.
   void abandon(uint32_t idx) {
     check(idx);
-    if (!ledger_.abandon(idx)) {
-      // Already done: drop the result now.
-      Ledger::Slot& s = ledger_.slot(idx);
-      py::object obj = payload_to_object(s.flags, s.payload.data(), s.payload.size());
-      ledger_.release(idx);
-    }
+    if (!ledger_.abandon(idx)) ledger_.discard(idx);  // already done: drop the result now
   }
 
   // submit + wait + take in one crossing: returns (status, flags, payload).
@@ -311,6 +307,7 @@ class Engine {
     return py::make_tuple(int(kOk), t[0], t[1]);
   }
 
+  Ledger& ledger() { return ledger_; }
   uint32_t backlog() const { return ledger_.backlog(); }
   uint32_t capacity() const { return ledger_.capacity(); }
   void close() { ledger_.close(); }
@@ -335,6 +332,82 @@ class Engine {
   std::shared_ptr<PyRing> output_;
   Ledger ledger_;
   Collector collector_;
+};
+
+
+// ------------------------------------------------------------------ StreamWindow
+
+class PyStreamWindow {
+ public:
+  PyStreamWindow(Engine& engine, std::shared_ptr<PyRing> entry, double item_timeout)
+      : engine_(engine), entry_(std::move(entry)),
+        win_(engine.ledger(), *entry_->ring,
+             item_timeout > 1e9 ? kForever : int64_t(item_timeout * 1e9)) {}
+
+  // Sends payloads[0..n) with the same flags; returns (accepted, status),
+  // status being OK or the reason the rest was not accepted.
+  py::tuple submit(py::list payloads, uint32_t flags, bool wait, double timeout) {
+    const size_t n = payloads.size();
+    std::unique_ptr<PayloadRef[]> refs(new PayloadRef[n ? n : 1]);
+    std::vector<OutMessage> msgs(n);
+    for (size_t i = 0; i < n; ++i) {
+      prepare_payload(payloads[i], flags, refs[i]);
+      msgs[i] = OutMessage{0, flags, 0, &refs[i].slice, 1};
+      if (flags & kFlagObject) Py_INCREF(refs[i].handle);
+    }
+    StreamWindow::SubmitStatus st;
+    size_t k;
+    {
+      py::gil_scoped_release nogil;
+      k = win_.submit(msgs.data(), n, wait, deadline_after(timeout), &st);
+    }
+    if (flags & kFlagObject)
+      for (size_t i = k; i < n; ++i) Py_DECREF(refs[i].handle);
+    int status = st == StreamWindow::SubmitStatus::ok        ? kOk
+                 : st == StreamWindow::SubmitStatus::full    ? kBacklogFull
+                 : st == StreamWindow::SubmitStatus::timeout ? kBacklogTimeout
+                                                             : kClosed;
+    return py::make_tuple(k, status);
+  }
+
+  void add_local() { win_.add_local(); }
+
+  // Returns [(outcome, flags, payload), ...] for the ready prefix of the
+  // window (waiting for its head), or [] once the window is finished and empty.
+  py::list drain(size_t max, int spin) {
+    out_.clear();
+    {
+      py::gil_scoped_release nogil;
+      win_.drain(max, spin, out_);
+    }
+    py::list res;
+    for (const auto& d : out_) {
+      if (d.outcome == StreamWindow::kEnd) break;
+      if (d.outcome == StreamWindow::kReady) {
+        Ledger::Slot& s = engine_.ledger().slot(d.slot);
+        py::object obj = payload_to_object(s.flags, s.payload.data(), s.payload.size());
+        uint32_t f = s.flags;
+        engine_.ledger().release(d.slot);
+        res.append(py::make_tuple(int(d.outcome), f, std::move(obj)));
+      } else {
+        res.append(py::make_tuple(int(d.outcome), 0, py::none()));
+      }
+    }
+    return res;
+  }
+
+  void finish() { win_.finish(); }
+  void close() {
+    py::gil_scoped_release nogil;
+    win_.close();
+  }
+  size_t size() const { return win_.size(); }
+
+ private:
+  Engine& engine_;
+  std::shared_ptr<PyRing> entry_;
+  StreamWindow win_;
+  std::vector<StreamWindow::Drained> out_;
 };
 
 // ------------------------------------------------------------------ Supervisor
@@ -454,6 +527,16 @@ PYBIND11_MODULE(_core, m) {
       .def("close", &Engine::close)
       .def("fail_pending", &Engine::fail_pending)
       .def("snapshot", &Engine::snapshot);
+
+  py::class_<PyStreamWindow>(m, "StreamWindow")
+      .def(py::init<Engine&, std::shared_ptr<PyRing>, double>(), py::arg("engine"),
+           py::arg("ring"), py::arg("item_timeout"), py::keep_alive<1, 2>())
+      .def("submit", &PyStreamWindow::submit)
+      .def("add_local", &PyStreamWindow::add_local)
+      .def("drain", &PyStreamWindow::drain, py::arg("max") = 256, py::arg("spin") = 0)
+      .def("finish", &PyStreamWindow::finish)
+      .def("close", &PyStreamWindow::close)
+      .def("__len__", &PyStreamWindow::size);
 
   py::class_<PySupervisor>(m, "Supervisor")
       .def(py::init<>())

@@ -98,6 +98,12 @@ bool Ledger::abandon(uint32_t idx) {
   return false;  // already done
 }
 
+void Ledger::discard(uint32_t idx) {
+  Slot& s = slots_[idx];
+  if (disposer_) disposer_(s.flags, s.payload);
+  free_slot(s, idx);
+}
+
 void Ledger::close() {
   closed_.store(true, std::memory_order_release);
   std::lock_guard<std::mutex> lk(mu_);

@@ -93,6 +93,8 @@ class Ledger {
   // The caller gives up: true if the result will be dropped on arrival,
   // false if it is already done (the caller must then release()).
   bool abandon(uint32_t idx);
+  // Drops the result of a done slot (through the disposer) and frees it.
+  void discard(uint32_t idx);
 
   // ---- lifecycle
   // No new requests; wakes callers waiting for a slot.

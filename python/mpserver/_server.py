@@ -10,6 +10,7 @@ the result into that slot.
 from __future__ import annotations
 
 import collections
+import itertools
 import multiprocessing
 import queue
 import threading
@@ -35,6 +36,13 @@ _BACKLOG_TIMEOUT = _core.BACKLOG_TIMEOUT
 _RESULT_TIMEOUT = _core.RESULT_TIMEOUT
 _CLOSED = _core.CLOSED
 _PUSH_TIMEOUT = _core.PUSH_TIMEOUT
+_FLAG_OBJECT = _core.FLAG_OBJECT
+_READY, _LOCAL, _TIMED_OUT = 0, 1, 2
+
+# A stream sends inputs in runs of up to _CHUNK (one ring push, one wake-up)
+# and takes up to _DRAIN_MAX ready results per crossing into the core.
+_CHUNK = 64
+_DRAIN_MAX = 256
 
 
 class _Sized:
@@ -223,130 +231,133 @@ class Server:
         """
         self._require_running()
         if isinstance(data_stream, _Sized.types):
-            gen = self._stream_inline(data_stream, timeout, preprocessor)
-        else:
-            gen = self._stream_fed(data_stream, timeout, preprocessor)
-        return _deliver(gen, return_x, return_exceptions)
+            return self._stream_inline(data_stream, timeout, preprocessor, return_x, return_exceptions)
+        return self._stream_fed(data_stream, timeout, preprocessor, return_x, return_exceptions)
 
-    def _submit(self, x, preprocessor, wait, timeout):
-        """Encode and submit one input: returns (slot, t0) or an exception."""
+    def _encode_for_stream(self, x, preprocessor):
+        """(payload, None) or (None, exception) for one input."""
         try:
             if preprocessor is not None:
                 x = preprocessor(x)
-            flags, payload = self._codec.encode(x)
+            return self._codec.encode(x)[1], None
         except Exception as e:
-            return e
-        t0 = perf_counter()
-        r = self._engine.submit(self._entry, payload, flags, wait, timeout)
-        if r >= 0:
-            return r, t0
-        return -r
+            return None, e
 
-    def _stream_inline(self, data, timeout, preprocessor):
-        """Feeds and drains in the caller's thread (inputs that never block)."""
-        engine = self._engine
-        window: collections.deque = collections.deque()  # (x, slot|None, t0, error|None)
-        it = iter(data)
-        carry = _NOTHING
-        exhausted = False
+    def _outcomes(self, win, xs, timeout, return_x, return_exceptions):
+        """Yields what the stream's consumer sees for the window's ready prefix."""
+        for outcome, flags, payload in win.drain(_DRAIN_MAX, 0):
+            x, err = xs.popleft()
+            if outcome == _READY:
+                try:
+                    y = decode(flags, payload)
+                except Exception as e:
+                    y, flags = e, FLAG_ERROR
+                if flags & FLAG_ERROR and not return_exceptions:
+                    raise y
+            elif outcome == _LOCAL:
+                y = err
+                if not return_exceptions:
+                    raise y
+            else:  # timed out
+                y = TimeoutError(f'item not done within its timeout of {timeout} seconds')
+                if not return_exceptions:
+                    raise y
+            yield (x, y) if return_x else y
+
+    def _stream_inline(self, data, timeout, preprocessor, return_x, return_exceptions):
+        """Feeds and drains in the caller's thread: for inputs that never block."""
+        win = _core.StreamWindow(self._engine, self._entry, timeout)
+        flags = _FLAG_OBJECT if self._codec.local else 0
         cap = self._capacity
+        xs: collections.deque = collections.deque()  # inputs in the window: (x, local error)
+        todo: collections.deque = collections.deque()  # pulled and encoded, not yet sent
+        it = iter(data)
+        exhausted = False
+        encode = self._encode_for_stream
         try:
             while True:
-                while not exhausted and len(window) < cap:
-                    if carry is not _NOTHING:
-                        x, carry = carry, _NOTHING
-                    else:
-                        try:
-                            x = next(it)
-                        except StopIteration:
-                            exhausted = True
+                want = min(_CHUNK, cap - len(xs)) - len(todo)
+                if not exhausted and want > 0:
+                    pulled = 0
+                    for x in itertools.islice(it, want):
+                        todo.append((x, *encode(x, preprocessor)))
+                        pulled += 1
+                    exhausted = pulled < want
+                while todo:
+                    x, payload, err = todo[0]
+                    if err is not None:
+                        todo.popleft()
+                        xs.append((x, err))
+                        win.add_local()
+                        continue
+                    run = []
+                    for item in todo:
+                        if item[2] is not None:
                             break
-                    r = self._submit(x, preprocessor, not window, timeout)
-                    if isinstance(r, tuple):
-                        window.append((x, r[0], r[1], None))
-                    elif isinstance(r, BaseException):
-                        window.append((x, None, 0.0, r))
-                    elif r == _BACKLOG_FULL:
-                        carry = x  # other callers hold the capacity: drain ours first
-                        break
-                    else:
-                        window.append((x, None, 0.0, self._failure(r, perf_counter())))
-                if not window:
-                    return
-                x, slot, t0, err = window.popleft()
-                yield x, self._collect(engine, slot, t0, timeout, err)
+                        run.append(item[1])
+                    k, status = win.submit(run, flags, not xs, timeout)
+                    for _ in range(k):
+                        xs.append((todo.popleft()[0], None))
+                    if k < len(run):
+                        if status == _BACKLOG_FULL and xs:
+                            break  # other callers hold the capacity: drain ours first
+                        x = todo.popleft()[0]
+                        xs.append((x, self._failure(status, perf_counter())))
+                        win.add_local()
+                if not xs:
+                    if exhausted and not todo:
+                        return
+                    continue
+                yield from self._outcomes(win, xs, timeout, return_x, return_exceptions)
         finally:
-            for _, slot, _, _ in window:
-                if slot is not None:
-                    engine.abandon(slot)
+            win.close()
 
-    def _stream_fed(self, data, timeout, preprocessor):
-        """A feeder thread pulls from the iterable (which may block), this thread drains."""
-        engine = self._engine
-        pipe: queue.Queue = queue.Queue(self._capacity)
+    def _stream_fed(self, data, timeout, preprocessor, return_x, return_exceptions):
+        """A feeder thread pulls from the iterable (which may block); this thread drains."""
+        win = _core.StreamWindow(self._engine, self._entry, timeout)
+        flags = _FLAG_OBJECT if self._codec.local else 0
+        xs: collections.deque = collections.deque()
         stop = threading.Event()
-
-        def drain():
-            while True:
-                try:
-                    item = pipe.get_nowait()
-                except queue.Empty:
-                    return
-                if isinstance(item, tuple) and item[1] is not None:
-                    engine.abandon(item[1])
+        feed_error = []
 
         def feed():
             try:
                 for x in data:
                     if stop.is_set():
                         break
-                    r = self._submit(x, preprocessor, True, timeout)
-                    if isinstance(r, tuple):
-                        pipe.put((x, r[0], r[1], None))
-                    elif isinstance(r, BaseException):
-                        pipe.put((x, None, 0.0, r))
-                    else:
-                        pipe.put((x, None, 0.0, self._failure(r, perf_counter())))
-                    if stop.is_set():
-                        break
+                    payload, err = self._encode_for_stream(x, preprocessor)
+                    if err is not None:
+                        xs.append((x, err))
+                        win.add_local()
+                        continue
+                    entry = [x, None]
+                    xs.append(entry)
+                    k, status = win.submit([payload], flags, True, timeout)
+                    if k == 0:
+                        if stop.is_set():
+                            break
+                        entry[1] = self._failure(status, perf_counter())
+                        win.add_local()
             except BaseException as e:  # noqa: BLE001 - the iterable failed: end the stream with it
-                pipe.put(_Raise(e))
-            else:
-                pipe.put(_END)
-            if stop.is_set():
-                drain()
+                feed_error.append(e)
+            finally:
+                win.finish()
 
         feeder = threading.Thread(target=feed, name='mpserver.Server.stream.feeder', daemon=True)
         feeder.start()
         try:
             while True:
-                item = pipe.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Raise):
-                    raise item.exc
-                x, slot, t0, err = item
-                yield x, self._collect(engine, slot, t0, timeout, err)
+                n = 0
+                for out in self._outcomes(win, xs, timeout, return_x, return_exceptions):
+                    n += 1
+                    yield out
+                if n == 0:
+                    break
+            if feed_error:
+                raise feed_error[0]
         finally:
             stop.set()
-            drain()
-
-    def _collect(self, engine, slot, t0, timeout, err):
-        """The outcome of one streamed item: (True, value) or (False, exception)."""
-        if err is not None:
-            return False, err
-        left = t0 + timeout - perf_counter()
-        if not engine.done(slot) and not engine.wait(slot, left if left > 0 else 0.0):
-            engine.abandon(slot)
-            return False, TimeoutError(f'0.000 seconds enqueue, {perf_counter() - t0:.3f} seconds total')
-        flags, payload = engine.take(slot)
-        try:
-            y = decode(flags, payload)
-        except Exception as e:
-            return False, e
-        if flags & FLAG_ERROR:
-            return False, y
-        return True, y
+            win.close()
 
     # ------------------------------------------------------------ introspection
 
@@ -370,30 +381,8 @@ class Server:
         }
 
 
-_NOTHING = object()
-_END = object()
-
-
-class _Raise:
-    __slots__ = ('exc',)
-
-    def __init__(self, exc):
-        self.exc = exc
-
-
 def _raised(exc: BaseException) -> BaseException:
     try:
         raise exc
     except BaseException as e:
         return e
-
-
-def _deliver(gen, return_x, return_exceptions):
-    for x, (ok, y) in gen:
-        if not ok and not return_exceptions:
-            gen.close()
-            raise y
-        if return_x:
-            yield x, y
-        else:
-            yield y

@@ -1,0 +1,125 @@
+#include "stream_window.hpp"
+
+#include <climits>
+
+namespace mps {
+
+size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns,
+                            SubmitStatus* st) {
+  *st = SubmitStatus::ok;
+  scratch_.clear();
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t idx;
+    auto a = ledger_.acquire(wait && i == 0, deadline_ns, &idx);
+    if (a != Ledger::AcquireStatus::ok) {
+      *st = a == Ledger::AcquireStatus::full      ? SubmitStatus::full
+            : a == Ledger::AcquireStatus::timeout ? SubmitStatus::timeout
+                                                  : SubmitStatus::closed;
+      break;
+    }
+    msgs[i].id = ledger_.token(idx);
+    scratch_.push_back(idx);
+  }
+  size_t k = scratch_.size();
+  if (k == 0) return 0;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (closed_) {
+      for (uint32_t idx : scratch_) ledger_.release(idx);
+      *st = SubmitStatus::closed;
+      return 0;
+    }
+  }
+  size_t written = 0;
+  PushStatus ps = entry_.push(msgs, k, deadline_ns, &written);
+  for (size_t i = written; i < k; ++i) ledger_.release(scratch_[i]);
+  if (ps != PushStatus::ok) *st = ps == PushStatus::closed ? SubmitStatus::closed : SubmitStatus::timeout;
+  const int64_t deadline = item_timeout_ns_ == kForever ? kForever : now_ns() + item_timeout_ns_;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!closed_) {
+      for (size_t i = 0; i < written; ++i) entries_.push_back({scratch_[i], deadline});
+    } else {
+      // The consumer left while we were pushing: these results are unwanted.
+      for (size_t i = 0; i < written; ++i) {
+        if (!ledger_.abandon(scratch_[i])) ledger_.discard(scratch_[i]);
+      }
+      *st = SubmitStatus::closed;
+    }
+  }
+  cv_.notify_one();
+  return written;
+}
+
+void StreamWindow::add_local() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    entries_.push_back({kNoSlot, kForever});
+  }
+  cv_.notify_one();
+}
+
+size_t StreamWindow::drain(size_t max, int spin, std::vector<Drained>& out) {
+  Entry head;
+  {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return !entries_.empty() || finished_ || closed_; });
+    if (entries_.empty()) {
+      out.push_back({kEnd, 0});
+      return 0;
+    }
+    head = entries_.front();
+  }
+  if (head.slot != kNoSlot && !ledger_.wait(head.slot, head.deadline_ns, spin)) {
+    // This item ran out of time: its result will be dropped when it comes.
+    if (!ledger_.abandon(head.slot)) {
+      // It completed at the last moment after all.
+      out.push_back({kReady, head.slot});
+    } else {
+      out.push_back({kTimedOut, 0});
+    }
+  } else {
+    out.push_back({head.slot == kNoSlot ? kLocal : kReady, head.slot});
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  entries_.pop_front();
+  size_t n = 1;
+  while (n < max && !entries_.empty()) {
+    const Entry& e = entries_.front();
+    if (e.slot == kNoSlot) {
+      out.push_back({kLocal, 0});
+    } else if (ledger_.is_done(e.slot)) {
+      out.push_back({kReady, e.slot});
+    } else {
+      break;
+    }
+    entries_.pop_front();
+    ++n;
+  }
+  return n;
+}
+
+void StreamWindow::finish() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    finished_ = true;
+  }
+  cv_.notify_all();
+}
+
+void StreamWindow::close() {
+  std::deque<Entry> left;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (closed_) return;
+    closed_ = true;
+    left.swap(entries_);
+  }
+  cv_.notify_all();
+  for (const Entry& e : left) {
+    if (e.slot == kNoSlot) continue;
+    if (!ledger_.abandon(e.slot)) ledger_.discard(e.slot);  // done: drop it now
+  }
+}
+
+}  // namespace mps
