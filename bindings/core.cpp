@@ -25,6 +25,10 @@ using namespace mps;
 
 namespace {
 
+// Spin budgets (busy-wait rounds before a futex sleep); tunable for benchmarks.
+int g_worker_spin = 2000;
+int g_collector_spin = 0;
+
 // Caller flags (bits 8..31 of a frame's flags; the low byte is framing).
 constexpr uint32_t kFlagObject = 1u << 8;   // payload is a PyObject* owned by the message
 constexpr uint32_t kFlagError = 1u << 9;    // payload is a pickled (or object) exception
@@ -162,6 +166,7 @@ class PyRing {
       }
     } sink;
     BatchPolicy policy;
+    policy.spin = g_worker_spin;
     policy.max_items = max_items;
     policy.wait_ns = int64_t(wait_time * 1e9);
     int64_t deadline = deadline_from(idle_timeout);
@@ -209,7 +214,10 @@ class Engine {
     collector_.join();
   }
 
-  void start() { collector_.start(); }
+  void start() {
+    collector_.set_spin(g_collector_spin);
+    collector_.start();
+  }
 
   // Closes the output ring and waits for the collector to drain it.
   void stop() {
@@ -546,5 +554,9 @@ PYBIND11_MODULE(_core, m) {
       .def("kill", [](PySupervisor& s, int pid, int sig) { s.sup.kill(pid, sig); });
 
   m.def("memfd_from_bytes", &memfd_from_bytes);
+  m.def("set_spin", [](int worker, int collector) {
+    g_worker_spin = worker;
+    g_collector_spin = collector;
+  }, "Busy-wait rounds before sleeping: in workers' gather, in the collector.");
   m.def("bind_to_parent", &bind_to_parent);
 }

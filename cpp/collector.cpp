@@ -46,7 +46,7 @@ void Collector::start() {
 void Collector::run() {
   Sink sink(*this);
   for (;;) {
-    if (!ring_.wait_data(kForever, 4000)) {
+    if (!ring_.wait_data(kForever, spin_)) {
       if (ring_.closed() && ring_.empty()) break;
       continue;
     }

@@ -33,6 +33,8 @@ class Collector {
   ~Collector() { join(); }
 
   void set_on_batch(std::function<void(size_t)> f) { on_batch_ = std::move(f); }
+  // Busy-wait rounds before sleeping when the ring is empty.
+  void set_spin(int spin) { spin_ = spin; }
   void start();
   // Returns after the ring has been closed (by the owner) and drained.
   void join();
@@ -64,6 +66,7 @@ class Collector {
   std::atomic<uint64_t> delivered_{0};
   std::atomic<uint64_t> dropped_{0};
   std::atomic<bool> running_{false};
+  int spin_ = 0;
 };
 
 }  // namespace mps

@@ -18,11 +18,29 @@
 
 #include <atomic>
 #include <cstdint>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "futex.hpp"
 
 namespace mps {
+
+// getpid() is a system call on current glibc; the lock records its owner on
+// every acquisition, so the pid is cached (and refreshed in a forked child).
+inline int32_t self_pid() {
+  static std::atomic<int32_t> pid{0};
+  int32_t p = pid.load(std::memory_order_relaxed);
+  if (p == 0) {
+    static const bool hooked = [] {
+      pthread_atfork(nullptr, nullptr, [] { pid.store(0, std::memory_order_relaxed); });
+      return true;
+    }();
+    (void)hooked;
+    p = int32_t(getpid());
+    pid.store(p, std::memory_order_relaxed);
+  }
+  return p;
+}
 
 struct ShmMutex {
   std::atomic<uint32_t> state{0};
@@ -32,7 +50,7 @@ struct ShmMutex {
     uint32_t c = 0;
     if (state.compare_exchange_strong(c, 1, std::memory_order_acquire,
                                       std::memory_order_relaxed)) {
-      owner.store(getpid(), std::memory_order_relaxed);
+      owner.store(self_pid(), std::memory_order_relaxed);
       return true;
     }
     return false;
@@ -51,7 +69,7 @@ struct ShmMutex {
       }
       c = state.exchange(2, std::memory_order_acquire);
     }
-    owner.store(getpid(), std::memory_order_relaxed);
+    owner.store(self_pid(), std::memory_order_relaxed);
     return true;
   }
 
