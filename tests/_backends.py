@@ -1,0 +1,279 @@
+"""Backends under test and the Worker classes the tests use, per backend.
+
+Worker processes are separate (spawned) interpreters.  They receive a worker
+class *by reference* (module + qualified name) and re-import it, so every test
+Worker must live at module level under a stable name.  ``_define_workers``
+builds the full set of test Workers on top of one backend's ``Worker`` base;
+``_register`` runs it once per backend at import time and publishes each class
+in this module's globals as ``<Name>__<backend>`` (e.g. ``Square__mpserver``),
+with ``__name__``/``__qualname__``/``__module__`` set so that pickle, and the
+re-import in the worker process, find exactly that object.
+
+Tests never use those global names directly: they use ``backend.w.Square``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import types
+
+__all__ = ['Backend', 'BACKENDS', 'IMPORT_ERRORS', 'CustomError', 'get_backend']
+
+
+class CustomError(Exception):
+    """An exception type that only this test module knows about."""
+
+
+def _define_workers(Worker) -> dict[str, type]:
+    """Define every test Worker as a subclass of ``Worker``; return them by short name."""
+
+    class Square(Worker):
+        def call(self, x):
+            return x * x
+
+    class SlowVarying(Worker):
+        # Every third item is slow, so with 2+ workers the results complete
+        # out of input order.
+        def call(self, x):
+            time.sleep(0.04 if x % 3 == 0 else 0.0)
+            return x * 10
+
+    class Sleeper(Worker):
+        def call(self, x):
+            time.sleep(x)
+            return x
+
+    class Gate(Worker):
+        # ``call((path, value))`` blocks until ``path`` exists (bounded), then
+        # returns ``value``.  Lets a test hold items "in flight" for exactly as
+        # long as it wants, without relying on sleep durations.
+        def call(self, x):
+            path, value = x
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f'gate {path} never opened')
+                time.sleep(0.005)
+            return value
+
+    class FailOn(Worker):
+        def __init__(self, *, bad=(3,), **kwargs):
+            super().__init__(**kwargs)
+            self.bad = tuple(bad)
+
+        def call(self, x):
+            if x == 'custom':
+                raise CustomError('custom failure', 42)
+            if x in self.bad:
+                self._explode_on_purpose(x)
+            return x * 10
+
+        def _explode_on_purpose(self, x):
+            raise ValueError(f'refusing to process {x}')
+
+    class BatchLen(Worker):
+        # For each item, returns (item, size of the batch it was processed in).
+        def __init__(self, *, batch_size=10, **kwargs):
+            super().__init__(batch_size=batch_size, **kwargs)
+
+        def call(self, batch):
+            if not isinstance(batch, list):
+                raise TypeError(f'expected a list batch, got {type(batch).__name__}')
+            if any(v < 0 for v in batch):
+                raise ValueError(f'negative item in batch {batch!r}')
+            return [(v, len(batch)) for v in batch]
+
+    class Info(Worker):
+        # Reports the worker's view of its own attributes.  A positive number
+        # input makes the call sleep that long first.
+        def call(self, x):
+            if self.batch_size > 0:
+                return [self._info(v, True, len(x)) for v in x]
+            return self._info(x, isinstance(x, list), None)
+
+        def _info(self, x, got_list, batch_len):
+            if isinstance(x, (int, float)) and x > 0:
+                time.sleep(x)
+            return {
+                'x': x,
+                'worker_index': self.worker_index,
+                'batch_size': self.batch_size,
+                'batch_wait_time': self.batch_wait_time,
+                'cpu_affinity': self.cpu_affinity,
+                'name': self.name,
+                'pid': os.getpid(),
+                'thread': threading.current_thread().name,
+                'affinity': sorted(os.sched_getaffinity(0)),
+                'call_got_list': got_list,
+                'batch_len': batch_len,
+            }
+
+    class Prep(Worker):
+        # preprocess doubles, rejecting negatives; call adds 1.
+        # 'report' returns what preprocess and call have seen so far.
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._lock = threading.Lock()
+            self.preprocessed = []
+            self.called = []
+
+        def preprocess(self, x):
+            with self._lock:
+                if isinstance(x, BaseException):
+                    self.preprocessed.append(('EXCEPTION', repr(x)))
+                else:
+                    self.preprocessed.append(x)
+            if x == 'report':
+                return x
+            if x < 0:
+                raise ValueError(f'negative input {x}')
+            return x * 2
+
+        def call(self, x):
+            if self.batch_size > 0:
+                return [self._one(v) for v in x]
+            return self._one(x)
+
+        def _one(self, x):
+            with self._lock:
+                if x == 'report':
+                    return {'preprocessed': list(self.preprocessed), 'called': list(self.called)}
+                self.called.append(x)
+            return x + 1
+
+    class Concurrency(Worker):
+        # Runs ``call`` in 4 threads within the worker (num_stream_threads);
+        # each result carries the max number of calls seen running at once.
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.num_stream_threads = 4
+            self._lock = threading.Lock()
+            self._active = 0
+            self._max_active = 0
+
+        def call(self, x):
+            with self._lock:
+                self._active += 1
+                self._max_active = max(self._max_active, self._active)
+            try:
+                time.sleep(0.3)
+            finally:
+                with self._lock:
+                    self._active -= 1
+            with self._lock:
+                return (x, self._max_active)
+
+    class Cleanup(Worker):
+        def __init__(self, *, marker_dir, **kwargs):
+            super().__init__(**kwargs)
+            self.marker_dir = marker_dir
+            self.calls = 0
+
+        def call(self, x):
+            self.calls += 1
+            return x
+
+        def cleanup(self, exc=None):
+            path = os.path.join(self.marker_dir, f'cleanup-{self.worker_index}')
+            with open(path, 'w') as f:
+                f.write(f'{exc!r} calls={self.calls}')
+
+    class Greeter(Worker):
+        def __init__(self, *, greeting, factor=1, **kwargs):
+            super().__init__(**kwargs)
+            self.greeting = greeting
+            self.factor = factor
+
+        def call(self, x):
+            return f'{self.greeting} {x * self.factor} from {self.worker_index}'
+
+    class InitFail(Worker):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            raise ValueError('boom')
+
+        def call(self, x):
+            return x
+
+    class ParentInfo(Worker):
+        def call(self, x):
+            return (os.getppid(), multiprocessing.parent_process() is None, os.getpid(), x)
+
+    return {
+        name: obj
+        for name, obj in locals().items()
+        if isinstance(obj, type) and issubclass(obj, Worker) and obj is not Worker
+    }
+
+
+class Backend:
+    """Everything a test needs from one implementation of the mpserver API."""
+
+    def __init__(self, name, server_mod, remote_mod):
+        self.name = name
+        self.module = server_mod
+        self.Server = server_mod.Server
+        self.ProcessServlet = server_mod.ProcessServlet
+        self.ThreadServlet = server_mod.ThreadServlet
+        self.Worker = server_mod.Worker
+        self.make_worker = server_mod.make_worker
+        self.PassThrough = server_mod.PassThrough
+        self.ServerBacklogFull = server_mod.ServerBacklogFull
+        self.TimeoutError = server_mod.TimeoutError
+        self.EnsembleError = server_mod.EnsembleError
+        self.RemoteException = remote_mod.RemoteException
+        self.is_remote_exception = remote_mod.is_remote_exception
+        self.get_remote_traceback = remote_mod.get_remote_traceback
+        self.w = _register(name, self.Worker)
+
+    def __repr__(self):
+        return f'<Backend {self.name}>'
+
+
+def _register(backend_name: str, worker_base: type) -> types.SimpleNamespace:
+    classes = _define_workers(worker_base)
+    ns = {}
+    for short, cls in classes.items():
+        full = f'{short}__{backend_name}'
+        cls.__name__ = full
+        cls.__qualname__ = full
+        cls.__module__ = __name__
+        globals()[full] = cls
+        ns[short] = cls
+    return types.SimpleNamespace(**ns)
+
+
+def _load_mpservice():
+    import mpservice.mpserver as server_mod
+    import mpservice.multiprocessing.remote_exception as remote_mod
+
+    return Backend('mpservice', server_mod, remote_mod)
+
+
+def _load_mpserver():
+    import mpserver
+
+    return Backend('mpserver', mpserver, mpserver)
+
+
+BACKENDS: dict[str, Backend | None] = {}
+IMPORT_ERRORS: dict[str, BaseException] = {}
+
+for _name, _loader in (('mpservice', _load_mpservice), ('mpserver', _load_mpserver)):
+    try:
+        BACKENDS[_name] = _loader()
+    except Exception as _e:  # ImportError, or a half-built package failing on import
+        BACKENDS[_name] = None
+        IMPORT_ERRORS[_name] = _e
+del _name, _loader
+
+
+def get_backend(name: str) -> Backend:
+    """Return the backend, or raise RuntimeError explaining why it is unavailable."""
+    b = BACKENDS.get(name)
+    if b is None:
+        raise RuntimeError(f'backend {name!r} could not be imported: {IMPORT_ERRORS.get(name)!r}')
+    return b

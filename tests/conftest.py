@@ -1,0 +1,28 @@
+import os
+import sys
+
+import pytest
+
+# Worker processes re-import the test Worker classes from ``_backends`` by
+# module name; they inherit the parent's sys.path, so make sure this directory
+# is on it regardless of pytest's import mode.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import _backends  # noqa: E402
+
+BACKEND_NAMES = ['mpservice', 'mpserver']
+
+
+@pytest.fixture(params=BACKEND_NAMES, ids=BACKEND_NAMES)
+def backend(request) -> _backends.Backend:
+    name = request.param
+    b = _backends.BACKENDS.get(name)
+    if b is None:
+        err = _backends.IMPORT_ERRORS.get(name)
+        pytest.fail(
+            f'backend {name!r} cannot be imported: {type(err).__name__}: {err}',
+            pytrace=False,
+        )
+    return b
