@@ -202,6 +202,38 @@ def _define_workers(Worker) -> dict[str, type]:
         def call(self, x):
             return (os.getppid(), multiprocessing.parent_process() is None, os.getpid(), x)
 
+    class Echo(Worker):
+        def call(self, x):
+            return x
+
+    class Describe(Worker):
+        # Returns (type name, len) so big payloads need not travel back.
+        def call(self, x):
+            return (type(x).__name__, len(x), bytes(x[:4]), bytes(x[-4:]))
+
+    class WrongLength(Worker):
+        # A batched call that drops one result.
+        def __init__(self, **kwargs):
+            super().__init__(batch_size=4, batch_wait_time=0.05, **kwargs)
+
+        def call(self, xs):
+            return xs[:-1]
+
+    class Unpicklable(Worker):
+        # Results that cannot be pickled for the odd inputs.
+        def call(self, x):
+            if x % 2:
+                return threading.Lock()
+            return x
+
+    class ExitInInit(Worker):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            os._exit(3)
+
+        def call(self, x):
+            return x
+
     return {
         name: obj
         for name, obj in locals().items()

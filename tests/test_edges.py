@@ -1,0 +1,206 @@
+"""Edges of the API: big payloads, exit while busy, bad inputs and results.
+
+Tests that mpservice fails by hanging or by losing the item run on mpserver
+only (the reason is stated on each); the rest run on both backends.
+"""
+
+import os
+import pickle
+import threading
+import time
+
+import pytest
+
+import _backends
+
+
+def _children() -> set[int]:
+    """Pids of this process's live child processes (via /proc)."""
+    me = str(os.getpid())
+    out = set()
+    for d in os.listdir('/proc'):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f'/proc/{d}/stat') as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(')', 1)[1].split()
+        if fields[1] == me and fields[0] != 'Z':
+            out.add(int(d))
+    return out
+
+
+def _wait_until(cond, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture
+def mpserver_backend():
+    try:
+        return _backends.get_backend('mpserver')
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+# ---------------------------------------------------------------- both backends
+
+
+def test_payload_larger_than_a_ring_passes_through(backend):
+    # mpserver's rings hold 8 MiB; 24 MiB must still travel, both ways.
+    big = bytes(range(256)) * (24 * 4096)
+    with backend.Server(backend.ProcessServlet(backend.w.Echo)) as server:
+        y = server.call(big, timeout=120)
+        assert y == big
+        out = list(server.stream([big[:10], big, b'xyz'], timeout=120))
+    assert out[0] == big[:10] and out[1] == big and out[2] == b'xyz'
+
+
+def test_big_payloads_streamed_to_two_workers(backend):
+    chunks = [bytes([i]) * (3 << 20) for i in range(8)]  # 8 x 3 MiB
+    with backend.Server(backend.ProcessServlet(backend.w.Describe, cpus=2)) as server:
+        out = list(server.stream(chunks, timeout=120))
+    assert out == [('bytes', 3 << 20, bytes([i]) * 4, bytes([i]) * 4) for i in range(8)]
+
+
+def test_exit_lets_in_flight_calls_finish(backend):
+    results = []
+
+    def caller(server):
+        results.append(server.call(0.3, timeout=60))
+
+    with backend.Server(backend.ProcessServlet(backend.w.Sleeper)) as server:
+        t = threading.Thread(target=caller, args=(server,))
+        t.start()
+        assert _wait_until(lambda: server.backlog == 1, 10)
+    t.join(30)
+    assert results == [0.3]
+
+
+def test_init_failure_leaves_no_worker_running(backend):
+    before = _children()
+    with pytest.raises(ValueError):
+        with backend.Server(backend.ProcessServlet(backend.w.InitFail, cpus=2)):
+            pass
+    assert _wait_until(lambda: _children() <= before, 10), _children() - before
+
+
+def test_thread_servlet_passes_objects_by_reference(backend):
+    lock = threading.Lock()  # cannot be pickled
+    with backend.Server(backend.ThreadServlet(backend.w.Echo)) as server:
+        assert server.call(lock) is lock
+        assert list(server.stream([lock, lock])) == [lock, lock]
+
+
+def test_servers_one_after_another_leave_nothing_behind(backend):
+    before = _children()
+    for i in range(3):
+        with backend.Server(backend.ProcessServlet(backend.w.Square, cpus=2)) as server:
+            assert server.call(i) == i * i
+    assert _wait_until(lambda: _children() <= before, 10), _children() - before
+
+
+# ---------------------------------------------------------------- mpserver only
+# mpservice loses the item (and the caller waits until its timeout) or hangs in
+# these situations; mpserver turns each into an error for that item or call.
+
+
+def test_unpicklable_input_raises_in_the_caller(mpserver_backend):
+    b = mpserver_backend
+    with b.Server(b.ProcessServlet(b.w.Square)) as server:
+        with pytest.raises((pickle.PicklingError, TypeError, AttributeError)) as ei:
+            server.call(threading.Lock())
+        assert 'lock' in str(ei.value).lower()
+        assert server.call(3) == 9
+        assert server.backlog == 0
+        out = list(server.stream([2, lambda: 0, 4], return_exceptions=True))
+    assert out[0] == 4 and out[2] == 16
+    assert isinstance(out[1], (pickle.PicklingError, TypeError, AttributeError))
+
+
+def test_unpicklable_result_is_that_items_error(mpserver_backend):
+    b = mpserver_backend
+    with b.Server(b.ProcessServlet(b.w.Unpicklable)) as server:
+        out = list(server.stream(range(4), return_exceptions=True))
+        assert out[0] == 0 and out[2] == 2
+        for e in (out[1], out[3]):
+            assert isinstance(e, pickle.PicklingError)
+            assert 'lock' in str(e)
+        assert server.call(6) == 6
+
+
+def test_batch_with_wrong_number_of_results_fails_every_item(mpserver_backend):
+    b = mpserver_backend
+    with b.Server(b.ProcessServlet(b.w.WrongLength)) as server:
+        out = list(server.stream(range(4), return_exceptions=True, timeout=30))
+    assert len(out) == 4
+    for e in out:
+        assert isinstance(e, ValueError)
+        assert 'returned 3 results for a batch of 4' in str(e)
+
+
+def test_worker_exiting_during_startup_is_an_error_not_a_hang(mpserver_backend):
+    b = mpserver_backend
+    with pytest.raises(b.module.WorkerStartupError) as ei:
+        with b.Server(b.ProcessServlet(b.w.ExitInInit)):
+            pass
+    assert 'exit code 3' in str(ei.value)
+    assert 'ExitInInit' in str(ei.value)
+
+
+def test_make_worker_class_in_a_process_servlet_is_explained(mpserver_backend):
+    b = mpserver_backend
+    with pytest.raises(TypeError, match='ThreadServlet'):
+        with b.Server(b.ProcessServlet(b.make_worker(lambda x: x))):
+            pass
+
+
+def test_server_outside_with_block(mpserver_backend):
+    b = mpserver_backend
+    server = b.Server(b.ThreadServlet(b.w.Square))
+    with pytest.raises(RuntimeError, match='not started'):
+        server.call(1)
+    with server:
+        assert server.call(2) == 4
+    with pytest.raises(RuntimeError, match='stopped'):
+        server.call(1)
+    with pytest.raises(RuntimeError, match='stopped'):
+        list(server.stream([1]))
+
+
+@pytest.mark.parametrize(
+    'kwargs, match',
+    [
+        ({'cpus': -1}, 'cpus'),
+        ({'cpus': 0}, '>= 1'),
+        ({'cpus': [0, 4096]}, 'does not exist'),
+        ({'cpus': ['a']}, 'entry 0'),
+        ({'cpus': [[]]}, 'empty'),
+        ({'cpus': 'all'}, 'cpus must be'),
+    ],
+)
+def test_invalid_cpus_rejected_at_construction(mpserver_backend, kwargs, match):
+    b = mpserver_backend
+    with pytest.raises(ValueError, match=match):
+        b.ProcessServlet(b.w.Square, **kwargs)
+
+
+def test_invalid_settings_are_value_and_assertion_errors(mpserver_backend):
+    b = mpserver_backend
+    with pytest.raises(ValueError, match='capacity'):
+        b.Server(b.ThreadServlet(b.w.Square), capacity=0)
+    with pytest.raises(AssertionError):
+        b.Server(b.ThreadServlet(b.w.Square), capacity=-5)
+    with pytest.raises(ValueError, match='num_threads'):
+        b.ThreadServlet(b.w.Square, num_threads=0)
+    with pytest.raises(ValueError, match='subclass'):
+        b.ProcessServlet(object)
+    with pytest.raises(ValueError, match='batch_wait_time'):
+        with b.Server(b.ThreadServlet(b.w.Square, batch_size=1, batch_wait_time=0.5)):
+            pass
