@@ -44,6 +44,40 @@ enum Status : int {
   kPushTimeout = 5,      // the entry ring stayed full until the deadline
 };
 
+// Waits made on the interpreter's main thread are cut into slices so that a
+// signal handler (Ctrl-C -> KeyboardInterrupt) runs within ~50 ms; other
+// threads cannot receive signals in Python, so they wait in one piece.
+unsigned long g_main_thread = 0;
+constexpr int64_t kSignalSlice = 50'000'000;
+
+bool on_main_thread() { return PyThread_get_thread_ident() == g_main_thread; }
+
+// Calls wait(slice_deadline) without the GIL until it returns true or the
+// deadline passes (returns false).  Throws error_already_set if a signal
+// handler raised; `on_interrupt` runs first (with the GIL) to undo state.
+template <class Wait, class Undo>
+bool wait_interruptibly(int64_t deadline, Wait&& wait, Undo&& on_interrupt) {
+  const bool slice = on_main_thread();
+  for (;;) {
+    int64_t until = deadline;
+    if (slice) {
+      int64_t s = now_ns() + kSignalSlice;
+      if (s < until) until = s;
+    }
+    bool done;
+    {
+      py::gil_scoped_release nogil;
+      done = wait(until);
+    }
+    if (done) return true;
+    if (until >= deadline || now_ns() >= deadline) return false;
+    if (PyErr_CheckSignals() != 0) {
+      on_interrupt();
+      throw py::error_already_set();
+    }
+  }
+}
+
 int64_t deadline_from(py::object timeout) {
   if (timeout.is_none()) return kForever;
   return deadline_after(timeout.cast<double>());
@@ -170,13 +204,16 @@ class PyRing {
     policy.max_items = max_items;
     policy.wait_ns = int64_t(wait_time * 1e9);
     int64_t deadline = deadline_from(idle_timeout);
-    size_t n;
-    {
-      py::gil_scoped_release nogil;
-      n = mps::gather(*ring, sink, policy, deadline);
-    }
+    size_t n = 0;
+    wait_interruptibly(
+        deadline,
+        [&](int64_t until) {
+          n = mps::gather(*ring, sink, policy, until);
+          return n > 0 || ring->finished();
+        },
+        [] {});
     if (n == 0) {
-      if (ring->closed() && ring->empty()) return py::none();
+      if (ring->finished()) return py::none();
       return py::list();
     }
     py::list out(n);
@@ -238,8 +275,13 @@ class Engine {
     uint32_t idx;
     Ledger::AcquireStatus a = ledger_.acquire(false, 0, &idx);
     if (a == Ledger::AcquireStatus::full && wait) {
-      py::gil_scoped_release nogil;
-      a = ledger_.acquire(true, deadline, &idx);
+      wait_interruptibly(
+          deadline,
+          [&](int64_t until) {
+            a = ledger_.acquire(true, until, &idx);
+            return a != Ledger::AcquireStatus::timeout;
+          },
+          [] {});
     }
     switch (a) {
       case Ledger::AcquireStatus::ok: break;
@@ -268,9 +310,9 @@ class Engine {
   bool wait(uint32_t idx, double timeout, int spin) {
     check(idx);
     if (ledger_.is_done(idx)) return true;
-    const int64_t deadline = deadline_after(timeout);
-    py::gil_scoped_release nogil;
-    return ledger_.wait(idx, deadline, spin);
+    return wait_interruptibly(
+        deadline_after(timeout), [&](int64_t until) { return ledger_.wait(idx, until, spin); },
+        [] {});
   }
 
   bool done(uint32_t idx) {
@@ -302,11 +344,9 @@ class Engine {
     int r = submit_until(entry, payload, flags, !backpressure, deadline, 0);
     if (r < 0) return py::make_tuple(-r, 0, py::none());
     uint32_t idx = uint32_t(r);
-    bool ok;
-    {
-      py::gil_scoped_release nogil;
-      ok = ledger_.wait(idx, deadline, spin);
-    }
+    bool ok = wait_interruptibly(
+        deadline, [&](int64_t until) { return ledger_.wait(idx, until, spin); },
+        [&] { abandon(idx); });
     if (!ok) {
       abandon(idx);
       return py::make_tuple(int(kResultTimeout), 0, py::none());
@@ -384,10 +424,14 @@ class PyStreamWindow {
   // window (waiting for its head), or [] once the window is finished and empty.
   py::list drain(size_t max, int spin) {
     out_.clear();
-    {
-      py::gil_scoped_release nogil;
-      win_.drain(max, spin, out_);
-    }
+    wait_interruptibly(
+        kForever,
+        [&](int64_t until) {
+          out_.clear();
+          win_.drain(max, spin, until, out_);
+          return out_.empty() || out_[0].outcome != StreamWindow::kPending;
+        },
+        [] {});
     py::list res;
     for (const auto& d : out_) {
       if (d.outcome == StreamWindow::kEnd) break;
@@ -483,6 +527,7 @@ bool bind_to_parent(int expected_ppid) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "mpserver's C++ core: shared-memory rings, request ledger, collector, supervisor.";
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
   m.attr("FLAG_OBJECT") = kFlagObject;
   m.attr("FLAG_ERROR") = kFlagError;
@@ -510,6 +555,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("empty", [](PyRing& r) { return r.ring->empty(); })
       .def_property_readonly("bytes_used", [](PyRing& r) { return r.ring->bytes_used(); })
       .def("close", [](PyRing& r) { r.ring->close(); })
+      .def("abort", [](PyRing& r) { r.ring->abort(); },
+           "Close and make consumers stop at once, leaving unread messages behind.")
+      .def_property_readonly("finished", [](PyRing& r) { return r.ring->finished(); })
       .def("push", &PyRing::push, py::arg("id"), py::arg("flags"), py::arg("payload"),
            py::arg("aux") = 0, py::arg("timeout") = py::none())
       .def("push_many", &PyRing::push_many, py::arg("items"), py::arg("aux") = 0)

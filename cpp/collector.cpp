@@ -47,7 +47,7 @@ void Collector::run() {
   Sink sink(*this);
   for (;;) {
     if (!ring_.wait_data(kForever, spin_)) {
-      if (ring_.closed() && ring_.empty()) break;
+      if (ring_.finished()) break;
       continue;
     }
     size_t n = ring_.try_consume(SIZE_MAX, sink);

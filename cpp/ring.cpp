@@ -175,11 +175,12 @@ PushStatus Ring::try_push(const OutMessage* msgs, size_t n, size_t* written) {
 
 bool Ring::wait_data(int64_t deadline_ns, int spin) {
   for (int i = 0; i < spin; ++i) {
-    if (!empty()) return true;
+    if (!empty()) return !aborted();
     cpu_relax();
   }
   for (;;) {
     uint32_t s = h_->data_seq.load(std::memory_order_seq_cst);
+    if (aborted()) return false;
     if (!empty()) return true;
     if (closed()) return false;
     h_->data_waiters.fetch_add(1, std::memory_order_seq_cst);
@@ -209,6 +210,7 @@ const FrameHeader* Ring::frame_at(uint64_t pos, uint64_t head) const {
 }
 
 size_t Ring::consume_locked(size_t max_msgs, MessageSink& sink) {
+  if (aborted()) return 0;
   uint64_t tail = h_->tail.load(std::memory_order_relaxed);
   size_t n = 0;
   while (n < max_msgs) {
@@ -255,8 +257,17 @@ size_t Ring::try_consume(size_t max_msgs, MessageSink& sink) {
   return consume_locked(max_msgs, sink);
 }
 
+void Ring::abort() {
+  h_->closed.store(2, std::memory_order_seq_cst);
+  h_->data_seq.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(&h_->data_seq, INT_MAX, true);
+  h_->space_seq.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(&h_->space_seq, INT_MAX, true);
+}
+
 void Ring::close() {
-  h_->closed.store(1, std::memory_order_seq_cst);
+  uint32_t open = 0;
+  h_->closed.compare_exchange_strong(open, 1, std::memory_order_seq_cst);
   h_->data_seq.fetch_add(1, std::memory_order_seq_cst);
   futex_wake(&h_->data_seq, INT_MAX, true);
   h_->space_seq.fetch_add(1, std::memory_order_seq_cst);

@@ -37,6 +37,8 @@
 //   * The space side (tail, space_seq, space_waiters) mirrors this exactly.
 //   * closed is set with seq_cst and followed by bumping both sequences and
 //     waking everybody; waiters re-check closed after every wake.
+//     closed == 1: no more messages, consumers drain what is there.
+//     closed == 2 (abort): consumers stop at once; what is left is discarded.
 #pragma once
 
 #include <atomic>
@@ -145,7 +147,12 @@ class Ring {
 
   // ---- both ----------------------------------------------------------
   void close();
+  // Closes and tells consumers to stop now, leaving unread messages behind.
+  void abort();
   bool closed() const { return h_->closed.load(std::memory_order_seq_cst) != 0; }
+  bool aborted() const { return h_->closed.load(std::memory_order_seq_cst) == 2; }
+  // Closed, and nothing (more) will be consumed.
+  bool finished() const { return closed() && (aborted() || empty()); }
   bool empty() const {
     return h_->head.load(std::memory_order_acquire) == h_->tail.load(std::memory_order_acquire);
   }

@@ -1,5 +1,6 @@
 #include "stream_window.hpp"
 
+#include <chrono>
 #include <climits>
 
 namespace mps {
@@ -59,18 +60,29 @@ void StreamWindow::add_local() {
   cv_.notify_one();
 }
 
-size_t StreamWindow::drain(size_t max, int spin, std::vector<Drained>& out) {
+size_t StreamWindow::drain(size_t max, int spin, int64_t wake_by_ns, std::vector<Drained>& out) {
   Entry head;
   {
     std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait(lk, [&] { return !entries_.empty() || finished_ || closed_; });
+    auto ready = [&] { return !entries_.empty() || finished_ || closed_; };
+    if (wake_by_ns == kForever) {
+      cv_.wait(lk, ready);
+    } else if (!cv_.wait_for(lk, std::chrono::nanoseconds(wake_by_ns - now_ns()), ready)) {
+      out.push_back({kPending, 0});
+      return 0;
+    }
     if (entries_.empty()) {
       out.push_back({kEnd, 0});
       return 0;
     }
     head = entries_.front();
   }
-  if (head.slot != kNoSlot && !ledger_.wait(head.slot, head.deadline_ns, spin)) {
+  const int64_t until = head.deadline_ns < wake_by_ns ? head.deadline_ns : wake_by_ns;
+  if (head.slot != kNoSlot && !ledger_.wait(head.slot, until, spin) && until < head.deadline_ns) {
+    out.push_back({kPending, 0});
+    return 0;
+  }
+  if (head.slot != kNoSlot && !ledger_.is_done(head.slot)) {
     // This item ran out of time: its result will be dropped when it comes.
     if (!ledger_.abandon(head.slot)) {
       // It completed at the last moment after all.

@@ -36,7 +36,7 @@ namespace mps {
 
 class StreamWindow {
  public:
-  enum Outcome : int { kReady = 0, kLocal = 1, kTimedOut = 2, kEnd = 3 };
+  enum Outcome : int { kReady = 0, kLocal = 1, kTimedOut = 2, kEnd = 3, kPending = 4 };
   enum class SubmitStatus { ok, full, timeout, closed };
 
   struct Drained {
@@ -59,8 +59,9 @@ class StreamWindow {
   // Waits for the head (until its deadline; forever while the window is
   // empty and not finished), then moves the done prefix, up to max entries,
   // into out.  Returns the number appended (>= 1), or 0 with kEnd in out
-  // when the window is empty and finished.
-  size_t drain(size_t max, int spin, std::vector<Drained>& out);
+  // when the window is empty and finished, or 0 with kPending when wake_by
+  // came first (the caller checks for signals and calls again).
+  size_t drain(size_t max, int spin, int64_t wake_by_ns, std::vector<Drained>& out);
 
   // The feeder will add nothing more.
   void finish();

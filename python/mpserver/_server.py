@@ -29,6 +29,9 @@ __all__ = ['Server']
 #: Data bytes of the ring that carries every result back to the main process.
 OUTPUT_RING_BYTES = 8 << 20
 CONTROL_RING_BYTES = 256 << 10
+#: Seconds a busy worker gets to finish its item when the server is
+#: interrupted (Ctrl-C) before it is killed.
+STOP_GRACE = 2.0
 
 _OK = _core.OK
 _BACKLOG_FULL = _core.BACKLOG_FULL
@@ -131,14 +134,23 @@ class Server:
         self._state = 'running'
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         if self._state != 'running':
             return
         self._state = 'stopping'
         try:
-            # Workers finish the items they hold, then exit; then the
-            # collector drains the last results and stops.
-            self.servlet._stop()
+            if exc_type is not None and not issubclass(exc_type, Exception):
+                # KeyboardInterrupt, SystemExit: stop now, drop queued items,
+                # give busy workers a moment to finish, then kill them.
+                self.servlet._kill(STOP_GRACE)
+            else:
+                # Workers finish the items they hold, then exit; then the
+                # collector drains the last results and stops.
+                try:
+                    self.servlet._stop()
+                except BaseException:
+                    self.servlet._kill(STOP_GRACE)
+                    raise
         finally:
             engine = self._engine
             engine.stop()

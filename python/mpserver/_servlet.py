@@ -263,14 +263,18 @@ class ProcessServlet(Servlet):
             self._boot_fd = None
         self._started = False
 
-    def _kill(self):
-        """Stop at once: used when start-up failed."""
+    def _kill(self, grace: float = 0.0):
+        """Stop now: queued items are dropped; a worker still busy after
+        ``grace`` seconds is killed.  Used when start-up failed and on Ctrl-C."""
         if self._input is not None:
-            self._input.close()
+            self._input.abort()
         for pid in self._pids:
-            if pid is not None:
-                self._supervisor.kill(pid, 9)
-                self._supervisor.wait_exit(pid, 5.0)
+            if pid is None:
+                continue
+            if grace > 0 and self._supervisor.wait_exit(pid, grace) is not None:
+                continue
+            self._supervisor.kill(pid, 9)
+            self._supervisor.wait_exit(pid, 5.0)
         if getattr(self, '_boot_fd', None) is not None:
             os.close(self._boot_fd)
             self._boot_fd = None
@@ -375,7 +379,14 @@ class ThreadServlet(Servlet):
                 t.join(0.1)
         self._started = False
 
-    _kill = _stop
+    def _kill(self, grace: float = 0.0):
+        """Stop now: queued items are dropped; threads finish their current item."""
+        if not self._started:
+            return
+        self._input.abort()
+        for t in self._threads:
+            t.join(grace)
+        self._started = False
 
     @property
     def workers(self):

@@ -150,7 +150,7 @@ void test_window_collector() {
     std::vector<StreamWindow::Drained> out;
     for (;;) {
       out.clear();
-      if (win.drain(64, 0, out) == 0) break;
+      if (win.drain(64, 0, kForever, out) == 0) break;
       for (auto& d : out) {
         CHECK(d.outcome == StreamWindow::kReady);
         CHECK(ledger.slot(d.slot).payload == std::to_string(next));
