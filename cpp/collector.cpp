@@ -20,7 +20,7 @@ void Collector::Sink::append(const char* data, size_t len) {
 
 void Collector::Sink::end() {
   if (slot_) {
-    c_.ledger_.finish(*slot_);
+    if (c_.ledger_.finish_quietly(*slot_)) to_wake.push_back(slot_);
     c_.delivered_.fetch_add(1, std::memory_order_relaxed);
   } else {
     c_.dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -51,6 +51,8 @@ void Collector::run() {
       continue;
     }
     size_t n = ring_.try_consume(SIZE_MAX, sink);
+    for (Ledger::Slot* s : sink.to_wake) ledger_.wake(*s);
+    sink.to_wake.clear();
     if (n && on_batch_) on_batch_(n);
   }
   running_.store(false, std::memory_order_release);

@@ -9,6 +9,8 @@
 //
 // Invariants
 //   * The thread runs from start() until the ring is closed and empty.
+//   * Results of one drained batch are all published before any caller is
+//     woken (one wake-up per sleeping caller per batch).
 //   * Messages for unknown/stale tokens are dropped (counted in dropped()).
 //   * on_batch, if set, runs on the collector thread after each drained batch
 //     (used to signal an eventfd for asyncio, and by tests).
@@ -21,6 +23,7 @@
 #include <cstdint>
 #include <functional>
 #include <thread>
+#include <vector>
 
 #include "ledger.hpp"
 #include "ring.hpp"
@@ -55,6 +58,9 @@ class Collector {
    private:
     Collector& c_;
     Ledger::Slot* slot_ = nullptr;
+
+   public:
+    std::vector<Ledger::Slot*> to_wake;  // owners to wake after the batch
   };
 
   void run();

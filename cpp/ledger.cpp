@@ -1,7 +1,6 @@
 #include "ledger.hpp"
 
 #include <chrono>
-#include <climits>
 
 namespace mps {
 
@@ -47,15 +46,19 @@ Ledger::Slot* Ledger::lookup(uint64_t token) {
 }
 
 void Ledger::finish(Slot& s) {
+  if (finish_quietly(s)) wake(s);
+}
+
+bool Ledger::finish_quietly(Slot& s) {
   uint32_t expected = kPending;
   if (s.state.compare_exchange_strong(expected, kDone, std::memory_order_seq_cst)) {
-    if (s.sleeping.load(std::memory_order_seq_cst)) futex_wake(&s.state, INT_MAX, false);
-    return;
+    return s.sleeping.load(std::memory_order_seq_cst) != 0;
   }
   if (expected == kAbandoned) {
     if (disposer_) disposer_(s.flags, s.payload);
     free_slot(s, uint32_t(&s - slots_.get()));
   }
+  return false;
 }
 
 bool Ledger::wait(uint32_t idx, int64_t deadline_ns, int spin) {

@@ -33,6 +33,7 @@
 #pragma once
 
 #include <atomic>
+#include <climits>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -80,6 +81,12 @@ class Ledger {
   Slot* lookup(uint64_t token);
   // The result is in the slot: hand it to its caller (or drop it).
   void finish(Slot& s);
+  // Like finish(), but leaves the wake-up to the caller: returns true if the
+  // slot's owner sleeps and must be woken with wake(s).  Lets the collector
+  // publish a whole batch of results before waking anybody, so a stream
+  // wakes once for the batch instead of once per result.
+  bool finish_quietly(Slot& s);
+  void wake(Slot& s) { futex_wake(&s.state, INT_MAX, false); }
 
   // ---- caller side
   bool is_done(uint32_t idx) const {

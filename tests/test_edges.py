@@ -256,3 +256,27 @@ def test_ctrl_c_interrupts_the_caller_and_stops_workers(mpserver_backend, tmp_pa
     assert err.count('Traceback') == 1, err  # only the main process's, no worker spam
     for pid in pids:
         assert not os.path.exists(f'/proc/{pid}') or open(f'/proc/{pid}/stat').read().split()[2] == 'Z'
+
+
+def _native_threads() -> int:
+    return len(os.listdir('/proc/self/task'))
+
+
+def test_enter_exit_cycles_leak_no_fds_threads_or_children(backend):
+    servlet = backend.ProcessServlet(backend.w.Square, cpus=2)
+    server = backend.Server(servlet)
+
+    def cycle(i):
+        with server:
+            assert server.call(i) == i * i
+            assert list(server.stream(range(20))) == [x * x for x in range(20)]
+
+    cycle(0)  # first use may create lasting helpers (e.g. a resource tracker)
+    fds = len(os.listdir('/proc/self/fd'))
+    threads = _native_threads()
+    children = _children()
+    for i in range(1, 6):
+        cycle(i)
+    assert _wait_until(lambda: _native_threads() <= threads, 10), (_native_threads(), threads)
+    assert _wait_until(lambda: len(os.listdir('/proc/self/fd')) <= fds, 10)
+    assert _wait_until(lambda: _children() <= children, 10)

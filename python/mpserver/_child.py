@@ -21,6 +21,9 @@ def main(argv: list[str]) -> int:
 
     if not _core.bind_to_parent(ppid):
         return 0  # the parent is already gone
+    spin = os.environ.get('MPSERVER_WORKER_SPIN')
+    if spin is not None:
+        _core.set_spin(int(spin), 0)
     # Ctrl-C in a terminal reaches the whole process group; the main process
     # handles it and stops the workers, so workers ignore it (no traceback spam).
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -43,9 +43,10 @@ class PickleCodec:
         return 0, _dumps(value, 5)
 
     @staticmethod
-    def encode_error(exc: BaseException):
+    def encode_error(exc: BaseException, tb: str | None = None):
+        """``tb``: traceback text for an exception that was never raised."""
         try:
-            return FLAG_ERROR, _dumps(RemoteException(exc), 5)
+            return FLAG_ERROR, _dumps(RemoteException(exc, tb), 5)
         except Exception as e:  # the exception object itself cannot be pickled
             text = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             fallback = RuntimeError(
@@ -59,7 +60,8 @@ class PickleCodec:
         try:
             return 0, _dumps(value, 5)
         except Exception as e:
-            return PickleCodec.encode_error(_with_tb(_pickle_failure(value, e)))
+            err = _pickle_failure(value, e)
+            return PickleCodec.encode_error(err, f'{type(err).__module__}.{type(err).__name__}: {err}\n')
 
 
 class ObjectCodec:
@@ -77,13 +79,6 @@ class ObjectCodec:
         return FLAG_OBJECT | FLAG_ERROR, exc
 
     encode_result = encode
-
-
-def _with_tb(exc: BaseException) -> BaseException:
-    try:
-        raise exc
-    except BaseException as e:
-        return e
 
 
 def decode(flags: int, payload):

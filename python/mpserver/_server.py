@@ -124,8 +124,7 @@ class Server:
             launch.wait_ready()
         except BaseException:
             self.servlet._kill()
-            self._output.close()
-            self._supervisor = None
+            self._output = self._control = self._supervisor = None
             raise
         self._entry = entry
         self._codec = ObjectCodec if local else PickleCodec
@@ -155,10 +154,14 @@ class Server:
             engine = self._engine
             engine.stop()
             engine.close()
-            err = RuntimeError('the server stopped before this request finished')
-            flags, payload = PickleCodec.encode_error(_raised(err))
+            msg = 'the server stopped before this request finished'
+            flags, payload = PickleCodec.encode_error(RuntimeError(msg), f'RuntimeError: {msg}\n')
             engine.fail_pending(flags, payload)
+            del engine
             self._state = 'stopped'
+            # Drop the rings, the engine and the supervisor thread now (a
+            # stream window still open keeps the engine alive on its own).
+            self._engine = self._entry = self._output = self._control = None
             self._supervisor = None
 
     def _require_running(self):
@@ -391,10 +394,3 @@ class Server:
             'active_threads': [str(t) for t in threading.enumerate()],
             'backlog': backlog,
         }
-
-
-def _raised(exc: BaseException) -> BaseException:
-    try:
-        raise exc
-    except BaseException as e:
-        return e

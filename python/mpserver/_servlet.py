@@ -258,9 +258,15 @@ class ProcessServlet(Servlet):
                 continue
             while self._supervisor.wait_exit(pid, 0.1) is None:
                 pass
+        self._release()
+
+    def _release(self):
         if getattr(self, '_boot_fd', None) is not None:
             os.close(self._boot_fd)
             self._boot_fd = None
+        self._input = None
+        self._supervisor = None
+        self._pids = []
         self._started = False
 
     def _kill(self, grace: float = 0.0):
@@ -275,10 +281,7 @@ class ProcessServlet(Servlet):
                 continue
             self._supervisor.kill(pid, 9)
             self._supervisor.wait_exit(pid, 5.0)
-        if getattr(self, '_boot_fd', None) is not None:
-            os.close(self._boot_fd)
-            self._boot_fd = None
-        self._started = False
+        self._release()
 
     @property
     def workers(self):
@@ -377,6 +380,7 @@ class ThreadServlet(Servlet):
         for t in self._threads:
             while t.is_alive():
                 t.join(0.1)
+        self._input = None
         self._started = False
 
     def _kill(self, grace: float = 0.0):
@@ -386,6 +390,7 @@ class ThreadServlet(Servlet):
         self._input.abort()
         for t in self._threads:
             t.join(grace)
+        self._input = None
         self._started = False
 
     @property
