@@ -269,47 +269,65 @@ def _serve_items(worker, inp, out, codec):
             push(mid, f, p, aux)
 
 
+def _admit(items, preprocess, codec, reject):
+    """Decode (and preprocess) a gathered batch of messages.
+
+    Returns ``(ids, xs)`` of the items that go on to ``call``; every other
+    item is handed to ``reject(id, flags, payload, aux)`` at once: upstream
+    errors unchanged, decode and ``preprocess`` failures as that item's error.
+    """
+    ids, xs = [], []
+    for mid, flags, aux, payload in items:
+        if flags & FLAG_ERROR:
+            reject(mid, flags, payload, aux)
+            continue
+        try:
+            x = decode(flags, payload)
+            if preprocess is not None:
+                x = preprocess(x)
+        except Exception as e:
+            reject(mid, *codec.encode_error(e), aux)
+            continue
+        ids.append(mid)
+        xs.append(x)
+    return ids, xs
+
+
+def _batch_outcome(worker, ids, xs, ys, codec) -> list:
+    """The (id, flags, payload) messages for a batch's results, or its error.
+
+    ``ys`` is what ``call`` returned for ``xs``, or the exception it raised.
+    """
+    if not isinstance(ys, Exception) and len(ys) != len(xs):
+        ys = ValueError(
+            f'{type(worker).__name__}.call returned {len(ys)} results for a batch of {len(xs)} items'
+        )
+    if isinstance(ys, Exception):
+        err = codec.encode_error(ys)
+        return [(mid, *err) for mid in ids]
+    encode_result = codec.encode_result
+    return [(mid, *encode_result(y)) for mid, y in zip(ids, ys)]
+
+
 def _serve_batches(worker, inp, out, codec):
     preprocess = getattr(worker, 'preprocess', None)
     call = worker.call
     size, wait = worker.batch_size, float(worker.batch_wait_time)
     gather = inp.gather
     push_many = out.push_many
-    encode_result = codec.encode_result
-    encode_error = codec.encode_error
     while True:
         items = gather(size, wait, None)
         if items is None:
             return
-        results = []
-        ids = []
-        xs = []
-        for mid, flags, aux, payload in items:
-            if flags & FLAG_ERROR:
-                results.append((mid, flags, payload))
-                continue
-            try:
-                x = decode(flags, payload)
-                if preprocess is not None:
-                    x = preprocess(x)
-            except Exception as e:
-                results.append((mid, *encode_error(e)))
-                continue
-            ids.append(mid)
-            xs.append(x)
+        rejected = []
+        ids, xs = _admit(items, preprocess, codec, lambda *m: rejected.append(m[:3]))
+        results = rejected
         if xs:
             try:
                 ys = call(xs)
-                if len(ys) != len(xs):
-                    raise ValueError(
-                        f'{type(worker).__name__}.call returned {len(ys)} results '
-                        f'for a batch of {len(xs)} items'
-                    )
             except Exception as e:
-                err = encode_error(e)
-                results.extend((mid, *err) for mid in ids)
-            else:
-                results.extend((mid, *encode_result(y)) for mid, y in zip(ids, ys))
+                ys = e
+            results += _batch_outcome(worker, ids, xs, ys, codec)
         push_many(results, 0)
 
 
@@ -323,33 +341,18 @@ def _serve_via_stream(worker, inp, out, codec):
     size, wait = worker.batch_size, float(worker.batch_wait_time)
     batched = size > 1
     wrap = size == 1
-    pending: collections.deque = collections.deque()
+    pending: collections.deque = collections.deque()  # ids, or (ids, xs) per batch
     push = out.push
-    encode_result = codec.encode_result
-    encode_error = codec.encode_error
 
     def inputs():
         while True:
             items = inp.gather(size if batched else 1, wait if batched else 0.0, None)
             if items is None:
                 return
-            ids, xs = [], []
-            for mid, flags, aux, payload in items:
-                if flags & FLAG_ERROR:
-                    push(mid, flags, payload, aux)
-                    continue
-                try:
-                    x = decode(flags, payload)
-                    if preprocess is not None:
-                        x = preprocess(x)
-                except Exception as e:
-                    push(mid, *encode_error(e), aux)
-                    continue
-                ids.append(mid)
-                xs.append(x)
+            ids, xs = _admit(items, preprocess, codec, push)
             if batched:
                 if xs:
-                    pending.append(ids)
+                    pending.append((ids, xs))
                     yield xs
             else:
                 for mid, x in zip(ids, xs):
@@ -357,15 +360,12 @@ def _serve_via_stream(worker, inp, out, codec):
                     yield [x] if wrap else x
 
     for y in worker.stream(inputs()):
-        ids = pending.popleft()
         if batched:
-            if isinstance(y, Exception):
-                err = encode_error(y)
-                out.push_many([(mid, *err) for mid in ids], 0)
-            else:
-                out.push_many([(mid, *encode_result(v)) for mid, v in zip(ids, y)], 0)
+            ids, xs = pending.popleft()
+            out.push_many(_batch_outcome(worker, ids, xs, y, codec), 0)
         else:
+            mid = pending.popleft()
             if isinstance(y, Exception):
-                push(ids, *encode_error(y), 0)
+                push(mid, *codec.encode_error(y), 0)
             else:
-                push(ids, *encode_result(y[0] if wrap else y), 0)
+                push(mid, *codec.encode_result(y[0] if wrap else y), 0)
