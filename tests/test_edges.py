@@ -280,3 +280,25 @@ def test_enter_exit_cycles_leak_no_fds_threads_or_children(backend):
     assert _wait_until(lambda: _native_threads() <= threads, 10), (_native_threads(), threads)
     assert _wait_until(lambda: len(os.listdir('/proc/self/fd')) <= fds, 10)
     assert _wait_until(lambda: _children() <= children, 10)
+
+
+def test_unguarded_main_script_gets_a_clear_error_not_a_process_storm(mpserver_backend, tmp_path):
+    # Like multiprocessing's spawn, workers import the main script; a server
+    # started at its top level must not start again in every worker.
+    import subprocess
+    import sys
+
+    script = tmp_path / 'unguarded.py'
+    script.write_text(
+        'from mpserver import Server, ProcessServlet, Worker\n'
+        'class W(Worker):\n'
+        '    def call(self, x):\n'
+        '        return x + 1\n'
+        'with Server(ProcessServlet(W, cpus=2)) as s:\n'
+        '    print("result", s.call(1))\n'
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "if __name__ == '__main__'" in proc.stderr
+    assert 'RuntimeError' in proc.stderr
+    assert 'result' not in proc.stdout

@@ -39,9 +39,6 @@ def main(argv: list[str]) -> int:
 
     name = boot['names'][index]
     prep = dict(boot['prep'], name=name)
-    import multiprocessing.spawn
-
-    multiprocessing.spawn.prepare(prep)
 
     from . import _remote, _worker
     from ._codec import FLAG_CONTROL, PickleCodec
@@ -50,8 +47,17 @@ def main(argv: list[str]) -> int:
     _worker._process_name = name
     _remote._process_label = name
 
-    worker = None
     try:
+        # Import the user's main module as __mp_main__ (like multiprocessing's
+        # spawn).  A Server started by its top-level code would spawn workers
+        # recursively: Server.__enter__ refuses while this flag is set.
+        import multiprocessing.spawn
+
+        _worker._bootstrapping = True
+        try:
+            multiprocessing.spawn.prepare(prep)
+        finally:
+            _worker._bootstrapping = False
         worker_cls, kwargs = pickle.loads(boot['body'])
         worker = worker_cls(worker_index=index, cpu_affinity=boot['cpus'][index], **kwargs)
     except BaseException as e:  # noqa: BLE001 - reported to the parent

@@ -22,6 +22,7 @@ from typing import final
 from . import _core
 from ._codec import PickleCodec, ObjectCodec, decode, FLAG_ERROR
 from ._errors import ConfigError, ServerBacklogFull, TimeoutError
+from . import _worker
 from ._servlet import Servlet, _Launch
 
 __all__ = ['Server']
@@ -113,6 +114,12 @@ class Server:
     def __enter__(self):
         if self._state == 'running':
             raise RuntimeError('this Server is already running')
+        if _worker._bootstrapping:
+            raise RuntimeError(
+                'a Server was started while a worker process was importing your main module: '
+                "start servers under `if __name__ == '__main__':` in the main script, "
+                'otherwise every worker process would start the server again'
+            )
         self._output = _core.Ring.create(OUTPUT_RING_BYTES, 'mpserver-out')
         self._control = _core.Ring.create(CONTROL_RING_BYTES, 'mpserver-ctl')
         self._supervisor = _core.Supervisor()

@@ -24,6 +24,8 @@ __all__ = ['Worker', 'make_worker', 'PassThrough']
 # Name of the current worker process, set by mpserver._child; in the main
 # process it stays None and multiprocessing's process name is used.
 _process_name: str | None = None
+# True while a worker process imports the user's main module (see _child).
+_bootstrapping = False
 
 
 def _current_process_name() -> str:
