@@ -302,3 +302,24 @@ def test_unguarded_main_script_gets_a_clear_error_not_a_process_storm(mpserver_b
     assert "if __name__ == '__main__'" in proc.stderr
     assert 'RuntimeError' in proc.stderr
     assert 'result' not in proc.stdout
+
+
+def test_a_busy_worker_does_not_hold_back_items_another_worker_can_take(backend, tmp_path):
+    # Worker A is stuck on a gated item; every later item must be served by
+    # the free worker B meanwhile (shared-queue dispatch, no per-worker queues).
+    gate = str(tmp_path / 'gate')
+    open_gate = str(tmp_path / 'open')
+    open(open_gate, 'w').close()
+    results = []
+    with backend.Server(backend.ProcessServlet(backend.w.Gate, cpus=2)) as server:
+        t = threading.Thread(target=lambda: results.append(server.call((gate, 'slow'), timeout=60)))
+        t.start()
+        assert _wait_until(lambda: server.backlog == 1, 10)
+        time.sleep(0.2)  # let a worker pick up the gated item
+        quick = [server.call((open_gate, i), timeout=20) for i in range(20)]
+        assert quick == list(range(20))
+        assert list(server.stream([(open_gate, i) for i in range(50)], timeout=20)) == list(range(50))
+        assert results == []  # the gated item is still running
+        open(gate, 'w').close()
+        t.join(30)
+    assert results == ['slow']
