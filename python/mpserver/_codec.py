@@ -74,8 +74,8 @@ class ObjectCodec:
         return FLAG_OBJECT, value
 
     @staticmethod
-    def encode_error(exc: BaseException):
-        # The exception object itself, with its live traceback.
+    def encode_error(exc: BaseException, tb: str | None = None):
+        # The exception object itself, with its live traceback (if any).
         return FLAG_OBJECT | FLAG_ERROR, exc
 
     encode_result = encode

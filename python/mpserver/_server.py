@@ -193,11 +193,12 @@ class Server:
             :class:`ServerBacklogFull` at once; ``False`` waits for a place, up
             to ``timeout``, then raises :class:`ServerBacklogFull`.
         """
-        if self._state != 'running':
+        engine, entry = self._engine, self._entry
+        if engine is None or self._state != 'running':
             self._require_running()
         t0 = perf_counter()
         flags, payload = self._codec.encode(x)
-        status, rflags, result = self._engine.call(self._entry, payload, flags, timeout, backpressure)
+        status, rflags, result = engine.call(entry, payload, flags, timeout, backpressure)
         if status == _OK:
             y = decode(rflags, result)
             if rflags & FLAG_ERROR:
@@ -256,6 +257,12 @@ class Server:
             return self._stream_inline(data_stream, timeout, preprocessor, return_x, return_exceptions)
         return self._stream_fed(data_stream, timeout, preprocessor, return_x, return_exceptions)
 
+    def _window(self, timeout):
+        engine, entry = self._engine, self._entry
+        if engine is None:
+            self._require_running()
+        return _core.StreamWindow(engine, entry, timeout)
+
     def _encode_for_stream(self, x, preprocessor):
         """(payload, None) or (None, exception) for one input."""
         try:
@@ -288,7 +295,7 @@ class Server:
 
     def _stream_inline(self, data, timeout, preprocessor, return_x, return_exceptions):
         """Feeds and drains in the caller's thread: for inputs that never block."""
-        win = _core.StreamWindow(self._engine, self._entry, timeout)
+        win = self._window(timeout)
         flags = _FLAG_OBJECT if self._codec.local else 0
         cap = self._capacity
         xs: collections.deque = collections.deque()  # inputs in the window: (x, local error)
@@ -336,7 +343,7 @@ class Server:
 
     def _stream_fed(self, data, timeout, preprocessor, return_x, return_exceptions):
         """A feeder thread pulls from the iterable (which may block); this thread drains."""
-        win = _core.StreamWindow(self._engine, self._entry, timeout)
+        win = self._window(timeout)
         flags = _FLAG_OBJECT if self._codec.local else 0
         xs: collections.deque = collections.deque()
         stop = threading.Event()

@@ -300,12 +300,12 @@ def _batch_outcome(worker, ids, xs, ys, codec) -> list:
 
     ``ys`` is what ``call`` returned for ``xs``, or the exception it raised.
     """
+    tb = None
     if not isinstance(ys, Exception) and len(ys) != len(xs):
-        ys = ValueError(
-            f'{type(worker).__name__}.call returned {len(ys)} results for a batch of {len(xs)} items'
-        )
+        msg = f'{type(worker).__name__}.call returned {len(ys)} results for a batch of {len(xs)} items'
+        ys, tb = ValueError(msg), f'ValueError: {msg}\n'
     if isinstance(ys, Exception):
-        err = codec.encode_error(ys)
+        err = codec.encode_error(ys, tb)
         return [(mid, *err) for mid in ids]
     encode_result = codec.encode_result
     return [(mid, *encode_result(y)) for mid, y in zip(ids, ys)]
