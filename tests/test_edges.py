@@ -197,6 +197,11 @@ def test_invalid_cpus_rejected_at_construction(mpserver_backend, kwargs, match):
 
 def test_invalid_settings_are_value_and_assertion_errors(mpserver_backend):
     b = mpserver_backend
+    assert issubclass(b.module.ConfigError, ValueError)
+    assert issubclass(b.module.ConfigError, AssertionError)
+    with pytest.raises(b.module.ConfigError, match='batch_size'):
+        with b.Server(b.ThreadServlet(b.w.Square, batch_size=-1)):
+            pass
     with pytest.raises(ValueError, match='capacity'):
         b.Server(b.ThreadServlet(b.w.Square), capacity=0)
     with pytest.raises(AssertionError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 
-__all__ = ['ServerBacklogFull', 'TimeoutError', 'WorkerStartupError']
+__all__ = ['ServerBacklogFull', 'TimeoutError', 'WorkerStartupError', 'ConfigError']
 
 
 class TimeoutError(builtins.TimeoutError):
