@@ -338,18 +338,21 @@ class Engine {
   }
 
   // submit + wait + take in one crossing: returns (status, flags, payload).
+  // On RESULT_TIMEOUT the payload is the seconds spent enqueueing.
   py::tuple call(PyRing& entry, py::handle payload, uint32_t flags, double timeout,
                  bool backpressure, int spin) {
+    const int64_t t0 = now_ns();
     const int64_t deadline = deadline_after(timeout);
     int r = submit_until(entry, payload, flags, !backpressure, deadline, 0);
     if (r < 0) return py::make_tuple(-r, 0, py::none());
     uint32_t idx = uint32_t(r);
+    const int64_t t_enqueued = now_ns();
     bool ok = wait_interruptibly(
         deadline, [&](int64_t until) { return ledger_.wait(idx, until, spin); },
         [&] { abandon(idx); });
     if (!ok) {
       abandon(idx);
-      return py::make_tuple(int(kResultTimeout), 0, py::none());
+      return py::make_tuple(int(kResultTimeout), 0, double(t_enqueued - t0) / 1e9);
     }
     py::tuple t = take(idx);
     return py::make_tuple(int(kOk), t[0], t[1]);
@@ -468,11 +471,12 @@ class PySupervisor {
  public:
   Supervisor sup;
 
+  // specs: [(argv, [(fd, child_fd)], cpus, env)], env being ["KEY=VALUE"] or [] to inherit.
   std::vector<int> spawn(const std::vector<std::tuple<std::vector<std::string>,
                                                       std::vector<std::pair<int, int>>,
-                                                      std::vector<int>>>& specs) {
+                                                      std::vector<int>, std::vector<std::string>>>& specs) {
     std::vector<SpawnSpec> ss;
-    for (const auto& [argv, fds, cpus] : specs) ss.push_back(SpawnSpec{argv, fds, cpus});
+    for (const auto& [argv, fds, cpus, env] : specs) ss.push_back(SpawnSpec{argv, fds, cpus, env});
     std::vector<pid_t> pids;
     {
       py::gil_scoped_release nogil;

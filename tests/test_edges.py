@@ -328,3 +328,42 @@ def test_a_busy_worker_does_not_hold_back_items_another_worker_can_take(backend,
         open(gate, 'w').close()
         t.join(30)
     assert results == ['slow']
+
+
+SYS_PATH_SCRIPT = r'''
+import sys
+sys.path.insert(0, {pkgs!r})
+import mpserver
+from mpserver import Server, ProcessServlet, Worker
+
+class Where(Worker):
+    def call(self, x):
+        import mpserver
+        return mpserver.__file__
+
+if __name__ == '__main__':
+    with Server(ProcessServlet(Where)) as server:
+        print(mpserver.__file__)
+        print(server.call(0))
+'''
+
+
+def test_mpserver_imported_from_a_runtime_sys_path_entry(mpserver_backend, tmp_path):
+    # A copy of the package reachable only through sys.path set at run time:
+    # the workers must run that same copy.
+    import shutil
+    import subprocess
+    import sys
+
+    src = os.path.dirname(mpserver_backend.module.__file__)
+    pkgs = tmp_path / 'pkgs'
+    shutil.copytree(src, pkgs / 'mpserver', ignore=shutil.ignore_patterns('__pycache__'))
+    script = tmp_path / 'where.py'
+    script.write_text(SYS_PATH_SCRIPT.format(pkgs=str(pkgs)))
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    main_file, worker_file = proc.stdout.split()
+    assert main_file.startswith(str(pkgs))
+    assert worker_file == main_file

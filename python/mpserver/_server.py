@@ -204,16 +204,16 @@ class Server:
             if rflags & FLAG_ERROR:
                 raise y
             return y
-        raise self._failure(status, t0)
+        raise self._failure(status, t0, result if status == _RESULT_TIMEOUT else None)
 
-    def _failure(self, status, t0, t1=None) -> BaseException:
+    def _failure(self, status, t0, enqueue_seconds=None) -> BaseException:
         now = perf_counter()
         if status == _BACKLOG_FULL:
             return ServerBacklogFull(self._capacity)
         if status == _BACKLOG_TIMEOUT:
             return ServerBacklogFull(self._capacity, now - t0)
         if status in (_RESULT_TIMEOUT, _PUSH_TIMEOUT):
-            enq = (t1 if t1 is not None else t0) - t0
+            enq = now - t0 if enqueue_seconds is None else enqueue_seconds
             return TimeoutError(f'{enq:.3f} seconds enqueue, {now - t0:.3f} seconds total')
         if status == _CLOSED:
             return RuntimeError('the Server has been stopped')

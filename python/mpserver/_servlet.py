@@ -88,6 +88,26 @@ class _Launch:
             raise failure
 
 
+def _child_env() -> list[str]:
+    """The environment for worker processes: ours, plus, when this mpserver
+    was imported from a directory that a fresh interpreter would not search
+    (a source tree put on ``sys.path`` at run time), that directory on
+    PYTHONPATH, so that ``python -m mpserver._child`` finds the same package.
+    Returns [] when the inherited environment already works."""
+    import site
+
+    import mpserver
+
+    home = os.path.dirname(os.path.dirname(os.path.abspath(mpserver.__file__)))
+    pythonpath = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]
+    known = {os.path.abspath(p) for p in (*site.getsitepackages(), site.getusersitepackages(), *pythonpath)}
+    if home in known:
+        return []
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([home, *pythonpath])
+    return [f'{k}={v}' for k, v in env.items()]
+
+
 def _describe_status(status: int) -> str:
     if status < 0:
         return 'an unknown status'
@@ -235,13 +255,14 @@ class ProcessServlet(Servlet):
         self._input = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-in')
         self._supervisor = launch.supervisor
         self._pids = [None] * len(self._cpus)
+        env = _child_env()
         try:
             for i, cpu in enumerate(self._cpus):
                 key = launch.key_for(self, i)
                 argv = [sys.executable, '-m', 'mpserver._child', str(os.getpid()), str(i), str(key)]
                 fds = [(boot_fd, 3), (launch.control.fd, 4), (self._input.fd, 5), (output.fd, 6)]
                 cpus = [] if cpu is None else list(cpu) if isinstance(cpu, list) else [cpu]
-                launch.add_process(self, i, (argv, fds, cpus), key)
+                launch.add_process(self, i, (argv, fds, cpus, env), key)
             self._boot_fd = boot_fd
         except BaseException:
             os.close(boot_fd)
