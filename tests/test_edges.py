@@ -224,8 +224,8 @@ Sleeper = _backends.get_backend('mpserver').w.Sleeper
 
 if __name__ == '__main__':
     with Server(ProcessServlet(Sleeper, cpus=2)) as server:
-        print('pids', *server.servlet.workers, flush=True)
         try:
+            print('pids', *server.servlet.workers, flush=True)
             {body}
         except KeyboardInterrupt:
             print('caller got KeyboardInterrupt', flush=True)
