@@ -367,3 +367,14 @@ def test_mpserver_imported_from_a_runtime_sys_path_entry(mpserver_backend, tmp_p
     main_file, worker_file = proc.stdout.split()
     assert main_file.startswith(str(pkgs))
     assert worker_file == main_file
+
+
+@pytest.mark.parametrize('batch_size', [0, 16])
+def test_many_items_none_lost_none_duplicated_order_kept(backend, batch_size):
+    n = 30_000
+    kwargs = {'batch_size': batch_size} if batch_size else {}
+    with backend.Server(backend.ProcessServlet(backend.w.Echo, cpus=2, **kwargs), capacity=64) as server:
+        out = list(server.stream(range(n), timeout=120))
+        out2 = list(server.stream((i for i in range(n)), timeout=120))
+    assert out == list(range(n))
+    assert out2 == list(range(n))
