@@ -108,6 +108,12 @@ PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns
     uint64_t total = 0;
     for (size_t i = 0; i < msg.nparts; ++i) total += msg.parts[i].len;
 
+    if (!may_sleep && total > chunk_max) {
+      // A multi-frame message may have to wait for the consumer between
+      // frames: leave it to a caller that is allowed to sleep.
+      if (published != head) publish(head, pending);
+      return PushStatus::timeout;
+    }
     size_t part = 0, part_off = 0;
     uint64_t remaining = total;
     bool first = true;

@@ -130,7 +130,8 @@ class Ring {
   // once a frame is written the message is always completed (unless the
   // ring is closed).  *written receives the number of complete messages.
   PushStatus push(const OutMessage* msgs, size_t n, int64_t deadline_ns, size_t* written = nullptr);
-  // Like push() but never sleeps: returns timeout if there is no room now.
+  // Like push() but never sleeps: returns timeout if there is no room now,
+  // or when the next message needs several frames (which may have to wait).
   PushStatus try_push(const OutMessage* msgs, size_t n, size_t* written = nullptr);
 
   // ---- consumer side -------------------------------------------------
