@@ -378,3 +378,21 @@ def test_many_items_none_lost_none_duplicated_order_kept(backend, batch_size):
         out2 = list(server.stream((i for i in range(n)), timeout=120))
     assert out == list(range(n))
     assert out2 == list(range(n))
+
+
+def test_worker_class_from_python_c_gets_a_clear_error(mpserver_backend):
+    import subprocess
+    import sys
+
+    code = (
+        'from mpserver import Server, ProcessServlet, Worker\n'
+        'class W(Worker):\n'
+        '    def call(self, x):\n'
+        '        return x\n'
+        'with Server(ProcessServlet(W)) as s:\n'
+        '    print(s.call(1))\n'
+    )
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert 'TypeError' in proc.stderr
+    assert 'interactive session' in proc.stderr

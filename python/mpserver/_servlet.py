@@ -237,6 +237,13 @@ class ProcessServlet(Servlet):
     def _start(self, launch, output, output_local):
         if self._started:
             raise RuntimeError('this servlet is already running in a server')
+        main = sys.modules.get('__main__')
+        if self._worker_cls.__module__ == '__main__' and not getattr(main, '__file__', None):
+            raise TypeError(
+                f'{self._worker_cls.__qualname__} is defined in an interactive session or a '
+                "'python -c' program, which worker processes cannot import: define it in a module "
+                'or a script file (workers import your main script, like multiprocessing\'s spawn)'
+            )
         try:
             body = pickle.dumps((self._worker_cls, self._init_kwargs), 5)
         except Exception as e:
