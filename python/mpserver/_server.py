@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
-import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
@@ -49,10 +48,11 @@ _CHUNK = 64
 _DRAIN_MAX = 256
 
 
-class _Sized:
-    """Inputs that can be iterated without ever blocking."""
-
-    types = (list, tuple, range, str, bytes, bytearray, dict, set, frozenset)
+#: Inputs that can be iterated without ever blocking: a stream over one of
+#: these feeds and drains in the caller's thread; anything else (generators,
+#: queues, sockets, ...) is pulled by a feeder thread, because pulling the
+#: next input may block while results are ready to be yielded.
+_NON_BLOCKING_INPUTS = (list, tuple, range, str, bytes, bytearray, dict, set, frozenset)
 
 
 class Server:
@@ -253,7 +253,7 @@ class Server:
             ``return_x``, the original input is returned.
         """
         self._require_running()
-        if isinstance(data_stream, _Sized.types):
+        if isinstance(data_stream, _NON_BLOCKING_INPUTS):
             return self._stream_inline(data_stream, timeout, preprocessor, return_x, return_exceptions)
         return self._stream_fed(data_stream, timeout, preprocessor, return_x, return_exceptions)
 

@@ -244,6 +244,8 @@ def _serve(worker: Worker, inp, out, codec) -> None:
 
 
 def _serve_items(worker, inp, out, codec):
+    # The hot loop for one-at-a-time workers: it inlines what _admit() does
+    # for batches, to keep per-item Python work to the minimum.
     preprocess = getattr(worker, 'preprocess', None)
     call = worker.call
     wrap = worker.batch_size == 1  # batches of one: call takes [x]
