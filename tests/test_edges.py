@@ -15,7 +15,7 @@ import _backends
 
 
 def _children() -> set[int]:
-    """Pids of this process's live child processes (via /proc)."""
+    """Pids of this process's live child processes (via /proc), helpers aside."""
     me = str(os.getpid())
     out = set()
     for d in os.listdir('/proc'):
@@ -27,9 +27,18 @@ def _children() -> set[int]:
         except OSError:
             continue
         fields = stat.rsplit(')', 1)[1].split()
-        if fields[1] == me and fields[0] != 'Z':
+        if fields[1] == me and fields[0] != 'Z' and not _is_resource_tracker(d):
             out.add(int(d))
     return out
+
+
+def _is_resource_tracker(pid: str) -> bool:
+    """multiprocessing's lasting helper process (started on first use by mpservice)."""
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            return b'resource_tracker' in f.read()
+    except OSError:
+        return False
 
 
 def _wait_until(cond, timeout):

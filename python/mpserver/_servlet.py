@@ -39,10 +39,9 @@ class _Launch:
     def __init__(self, supervisor, control):
         self.supervisor = supervisor
         self.control = control
-        self._specs = []  # (servlet, worker index, spawn spec)
-        self._expect = {}  # worker key -> (servlet, index)
-        self._threads = []  # (servlet, index, ready-event holder)
-        self.failure: BaseException | None = None
+        self._specs = []  # (servlet, worker index, spawn spec, key)
+        self._expect = {}  # key -> (servlet, worker index, pid), until it reports
+        self._threads = []  # _ThreadHolder of each thread worker
 
     def key_for(self, servlet, index) -> int:
         """The id a worker uses on the control ring."""
@@ -62,24 +61,35 @@ class _Launch:
             servlet._pids[index] = pid
             self._expect[key] = (servlet, index, pid)
 
+    def _take_reports(self, idle_timeout):
+        """Reads control messages; returns the first init failure reported, if any."""
+        failure = None
+        for mid, flags, aux, payload in self.control.gather(64, 0.0, idle_timeout) or ():
+            if self._expect.pop(mid, None) is not None and aux == CTL_INIT_FAILED and failure is None:
+                failure = decode(flags & ~FLAG_CONTROL, payload)
+        return failure
+
     def wait_ready(self):
         """Waits until every worker reported ready; raises the first failure."""
         failure = None
         while self._expect and failure is None:
-            items = self.control.gather(64, 0.0, 0.05)
-            for mid, flags, aux, payload in items or ():
-                entry = self._expect.pop(mid, None)
-                if entry is None:
-                    continue
-                if aux == CTL_INIT_FAILED and failure is None:
-                    failure = decode(flags & ~FLAG_CONTROL, payload)
-            for key, (servlet, index, pid) in list(self._expect.items()):
-                status = self.supervisor.exit_status(pid)
-                if status is not None and failure is None:
-                    failure = WorkerStartupError(
-                        f'worker process {servlet._process_name(index)} (pid {pid}) exited with '
-                        f'{_describe_status(status)} before it was ready; see its output above'
-                    )
+            failure = self._take_reports(0.05)
+            if failure is not None:
+                break
+            exited = [k for k, (_, _, pid) in self._expect.items()
+                      if self.supervisor.exit_status(pid) is not None]
+            if exited:
+                # A worker reports before it exits: read what it said first,
+                # so its own exception wins over "it exited".
+                failure = self._take_reports(0.0)
+                for key in exited:
+                    if failure is None and key in self._expect:
+                        servlet, index, pid = self._expect[key]
+                        failure = WorkerStartupError(
+                            f'worker process {servlet._process_name(index)} (pid {pid}) exited with '
+                            f'{_describe_status(self.supervisor.exit_status(pid))} before it was '
+                            'ready; see its output above'
+                        )
         for holder in self._threads:
             holder.ready.wait()
             if holder.error is not None and failure is None:
