@@ -264,12 +264,6 @@ class Engine {
   }
 
   // Takes a slot and pushes the request.  Returns slot index >= 0, or -Status.
-  int submit(PyRing& entry, py::handle payload, uint32_t flags, bool wait, double timeout,
-             uint64_t aux) {
-    const int64_t deadline = deadline_after(timeout);
-    return submit_until(entry, payload, flags, wait, deadline, aux);
-  }
-
   int submit_until(PyRing& entry, py::handle payload, uint32_t flags, bool wait, int64_t deadline,
                    uint64_t aux) {
     uint32_t idx;
@@ -305,19 +299,6 @@ class Engine {
       return st == PushStatus::closed ? -kClosed : -kPushTimeout;
     }
     return int(idx);
-  }
-
-  bool wait(uint32_t idx, double timeout, int spin) {
-    check(idx);
-    if (ledger_.is_done(idx)) return true;
-    return wait_interruptibly(
-        deadline_after(timeout), [&](int64_t until) { return ledger_.wait(idx, until, spin); },
-        [] {});
-  }
-
-  bool done(uint32_t idx) {
-    check(idx);
-    return ledger_.is_done(idx);
   }
 
   // Returns (flags, payload) of a done slot and frees it.
@@ -572,12 +553,6 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<std::shared_ptr<PyRing>, uint32_t>(), py::arg("output"), py::arg("capacity"))
       .def("start", &Engine::start)
       .def("stop", &Engine::stop)
-      .def("submit", &Engine::submit, py::arg("ring"), py::arg("payload"), py::arg("flags"),
-           py::arg("wait"), py::arg("timeout"), py::arg("aux") = 0)
-      .def("wait", &Engine::wait, py::arg("slot"), py::arg("timeout"), py::arg("spin") = 0)
-      .def("done", &Engine::done)
-      .def("take", &Engine::take)
-      .def("abandon", &Engine::abandon)
       .def("call", &Engine::call, py::arg("ring"), py::arg("payload"), py::arg("flags"),
            py::arg("timeout"), py::arg("backpressure"), py::arg("spin") = 0)
       .def_property_readonly("backlog", &Engine::backlog)
