@@ -47,10 +47,13 @@ enum Status : int {
 // Waits made on the interpreter's main thread are cut into slices so that a
 // signal handler (Ctrl-C -> KeyboardInterrupt) runs within ~50 ms; other
 // threads cannot receive signals in Python, so they wait in one piece.
+// Worker processes ignore SIGINT and turn this off, so idle workers sleep
+// in one piece instead of waking 20 times a second.
 unsigned long g_main_thread = 0;
+bool g_signal_checks = true;
 constexpr int64_t kSignalSlice = 50'000'000;
 
-bool on_main_thread() { return PyThread_get_thread_ident() == g_main_thread; }
+bool on_main_thread() { return g_signal_checks && PyThread_get_thread_ident() == g_main_thread; }
 
 // Calls wait(slice_deadline) without the GIL until it returns true or the
 // deadline passes (returns false).  Throws error_already_set if a signal
@@ -581,6 +584,8 @@ PYBIND11_MODULE(_core, m) {
       .def("kill", [](PySupervisor& s, int pid, int sig) { s.sup.kill(pid, sig); });
 
   m.def("memfd_from_bytes", &memfd_from_bytes);
+  m.def("set_signal_checks", [](bool on) { g_signal_checks = on; },
+        "Whether waits on the main thread wake every 50 ms to run Python signal handlers.");
   m.def("set_spin", [](int worker, int collector) {
     g_worker_spin = worker;
     g_collector_spin = collector;

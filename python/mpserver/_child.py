@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     # Ctrl-C in a terminal reaches the whole process group; the main process
     # handles it and stops the workers, so workers ignore it (no traceback spam).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _core.set_signal_checks(False)
 
     import pickle
 
