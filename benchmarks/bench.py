@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import gc
 import math
 import os
 import platform
@@ -170,6 +171,10 @@ def run_all(rounds: int, sizes: Sizes) -> dict[tuple[str, str], list[float]]:
         for workload in WORKLOADS:
             for backend in order:
                 results = workload.run(backend, sizes)
+                # Finalize finished servers now, at a quiet point: mpservice's
+                # finalizers join threads and can deadlock when a random GC
+                # runs them inside a new thread's start-up.
+                gc.collect()
                 for metric, value in zip(workload.metrics, results, strict=True):
                     values.setdefault((metric.label, backend), []).append(value)
                 shown = ', '.join(

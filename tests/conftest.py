@@ -1,3 +1,4 @@
+import gc
 import os
 import sys
 
@@ -26,3 +27,18 @@ def backend(request) -> _backends.Backend:
             pytrace=False,
         )
     return b
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_between_tests():
+    """Run the garbage collector after every test, in the main thread.
+
+    mpservice registers finalizers that join threads of its finished worker
+    processes.  Left to a random GC, such a finalizer can run inside the
+    bootstrap of a *new* thread while CPython holds its thread-shutdown lock,
+    and the join then deadlocks (seen as a hang in ``Thread.start`` under
+    ``mpservice.mpserver.Server.__enter__``).  Collecting here, at a quiet
+    point, keeps that garbage from piling up.
+    """
+    yield
+    gc.collect()
