@@ -1,4 +1,4 @@
-"""A small service: an ensemble-free pipeline of real work on all cores.
+"""A small service: CPU-bound hashing on every core, a batched step, and a thread step.
 
 Run:  python examples/hello_service.py
 """
