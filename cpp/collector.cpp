@@ -1,12 +1,12 @@
 #include "collector.hpp"
 
-#include <csignal>
-#include <pthread.h>
+#include "quiet_thread.hpp"
 
 namespace mps {
 
 void Collector::Sink::begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) {
   slot_ = c_.ledger_.lookup(id);
+  id_ = id;
   if (!slot_) return;
   slot_->flags = flags;
   slot_->aux = aux;
@@ -20,7 +20,9 @@ void Collector::Sink::append(const char* data, size_t len) {
 
 void Collector::Sink::end() {
   if (slot_) {
+    const bool notify = slot_->notify_async;  // read before finishing: the slot may be freed
     if (c_.ledger_.finish_quietly(*slot_)) to_wake.push_back(slot_);
+    if (notify) async_done.push_back(id_);
     c_.delivered_.fetch_add(1, std::memory_order_relaxed);
   } else {
     c_.dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -35,12 +37,7 @@ void Collector::Sink::abort() {
 
 void Collector::start() {
   running_.store(true, std::memory_order_release);
-  // Signals stay with the interpreter's threads: block them all here.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
-  thread_ = std::thread([this] { run(); });
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  thread_ = start_quiet_thread([this] { run(); });
 }
 
 void Collector::run() {
@@ -53,6 +50,10 @@ void Collector::run() {
     size_t n = ring_.try_consume(SIZE_MAX, sink);
     for (Ledger::Slot* s : sink.to_wake) ledger_.wake(*s);
     sink.to_wake.clear();
+    if (!sink.async_done.empty()) {
+      if (completions_) completions_->publish(sink.async_done);
+      sink.async_done.clear();
+    }
     if (n && on_batch_) on_batch_(n);
   }
   running_.store(false, std::memory_order_release);

@@ -13,7 +13,10 @@
 //     woken (one wake-up per sleeping caller per batch).
 //   * Messages for unknown/stale tokens are dropped (counted in dropped()).
 //   * on_batch, if set, runs on the collector thread after each drained batch
-//     (used to signal an eventfd for asyncio, and by tests).
+//     (used by tests).
+//   * Tokens of finished slots flagged notify_async (done or abandoned) are
+//     published on the CompletionQueue once per batch, after the slots were
+//     finished, so the event loop sees each result already in its slot.
 //
 // Memory ordering: the ring's acquire on head covers the payload the sink
 // copies; Ledger::finish publishes the slot with a seq_cst CAS (see ledger.hpp).
@@ -25,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "completion_queue.hpp"
 #include "ledger.hpp"
 #include "ring.hpp"
 
@@ -36,6 +40,8 @@ class Collector {
   ~Collector() { join(); }
 
   void set_on_batch(std::function<void(size_t)> f) { on_batch_ = std::move(f); }
+  // Must be set before start().
+  void set_completions(CompletionQueue* q) { completions_ = q; }
   // Busy-wait rounds before sleeping when the ring is empty.
   void set_spin(int spin) { spin_ = spin; }
   void start();
@@ -58,9 +64,11 @@ class Collector {
    private:
     Collector& c_;
     Ledger::Slot* slot_ = nullptr;
+    uint64_t id_ = 0;
 
    public:
     std::vector<Ledger::Slot*> to_wake;  // owners to wake after the batch
+    std::vector<uint64_t> async_done;     // tokens for the CompletionQueue
   };
 
   void run();
@@ -69,6 +77,7 @@ class Collector {
   Ledger& ledger_;
   std::thread thread_;
   std::function<void(size_t)> on_batch_;
+  CompletionQueue* completions_ = nullptr;
   std::atomic<uint64_t> delivered_{0};
   std::atomic<uint64_t> dropped_{0};
   std::atomic<bool> running_{false};

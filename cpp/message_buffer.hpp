@@ -1,0 +1,42 @@
+// message_buffer.hpp — a MessageSink that keeps whole messages in memory.
+//
+// Routers (ensemble fan-out and fan-in) take a batch of messages off a ring,
+// then decide where each goes; they need the payloads to outlive the ring's
+// consumer lock.  This sink copies each message (all of its frames) into an
+// OwnedMessage.
+//
+// Invariants: after a consume call returns, `msgs` holds only complete
+// messages; a message cut short by an aborted ring is removed again.
+// Memory ordering: none of its own (the ring's acquire on head covers the
+// bytes copied in append()).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ring.hpp"
+
+namespace mps {
+
+struct OwnedMessage {
+  uint64_t id = 0;
+  uint32_t flags = 0;  // caller flags (framing bits stripped)
+  uint64_t aux = 0;
+  std::string payload;
+};
+
+class BufferSink : public MessageSink {
+ public:
+  std::vector<OwnedMessage> msgs;
+
+  void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
+    msgs.push_back(OwnedMessage{id, flags & ~kFramingMask, aux, {}});
+    msgs.back().payload.reserve(total);
+  }
+  void append(const char* data, size_t len) override { msgs.back().payload.append(data, len); }
+  void end() override {}
+  void abort() override { msgs.pop_back(); }
+};
+
+}  // namespace mps
