@@ -31,6 +31,7 @@ Ledger::AcquireStatus Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* 
   s.aux = 0;
   s.payload.clear();
   s.t_start_ns = now_ns();
+  s.notify_async = false;
   s.state.store(kPending, std::memory_order_release);
   *idx = i;
   return AcquireStatus::ok;
@@ -113,7 +114,8 @@ void Ledger::close() {
   cv_.notify_all();
 }
 
-void Ledger::fail_pending(uint32_t flags, const std::string& payload) {
+std::vector<uint64_t> Ledger::fail_pending(uint32_t flags, const std::string& payload) {
+  std::vector<uint64_t> async_tokens;
   for (uint32_t i = 0; i < capacity_; ++i) {
     Slot& s = slots_[i];
     uint32_t st = s.state.load(std::memory_order_acquire);
@@ -121,9 +123,11 @@ void Ledger::fail_pending(uint32_t flags, const std::string& payload) {
       s.flags = flags;
       s.aux = 0;
       s.payload = payload;
+      if (s.notify_async) async_tokens.push_back(token(i));
       finish(s);
     }
   }
+  return async_tokens;
 }
 
 std::vector<Ledger::Entry> Ledger::snapshot() const {

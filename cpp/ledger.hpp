@@ -58,6 +58,10 @@ class Ledger {
     uint64_t aux = 0;
     std::string payload;
     int64_t t_start_ns = 0;
+    // Set by an async caller between acquire() and pushing the request: the
+    // collector then reports the slot's completion on the CompletionQueue.
+    // Ordered by the rings' release/acquire chain from that push to the result.
+    bool notify_async = false;
   };
 
   enum class AcquireStatus { ok, full, timeout, closed };
@@ -109,7 +113,8 @@ class Ledger {
   bool closed() const { return closed_.load(std::memory_order_acquire); }
   // Completes every pending request with the given result and frees
   // abandoned ones.  For teardown, when no result can come any more.
-  void fail_pending(uint32_t flags, const std::string& payload);
+  // Returns the tokens of the async requests it finished (for the CompletionQueue).
+  std::vector<uint64_t> fail_pending(uint32_t flags, const std::string& payload);
   void set_disposer(Disposer d) { disposer_ = std::move(d); }
 
   // Snapshot for debug_info: (slot, state, age in ns) of slots in use.
