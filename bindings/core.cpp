@@ -14,6 +14,9 @@
 
 #include "../cpp/batcher.hpp"
 #include "../cpp/collector.hpp"
+#include "../cpp/completion_queue.hpp"
+#include "../cpp/ensemble_router.hpp"
+#include "../cpp/flags.hpp"
 #include "../cpp/ledger.hpp"
 #include "../cpp/ring.hpp"
 #include "../cpp/shm.hpp"
@@ -29,10 +32,7 @@ namespace {
 int g_worker_spin = 2000;
 int g_collector_spin = 0;
 
-// Caller flags (bits 8..31 of a frame's flags; the low byte is framing).
-constexpr uint32_t kFlagObject = 1u << 8;   // payload is a PyObject* owned by the message
-constexpr uint32_t kFlagError = 1u << 9;    // payload is a pickled (or object) exception
-constexpr uint32_t kFlagControl = 1u << 10; // control-plane message (readiness, exits)
+// Caller flags (kFlagObject, kFlagError, ...) are in cpp/flags.hpp.
 
 // Status codes shared with python/mpserver/_server.py.
 enum Status : int {
@@ -237,7 +237,9 @@ class PyRing {
 class Engine {
  public:
   Engine(std::shared_ptr<PyRing> output, uint32_t capacity)
-      : output_(std::move(output)), ledger_(capacity), collector_(*output_->ring, ledger_) {
+      : output_(std::move(output)), ledger_(capacity), collector_(*output_->ring, ledger_),
+        completions_(size_t(capacity) * 4 + 256) {
+    collector_.set_completions(&completions_);
     ledger_.set_disposer([](uint32_t flags, const std::string& payload) {
       if ((flags & kFlagObject) && payload.size() == sizeof(PyObject*)) {
         PyObject* p;
@@ -268,7 +270,7 @@ class Engine {
 
   // Takes a slot and pushes the request.  Returns slot index >= 0, or -Status.
   int submit_until(PyRing& entry, py::handle payload, uint32_t flags, bool wait, int64_t deadline,
-                   uint64_t aux) {
+                   uint64_t aux, bool notify_async = false) {
     uint32_t idx;
     Ledger::AcquireStatus a = ledger_.acquire(false, 0, &idx);
     if (a == Ledger::AcquireStatus::full && wait) {
@@ -295,9 +297,11 @@ class Engine {
     }
     OutMessage m{ledger_.token(idx), flags, aux, &ref.slice, 1};
     if (flags & kFlagObject) Py_INCREF(ref.handle);
+    ledger_.slot(idx).notify_async = notify_async;
     PushStatus st = push_with_gil_rules(*entry.ring, &m, 1, deadline, nullptr);
     if (st != PushStatus::ok) {
       if (flags & kFlagObject) Py_DECREF(ref.handle);
+      ledger_.slot(idx).notify_async = false;
       ledger_.release(idx);
       return st == PushStatus::closed ? -kClosed : -kPushTimeout;
     }
@@ -342,11 +346,43 @@ class Engine {
     return py::make_tuple(int(kOk), t[0], t[1]);
   }
 
+  // ---- asyncio: requests whose completion is reported on the CompletionQueue.
+
+  // Takes a slot without waiting and pushes the request.  Returns
+  // (status, token): OK with the request's token, or BACKLOG_FULL / CLOSED /
+  // PUSH_TIMEOUT with token 0.
+  py::tuple submit_async(PyRing& entry, py::handle payload, uint32_t flags) {
+    int r = submit_until(entry, payload, flags, false, kForever, 0, true);
+    if (r < 0) return py::make_tuple(-r, 0);
+    return py::make_tuple(int(kOk), ledger_.token(uint32_t(r)));
+  }
+
+  // Tokens of async requests finished since the last call (clears the eventfd).
+  std::vector<uint64_t> drain_async() {
+    std::vector<uint64_t> out;
+    completions_.drain(out);
+    return out;
+  }
+
+  // (flags, payload) of a finished async request; frees its slot.
+  py::tuple take_token(uint64_t token) {
+    uint32_t idx = slot_of(token);
+    return take(idx);
+  }
+
+  // The async caller gave up (cancelled, timed out).
+  void abandon_token(uint64_t token) { abandon(slot_of(token)); }
+
+  int async_fd() const { return completions_.fd(); }
+
   Ledger& ledger() { return ledger_; }
   uint32_t backlog() const { return ledger_.backlog(); }
   uint32_t capacity() const { return ledger_.capacity(); }
   void close() { ledger_.close(); }
-  void fail_pending(uint32_t flags, py::bytes payload) { ledger_.fail_pending(flags, std::string(payload)); }
+  void fail_pending(uint32_t flags, py::bytes payload) {
+    std::vector<uint64_t> tokens = ledger_.fail_pending(flags, std::string(payload));
+    completions_.publish(tokens);
+  }
   bool collector_running() const { return collector_.running(); }
   uint64_t delivered() const { return collector_.delivered(); }
 
@@ -363,10 +399,17 @@ class Engine {
   void check(uint32_t idx) const {
     if (idx >= ledger_.capacity()) throw std::out_of_range("bad request slot");
   }
+  uint32_t slot_of(uint64_t token) {
+    uint32_t idx = uint32_t(token & 0xffffffffu);
+    check(idx);
+    if (ledger_.token(idx) != token) throw std::logic_error("stale request token");
+    return idx;
+  }
 
   std::shared_ptr<PyRing> output_;
   Ledger ledger_;
   Collector collector_;
+  CompletionQueue completions_;
 };
 
 
@@ -449,6 +492,41 @@ class PyStreamWindow {
   std::vector<StreamWindow::Drained> out_;
 };
 
+// ------------------------------------------------------------------ EnsembleRouter
+
+class PyEnsembleRouter {
+ public:
+  PyEnsembleRouter(std::shared_ptr<PyRing> input, std::vector<std::shared_ptr<PyRing>> members,
+                   std::shared_ptr<PyRing> join, std::shared_ptr<PyRing> output, bool fail_fast)
+      : input_(std::move(input)), members_(std::move(members)), join_(std::move(join)),
+        output_(std::move(output)) {
+    std::vector<Ring*> rings;
+    for (auto& m : members_) rings.push_back(m->ring.get());
+    router_ = std::make_unique<EnsembleRouter>(*input_->ring, rings, *join_->ring, *output_->ring,
+                                               fail_fast);
+  }
+  ~PyEnsembleRouter() {
+    py::gil_scoped_release nogil;
+    router_.reset();
+  }
+  void start() { router_->start(); }
+  void join_fanout() {
+    py::gil_scoped_release nogil;
+    router_->join_fanout();
+  }
+  void join_fanin() {
+    py::gil_scoped_release nogil;
+    router_->join_fanin();
+  }
+  EnsembleRouter& router() { return *router_; }
+
+ private:
+  std::shared_ptr<PyRing> input_;
+  std::vector<std::shared_ptr<PyRing>> members_;
+  std::shared_ptr<PyRing> join_, output_;
+  std::unique_ptr<EnsembleRouter> router_;
+};
+
 // ------------------------------------------------------------------ Supervisor
 
 class PySupervisor {
@@ -520,6 +598,10 @@ PYBIND11_MODULE(_core, m) {
   m.attr("FLAG_OBJECT") = kFlagObject;
   m.attr("FLAG_ERROR") = kFlagError;
   m.attr("FLAG_CONTROL") = kFlagControl;
+  m.attr("FLAG_ENSEMBLE") = kFlagEnsemble;
+  m.attr("PART_MISSING") = kPartMissing;
+  m.attr("COMPOSITE_MAGIC") = kCompositeMagic;
+  m.attr("MAX_ENSEMBLE_MEMBERS") = kMaxEnsembleMembers;
   m.attr("OK") = int(kOk);
   m.attr("BACKLOG_FULL") = int(kBacklogFull);
   m.attr("BACKLOG_TIMEOUT") = int(kBacklogTimeout);
@@ -564,6 +646,11 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("delivered", &Engine::delivered)
       .def("close", &Engine::close)
       .def("fail_pending", &Engine::fail_pending)
+      .def("submit_async", &Engine::submit_async)
+      .def("drain_async", &Engine::drain_async)
+      .def("take_token", &Engine::take_token)
+      .def("abandon_token", &Engine::abandon_token)
+      .def_property_readonly("async_fd", &Engine::async_fd)
       .def("snapshot", &Engine::snapshot);
 
   py::class_<PyStreamWindow>(m, "StreamWindow")
@@ -575,6 +662,24 @@ PYBIND11_MODULE(_core, m) {
       .def("finish", &PyStreamWindow::finish)
       .def("close", &PyStreamWindow::close)
       .def("__len__", &PyStreamWindow::size);
+
+  py::class_<PyEnsembleRouter>(m, "EnsembleRouter")
+      .def(py::init<std::shared_ptr<PyRing>, std::vector<std::shared_ptr<PyRing>>,
+                    std::shared_ptr<PyRing>, std::shared_ptr<PyRing>, bool>(),
+           py::arg("input"), py::arg("members"), py::arg("join"), py::arg("output"),
+           py::arg("fail_fast"))
+      .def("start", &PyEnsembleRouter::start)
+      .def("join_fanout", &PyEnsembleRouter::join_fanout)
+      .def("join_fanin", &PyEnsembleRouter::join_fanin)
+      .def_property_readonly("emitted", [](PyEnsembleRouter& r) { return r.router().emitted(); })
+      .def_property_readonly("dropped", [](PyEnsembleRouter& r) { return r.router().dropped(); })
+      .def_property_readonly("open_entries",
+                             [](PyEnsembleRouter& r) { return r.router().open_entries(); });
+  m.def("compose_ensemble", [](std::vector<uint32_t> flags, std::vector<py::bytes> parts,
+                               uint32_t finished) {
+    std::vector<std::string> ps(parts.begin(), parts.end());
+    return py::bytes(EnsembleRouter::compose(flags, ps, finished));
+  }, "Builds an ensemble composite payload (for tests).");
 
   py::class_<PySupervisor>(m, "Supervisor")
       .def(py::init<>())

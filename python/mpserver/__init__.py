@@ -25,7 +25,15 @@ from ._remote import (
     is_remote_exception,
 )
 from ._server import Server
-from ._servlet import ProcessServlet, Servlet, ThreadServlet
+from ._servlet import (
+    CpuAffinity,
+    EnsembleServlet,
+    ProcessServlet,
+    SequentialServlet,
+    Servlet,
+    SwitchServlet,
+    ThreadServlet,
+)
 from ._worker import PassThrough, Worker, make_worker
 
 __version__ = '0.1.0'
@@ -37,6 +45,10 @@ __all__ = [
     'Servlet',
     'ProcessServlet',
     'ThreadServlet',
+    'SequentialServlet',
+    'EnsembleServlet',
+    'SwitchServlet',
+    'CpuAffinity',
     'Server',
     'ServerBacklogFull',
     'TimeoutError',

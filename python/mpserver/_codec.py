@@ -12,14 +12,20 @@ traceback.
 from __future__ import annotations
 
 import pickle
+import struct
 import traceback
 
 from . import _core
-from ._remote import RemoteException
+from ._remote import EnsembleError, RemoteException
 
 FLAG_OBJECT = _core.FLAG_OBJECT
 FLAG_ERROR = _core.FLAG_ERROR
 FLAG_CONTROL = _core.FLAG_CONTROL
+FLAG_ENSEMBLE = _core.FLAG_ENSEMBLE
+_PART_MISSING = _core.PART_MISSING
+_COMPOSITE_MAGIC = _core.COMPOSITE_MAGIC
+_composite_head = struct.Struct('<IIII')
+_part_head = struct.Struct('<IIQ')
 
 _dumps = pickle.dumps
 _loads = pickle.loads
@@ -83,6 +89,8 @@ class ObjectCodec:
 
 def decode(flags: int, payload):
     """The value of a message; an error message gives the exception object."""
+    if flags & FLAG_ENSEMBLE:
+        return _decode_ensemble(flags, payload)
     if flags & FLAG_OBJECT:
         value = payload
     else:
@@ -94,3 +102,38 @@ def decode(flags: int, payload):
 
 def codec_for(local: bool):
     return ObjectCodec if local else PickleCodec
+
+
+def _decode_ensemble(flags: int, payload):
+    """An ensemble's composite result (built by the C++ EnsembleRouter):
+    the list of member results in member order, exceptions in their place;
+    or, for a failed item, an :class:`EnsembleError` holding that list."""
+    buf = memoryview(payload)
+    if len(buf) < _composite_head.size:
+        raise ValueError('corrupt ensemble result: too short')
+    magic, n, finished, _ = _composite_head.unpack_from(buf, 0)
+    if magic != _COMPOSITE_MAGIC:
+        raise ValueError('corrupt ensemble result: bad magic')
+    off = _composite_head.size
+    ys = []
+    for _ in range(n):
+        if off + _part_head.size > len(buf):
+            raise ValueError('corrupt ensemble result: truncated')
+        pflags, _, length = _part_head.unpack_from(buf, off)
+        off += _part_head.size
+        if off + length > len(buf):
+            raise ValueError('corrupt ensemble result: part overruns the message')
+        ys.append(None if pflags == _PART_MISSING else decode(pflags, buf[off:off + length]))
+        off += (length + 7) & ~7
+    if flags & FLAG_ERROR:
+        return EnsembleError({'y': ys, 'n': finished})
+    return ys
+
+
+def pass_error(flags: int, payload, codec):
+    """An upstream error message, made fit for ``codec``'s consumer: an
+    exception travelling by reference is pickled when it leaves the main
+    process; anything else passes through untouched."""
+    if flags & FLAG_OBJECT and not codec.local:
+        return codec.encode_error(payload)
+    return flags, payload

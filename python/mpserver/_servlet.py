@@ -1,27 +1,37 @@
-"""Servlets: how many workers run a Worker class, and where (processes or threads).
+"""Servlets: how many workers run a Worker class, and where (processes or
+threads); and how servlets compose into a graph.
 
 A servlet is a specification until a Server starts it.  Starting creates the
 servlet's input ring in shared memory and its workers: processes spawned by
 the C++ supervisor, or threads of the main process.  Workers take items from
 that ring (whichever is free takes the next) and write results to the ring
 they were given as output.
+
+Compound servlets wire rings together: a SequentialServlet hands each stage
+the next stage's input ring as its output (stages feed each other directly,
+process to process); an EnsembleServlet's fan-out and fan-in run in a C++
+router; a SwitchServlet routes on a thread of the main process, because its
+``switch`` method is Python.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import subprocess
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from . import _core
-from ._codec import FLAG_CONTROL, ObjectCodec, PickleCodec, decode
+from ._codec import FLAG_CONTROL, FLAG_ERROR, ObjectCodec, PickleCodec, codec_for, decode, pass_error
 from ._errors import ConfigError, WorkerStartupError
 from ._worker import Worker, _serve
 
-__all__ = ['Servlet', 'ProcessServlet', 'ThreadServlet']
+__all__ = ['Servlet', 'ProcessServlet', 'ThreadServlet', 'SequentialServlet', 'EnsembleServlet',
+           'SwitchServlet', 'CpuAffinity']
 
 #: Data bytes of a servlet's input ring (messages larger than a quarter of it
 #: are streamed through in pieces).
@@ -150,6 +160,11 @@ class Servlet(ABC):
     def _stop(self) -> None:
         """Close the input; wait for the workers to finish what they hold and exit."""
 
+    @abstractmethod
+    def _kill(self, grace: float = 0.0) -> None:
+        """Stop now, dropping queued items; busy workers get ``grace`` seconds.
+        Must be safe on a servlet that was never (or only partly) started."""
+
     @property
     @abstractmethod
     def workers(self) -> list:
@@ -199,8 +214,8 @@ def _normalize_cpus(cpus) -> list:
             out.append(None)
         elif isinstance(c, int) and not isinstance(c, bool):
             out.append(check_cpu(c, f'entry {i}'))
-        elif hasattr(c, 'cpu') and not isinstance(c, (list, tuple)):  # CpuAffinity-like
-            out.append(_normalize_cpus([c.cpu])[0] if c.cpu is not None else None)
+        elif isinstance(c, CpuAffinity):
+            out.append(_normalize_cpus([c.target])[0] if c.target is not None else None)
         elif isinstance(c, Sequence) and not isinstance(c, (str, bytes)):
             if len(c) == 0:
                 raise ConfigError(f'cpus: entry {i} is an empty list')
@@ -208,6 +223,37 @@ def _normalize_cpus(cpus) -> list:
         else:
             raise ConfigError(f'cpus: entry {i} must be None, an int or a list of ints, got {c!r}')
     return out
+
+
+class CpuAffinity:
+    """The CPUs one worker process is pinned to (older mpservice API).
+
+    ``CpuAffinity(3)``, ``CpuAffinity([0, 1])`` or ``CpuAffinity(None)`` (no
+    pinning); accepted wherever an entry of ``ProcessServlet(cpus=[...])`` is.
+    """
+
+    def __init__(self, target: int | Sequence[int] | None = None):
+        if target is not None and not isinstance(target, int):
+            target = list(target)
+        self.target = target
+
+    def __repr__(self):
+        return f'{type(self).__name__}({self.target!r})'
+
+    def __eq__(self, other):
+        return isinstance(other, CpuAffinity) and other.target == self.target
+
+    def __hash__(self):
+        return hash(repr(self))
+
+    def set(self, *, pid: int = 0) -> None:
+        """Pin process ``pid`` (0: this process) to the target CPUs."""
+        if self.target is not None:
+            os.sched_setaffinity(pid, [self.target] if isinstance(self.target, int) else self.target)
+
+    def get(self, *, pid: int = 0) -> list[int]:
+        """The CPUs process ``pid`` (0: this process) may run on now."""
+        return sorted(os.sched_getaffinity(pid))
 
 
 class ProcessServlet(Servlet):
@@ -276,7 +322,9 @@ class ProcessServlet(Servlet):
         try:
             for i, cpu in enumerate(self._cpus):
                 key = launch.key_for(self, i)
-                argv = [sys.executable, '-m', 'mpserver._child', str(os.getpid()), str(i), str(key)]
+                # Same interpreter flags as ours (-S, -O, -X ...), as multiprocessing does.
+                argv = [sys.executable, *subprocess._args_from_interpreter_flags(),
+                        '-m', 'mpserver._child', str(os.getpid()), str(i), str(key)]
                 fds = [(boot_fd, 3), (launch.control.fd, 4), (self._input.fd, 5), (output.fd, 6)]
                 cpus = [] if cpu is None else list(cpu) if isinstance(cpu, list) else [cpu]
                 launch.add_process(self, i, (argv, fds, cpus, env), key)
@@ -441,3 +489,217 @@ class ThreadServlet(Servlet):
             'worker': self._worker_cls.__qualname__,
             'children': [{'type': 'thread', 'name': t.name, 'is_alive': t.is_alive()} for t in self.workers],
         }
+
+
+# --------------------------------------------------------------------- compound servlets
+
+
+def _check_members(kind: str, servlets, minimum: int) -> tuple:
+    if len(servlets) < minimum:
+        raise ConfigError(f'{kind} needs at least {minimum} servlet{"s" if minimum > 1 else ""}, '
+                          f'got {len(servlets)}')
+    for i, s in enumerate(servlets):
+        if not isinstance(s, Servlet):
+            raise ConfigError(f'{kind}: member {i} must be a Servlet, got {type(s).__name__}')
+    return tuple(servlets)
+
+
+def _kill_all(servlets, grace: float) -> None:
+    """Kills several servlets, sharing one grace period among them."""
+    deadline = time.monotonic() + grace
+    for s in servlets:
+        s._kill(max(0.0, deadline - time.monotonic()))
+
+
+class _Compound(Servlet):
+    """What Sequential, Ensemble and Switch servlets share: members and their workers."""
+
+    _servlets: tuple
+
+    @property
+    def workers(self) -> list:
+        return [w for s in self._servlets for w in s.workers]
+
+    @property
+    def children(self) -> list:
+        return list(self._servlets)
+
+    def _debug_info(self) -> dict:
+        return {'type': type(self).__name__, 'children': [s._debug_info() for s in self._servlets]}
+
+
+class SequentialServlet(_Compound):
+    """Runs servlets one after another: each one's output is the next one's input.
+
+    Stages hand items to each other directly: process workers of one stage
+    write into the input ring of the next, so an item does not pass through
+    the main process between two process stages.
+    """
+
+    def __init__(self, *servlets: Servlet):
+        self._servlets = _check_members('SequentialServlet', servlets, 1)
+
+    def _start(self, launch, output, output_local):
+        # Last stage first: each stage needs its consumer's ring.
+        for s in reversed(self._servlets):
+            output, output_local = s._start(launch, output, output_local)
+        return output, output_local
+
+    def _stop(self):
+        # In order: a stage is drained (and its workers gone) before the next
+        # stage's input is closed, so nothing in flight is lost.
+        for s in self._servlets:
+            s._stop()
+
+    def _kill(self, grace=0.0):
+        _kill_all(self._servlets, grace)
+
+
+class EnsembleServlet(_Compound):
+    """Gives every input to all member servlets; the result is the list of
+    their results, in member order.
+
+    With ``fail_fast=True`` (default), the first member that raises makes the
+    item's result an :class:`EnsembleError` (results of the other members for
+    that item are dropped).  With ``fail_fast=False``, exceptions take their
+    place in the list; only if every member failed is the result an
+    :class:`EnsembleError`.  ``EnsembleError.args[1]`` is ``{'y': [results,
+    exceptions, or None for members that had not finished], 'n': members
+    finished}``.  An exception arriving from an earlier stage skips the
+    ensemble and goes on unchanged.
+
+    Fan-out and fan-in run in C++ threads of the main process (no polling):
+    members read their own input ring and write to the ensemble's join ring.
+    Members receive and return values pickled, even thread members.
+    """
+
+    def __init__(self, *servlets: Servlet, fail_fast: bool = True):
+        self._servlets = _check_members('EnsembleServlet', servlets, 2)
+        if len(servlets) > _core.MAX_ENSEMBLE_MEMBERS:
+            raise ConfigError(f'EnsembleServlet takes at most {_core.MAX_ENSEMBLE_MEMBERS} members, '
+                              f'got {len(servlets)}')
+        if not isinstance(fail_fast, bool):
+            raise ConfigError(f'fail_fast must be a bool, got {fail_fast!r}')
+        self._fail_fast = fail_fast
+        self._input = self._join = self._router = None
+
+    def _start(self, launch, output, output_local):
+        if self._router is not None:
+            raise RuntimeError('this servlet is already running in a server')
+        self._join = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-join')
+        inputs = [s._start(launch, self._join, False)[0] for s in self._servlets]
+        self._input = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-ensemble-in')
+        self._router = _core.EnsembleRouter(self._input, inputs, self._join, output, self._fail_fast)
+        self._router.start()
+        return self._input, False
+
+    def _stop(self):
+        if self._router is None:
+            return
+        self._input.close()
+        self._router.join_fanout()  # every input handed to every member
+        for s in self._servlets:
+            s._stop()  # every member result is in the join ring
+        self._join.close()
+        self._router.join_fanin()  # every result emitted
+        self._release()
+
+    def _kill(self, grace=0.0):
+        if self._input is not None:
+            self._input.abort()
+        if self._join is not None:
+            self._join.abort()
+        _kill_all(self._servlets, grace)
+        if self._router is not None:
+            self._router.join_fanout()
+            self._router.join_fanin()
+        self._release()
+
+    def _release(self):
+        self._router = self._input = self._join = None
+
+    def _debug_info(self):
+        info = super()._debug_info()
+        info['fail_fast'] = self._fail_fast
+        r = self._router
+        if r is not None:
+            info['router'] = {'emitted': r.emitted, 'dropped': r.dropped, 'open': r.open_entries}
+        return info
+
+
+class SwitchServlet(_Compound):
+    """Sends each input to exactly one member servlet, chosen by :meth:`switch`.
+
+    Subclass it and implement ``switch(self, x) -> int``.  It runs on a
+    routing thread of the main process for every input (exceptions from an
+    earlier stage skip it and go on unchanged).  If ``switch`` raises, or
+    returns something that is not a valid member index, that exception (an
+    ``IndexError``/``TypeError`` for a bad index) becomes the item's result.
+    """
+
+    def __init__(self, *servlets: Servlet):
+        self._servlets = _check_members('SwitchServlet', servlets, 1)
+        self._input = None
+        self._thread = None
+
+    @abstractmethod
+    def switch(self, x) -> int:
+        """Return the index of the member servlet that processes ``x``.
+
+        ``x`` is never an exception.  Keep it quick: it runs in the main process.
+        """
+        raise NotImplementedError
+
+    def _start(self, launch, output, output_local):
+        if self._thread is not None:
+            raise RuntimeError('this servlet is already running in a server')
+        started = [s._start(launch, output, output_local) for s in self._servlets]
+        local = all(loc for _, loc in started)
+        self._input = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-switch-in')
+        self._thread = threading.Thread(
+            target=self._route, args=(self._input, [r for r, _ in started], output, codec_for(output_local)),
+            name=f'{type(self).__name__}.router', daemon=True)
+        self._thread.start()
+        return self._input, local
+
+    def _route(self, inp, members, output, codec):
+        n = len(members)
+        switch = self.switch
+        while True:
+            items = inp.gather(64, 0.0, None)
+            if items is None:
+                return
+            for mid, flags, aux, payload in items:
+                if flags & FLAG_ERROR:
+                    output.push(mid, *pass_error(flags, payload, codec), aux)
+                    continue
+                try:
+                    idx = switch(decode(flags, payload))
+                    if isinstance(idx, bool) or not isinstance(idx, int):
+                        raise TypeError(f'{type(self).__name__}.switch returned {idx!r}; '
+                                        f'it must return an int member index')
+                    if not 0 <= idx < n:
+                        raise IndexError(f'{type(self).__name__}.switch returned {idx}; '
+                                         f'valid member indices are 0..{n - 1}')
+                except Exception as e:
+                    output.push(mid, *codec.encode_error(e), aux)
+                    continue
+                members[idx].push(mid, flags, payload, aux)
+
+    def _stop(self):
+        if self._thread is None:
+            return
+        self._input.close()
+        while self._thread.is_alive():
+            self._thread.join(0.1)
+        for s in self._servlets:
+            s._stop()
+        self._input = self._thread = None
+
+    def _kill(self, grace=0.0):
+        if self._input is not None:
+            self._input.abort()
+        _kill_all(self._servlets, grace)
+        if self._thread is not None:
+            self._thread.join(1.0)
+        self._input = self._thread = None

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-from ._codec import FLAG_ERROR, decode
+from ._codec import FLAG_ERROR, decode, pass_error
 from ._errors import ConfigError
 
 __all__ = ['Worker', 'make_worker', 'PassThrough']
@@ -258,8 +258,8 @@ def _serve_items(worker, inp, out, codec):
         if items is None:
             return
         for mid, flags, aux, payload in items:
-            if flags & FLAG_ERROR:  # an upstream error: pass it through untouched
-                push(mid, flags, payload, aux)
+            if flags & FLAG_ERROR:  # an upstream error: pass it through
+                push(mid, *pass_error(flags, payload, codec), aux)
                 continue
             try:
                 x = decode(flags, payload)
@@ -283,7 +283,7 @@ def _admit(items, preprocess, codec, reject):
     ids, xs = [], []
     for mid, flags, aux, payload in items:
         if flags & FLAG_ERROR:
-            reject(mid, flags, payload, aux)
+            reject(mid, *pass_error(flags, payload, codec), aux)
             continue
         try:
             x = decode(flags, payload)
