@@ -24,6 +24,7 @@ from ._remote import (
     get_remote_traceback,
     is_remote_exception,
 )
+from ._async import AsyncServer
 from ._server import Server
 from ._servlet import (
     CpuAffinity,
@@ -50,6 +51,7 @@ __all__ = [
     'SwitchServlet',
     'CpuAffinity',
     'Server',
+    'AsyncServer',
     'ServerBacklogFull',
     'TimeoutError',
     'WorkerStartupError',

@@ -21,7 +21,7 @@ from typing import final
 from . import _core
 from ._codec import PickleCodec, ObjectCodec, decode, FLAG_ERROR
 from ._errors import ConfigError, ServerBacklogFull, TimeoutError
-from . import _worker
+from . import _async, _worker
 from ._servlet import Servlet, _Launch
 
 __all__ = ['Server']
@@ -94,6 +94,7 @@ class Server:
         self._engine = None
         self._entry = None
         self._state = 'new'
+        self._async_ports: dict = {}  # event loop -> _AsyncPort (see _async.py)
 
     def __getstate__(self):
         raise TypeError(f"cannot pickle '{type(self).__name__}' object")
@@ -165,6 +166,7 @@ class Server:
             flags, payload = PickleCodec.encode_error(RuntimeError(msg), f'RuntimeError: {msg}\n')
             engine.fail_pending(flags, payload)
             del engine
+            _async.close_ports(self)
             self._state = 'stopped'
             # Drop the rings, the engine and the supervisor thread now (a
             # stream window still open keeps the engine alive on its own).
@@ -205,6 +207,14 @@ class Server:
                 raise y
             return y
         raise self._failure(status, t0, result if status == _RESULT_TIMEOUT else None)
+
+    async def async_call(self, x, /, *, timeout: int | float = 60, backpressure: bool = True):
+        """``await server.async_call(x)``: :meth:`call` for asyncio code (older mpservice API).
+
+        The calling coroutine awaits the result without blocking its event
+        loop; cancellation behaves as in :meth:`AsyncServer.call`.
+        """
+        return await _async.async_call(self, x, timeout, backpressure)
 
     def _failure(self, status, t0, enqueue_seconds=None) -> BaseException:
         now = perf_counter()
