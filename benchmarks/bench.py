@@ -16,6 +16,9 @@ Workloads:
   processes, without batching and with ``batch_size=64``; plus one row that
   streams a generator with 2 processes.  Only the streaming loop is timed,
   after a short warm-up stream on the same server.
+* composition: items/s streamed through a Process -> Thread -> Process
+  SequentialServlet, and through an EnsembleServlet of two ProcessServlets
+  (one process each, no batching).
 * call: p50 and p99 latency of one-at-a-time ``server.call(x)`` with 1 process,
   after a warm-up.
 * enter + first call: seconds from the start of ``Server(...).__enter__`` with
@@ -82,16 +85,33 @@ def _drain(results: Iterable) -> int:
     return count
 
 
-def _make_server(backend: str, *, cpus: int, batch_size: int = 0):
+def _make_server(backend: str, *, cpus: int, batch_size: int = 0, shape: str = 'process'):
+    """A Server on ``backend`` running the Echo worker in one of these shapes:
+    ``process`` (one ProcessServlet), ``pipeline`` (Process -> Thread -> Process)
+    or ``ensemble`` (an EnsembleServlet of two ProcessServlets)."""
     mod = BACKENDS[backend]
-    return mod.Server(mod.ProcessServlet(ECHO[backend], cpus=cpus, batch_size=batch_size))
+    echo = ECHO[backend]
+
+    def proc():
+        return mod.ProcessServlet(echo, cpus=cpus, batch_size=batch_size)
+
+    if shape == 'process':
+        servlet = proc()
+    elif shape == 'pipeline':
+        servlet = mod.SequentialServlet(proc(), mod.ThreadServlet(echo, batch_size=batch_size), proc())
+    elif shape == 'ensemble':
+        servlet = mod.EnsembleServlet(proc(), proc())
+    else:
+        raise ValueError(f'unknown shape {shape!r}')
+    return mod.Server(servlet)
 
 
 def stream_throughput(
-    backend: str, sizes: Sizes, *, cpus: int, batch_size: int, generator: bool = False
+    backend: str, sizes: Sizes, *, cpus: int, batch_size: int, generator: bool = False,
+    shape: str = 'process',
 ) -> tuple[float]:
     n = sizes.stream_items
-    with _make_server(backend, cpus=cpus, batch_size=batch_size) as server:
+    with _make_server(backend, cpus=cpus, batch_size=batch_size, shape=shape) as server:
         _drain(server.stream(range(STREAM_WARMUP_ITEMS)))
         data = (i for i in range(n)) if generator else range(n)
         start = time.perf_counter()
@@ -143,6 +163,8 @@ WORKLOADS = (
     _stream('stream range, 2 procs, no batching', cpus=2, batch_size=0),
     _stream('stream range, 2 procs, batch_size=64', cpus=2, batch_size=64),
     _stream('stream generator, 2 procs, no batching', cpus=2, batch_size=0, generator=True),
+    _stream('stream, Process -> Thread -> Process pipeline', cpus=1, batch_size=0, shape='pipeline'),
+    _stream('stream, ensemble of 2 process servlets', cpus=1, batch_size=0, shape='ensemble'),
     Workload(
         'call one at a time, 1 proc',
         (
@@ -162,13 +184,13 @@ WORKLOADS = (
 # --- running ----------------------------------------------------------------
 
 
-def run_all(rounds: int, sizes: Sizes) -> dict[tuple[str, str], list[float]]:
+def run_all(rounds: int, sizes: Sizes, workloads=WORKLOADS) -> dict[tuple[str, str], list[float]]:
     """Return ``{(metric label, backend): [value per round]}``."""
     names = list(BACKENDS)
     values: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
-        for workload in WORKLOADS:
+        for workload in workloads:
             for backend in order:
                 results = workload.run(backend, sizes)
                 # Finalize finished servers now, at a quiet point: mpservice's
@@ -190,13 +212,13 @@ def _cell(values: list[float], metric: Metric) -> str:
     return f'{statistics.median(values):{f}} ({min(values):{f}}–{max(values):{f}})'
 
 
-def markdown_table(values: dict[tuple[str, str], list[float]]) -> str:
+def markdown_table(values: dict[tuple[str, str], list[float]], workloads=WORKLOADS) -> str:
     base, new = 'mpservice', 'mpserver'
     lines = [
         f'| workload | {base} (median, min–max) | {new} (median, min–max) | ratio |',
         '| --- | --- | --- | --- |',
     ]
-    for workload in WORKLOADS:
+    for workload in workloads:
         for m in workload.metrics:
             old_v, new_v = values[(m.label, base)], values[(m.label, new)]
             old_med, new_med = statistics.median(old_v), statistics.median(new_v)
@@ -255,15 +277,20 @@ def main(argv: list[str] | None = None) -> None:
                         help='smaller sizes and fewer rounds: a ~1-minute smoke run')
     parser.add_argument('--out', metavar='PATH',
                         help='also write the table and a machine description to PATH')
+    parser.add_argument('--only', metavar='TEXT',
+                        help="run only the workloads whose name contains TEXT")
     args = parser.parse_args(argv)
+    workloads = tuple(w for w in WORKLOADS if not args.only or args.only in w.name)
+    if not workloads:
+        parser.error(f'no workload name contains {args.only!r}')
     sizes = QUICK if args.quick else FULL
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 3)
     if rounds < 1:
         parser.error('--rounds must be at least 1')
 
     started = time.perf_counter()
-    values = run_all(rounds, sizes)
-    table = markdown_table(values)
+    values = run_all(rounds, sizes, workloads)
+    table = markdown_table(values, workloads)
     settings = settings_description(rounds, sizes)
     print(f'total benchmark time: {time.perf_counter() - started:.0f} s', file=sys.stderr)
     print(table)

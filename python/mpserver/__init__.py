@@ -35,7 +35,14 @@ from ._servlet import (
     SwitchServlet,
     ThreadServlet,
 )
-from ._worker import PassThrough, Worker, make_worker
+from ._worker import (
+    PassThrough,
+    ProcessWorker,
+    ThreadWorker,
+    Worker,
+    make_threadworker,
+    make_worker,
+)
 
 __version__ = '0.1.0'
 
@@ -43,6 +50,9 @@ __all__ = [
     'Worker',
     'make_worker',
     'PassThrough',
+    'ProcessWorker',
+    'ThreadWorker',
+    'make_threadworker',
     'Servlet',
     'ProcessServlet',
     'ThreadServlet',

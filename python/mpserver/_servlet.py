@@ -452,7 +452,7 @@ class ThreadServlet(Servlet):
             return
         holder.ready.set()
         try:
-            _serve(worker, self._input, output, codec)
+            _serve(worker, self._input, output, codec, sole=self._num_threads == 1)
         except BaseException as e:
             worker.cleanup(e)
             raise

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ._codec import FLAG_ERROR, decode, pass_error
 from ._errors import ConfigError
 
-__all__ = ['Worker', 'make_worker', 'PassThrough']
+__all__ = ['Worker', 'make_worker', 'PassThrough', 'ProcessWorker', 'ThreadWorker', 'make_threadworker']
 
 # Name of the current worker process, set by mpserver._child; in the main
 # process it stays None and multiprocessing's process name is used.
@@ -218,6 +218,34 @@ def make_worker(func: Callable[[Any], Any]) -> type[Worker]:
     return FuncWorker
 
 
+class ProcessWorker(Worker):
+    """Older mpservice name for a :class:`Worker` meant for a :class:`ProcessServlet`.
+
+    Identical to :class:`Worker`; kept so that code written for older mpservice
+    versions runs unchanged.
+    """
+
+
+class ThreadWorker(Worker):
+    """Older mpservice name for a :class:`Worker` meant for a :class:`ThreadServlet`.
+
+    Identical to :class:`Worker`; kept so that code written for older mpservice
+    versions runs unchanged.
+    """
+
+
+def make_threadworker(func: Callable[[Any], Any]) -> type[ThreadWorker]:
+    """Older mpservice name of :func:`make_worker`; the class is a :class:`ThreadWorker`."""
+
+    class FuncThreadWorker(ThreadWorker):
+        def call(self, x):
+            return func(x)
+
+    FuncThreadWorker.__name__ = f'ThreadWorker-{getattr(func, "__name__", "func")}'
+    FuncThreadWorker.__qualname__ = FuncThreadWorker.__name__
+    return FuncThreadWorker
+
+
 class PassThrough(Worker):
     """Returns its input unchanged; handy as an ensemble member that carries the input along."""
 
@@ -228,11 +256,13 @@ class PassThrough(Worker):
 # --------------------------------------------------------------------- serving
 
 
-def _serve(worker: Worker, inp, out, codec) -> None:
+def _serve(worker: Worker, inp, out, codec, sole: bool = False) -> None:
     """Run ``worker`` on items from ring ``inp`` until it is closed and drained.
 
     ``codec`` encodes results for ``out`` (pickles across processes, object
-    references inside the main process).
+    references inside the main process).  ``sole``: this is the only worker
+    reading ``inp``, so it may take every queued item in one crossing (each
+    result is still pushed as soon as it is ready).
     """
     customised = type(worker).stream is not Worker.stream or worker.num_stream_threads > 0
     if customised:
@@ -240,10 +270,10 @@ def _serve(worker: Worker, inp, out, codec) -> None:
     elif worker.batch_size > 1:
         _serve_batches(worker, inp, out, codec)
     else:
-        _serve_items(worker, inp, out, codec)
+        _serve_items(worker, inp, out, codec, 64 if sole else 1)
 
 
-def _serve_items(worker, inp, out, codec):
+def _serve_items(worker, inp, out, codec, take=1):
     # The hot loop for one-at-a-time workers: it inlines what _admit() does
     # for batches, to keep per-item Python work to the minimum.
     preprocess = getattr(worker, 'preprocess', None)
@@ -254,7 +284,7 @@ def _serve_items(worker, inp, out, codec):
     encode_result = codec.encode_result
     encode_error = codec.encode_error
     while True:
-        items = gather(1, 0.0, None)
+        items = gather(take, 0.0, None)
         if items is None:
             return
         for mid, flags, aux, payload in items:
