@@ -25,6 +25,7 @@ from ._remote import (
     is_remote_exception,
 )
 from ._async import AsyncServer
+from ._install import install
 from ._server import Server
 from ._servlet import (
     CpuAffinity,
@@ -71,4 +72,5 @@ __all__ = [
     'is_remote_exception',
     'get_remote_traceback',
     'EnsembleError',
+    'install',
 ]

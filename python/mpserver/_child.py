@@ -16,6 +16,10 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    if os.environ.get('MPSERVER_INSTALL') == '1':  # set by mpserver.install() in the parent
+        from ._install import install
+
+        install()
     ppid, index, key = int(argv[0]), int(argv[1]), int(argv[2])
     from . import _core
 
@@ -66,12 +70,13 @@ def main(argv: list[str]) -> int:
         control.push(key, flags | FLAG_CONTROL, payload, CTL_INIT_FAILED)
         return 1
     control.push(key, FLAG_CONTROL, pickle.dumps(worker.name), CTL_READY)
+    sole = len(boot['names']) == 1
     del boot
 
     from ._worker import _serve
 
     try:
-        _serve(worker, inp, out, PickleCodec)
+        _serve(worker, inp, out, PickleCodec, sole=sole)
     except BaseException as e:
         worker.cleanup(e)
         raise
