@@ -15,5 +15,6 @@ def test_engine_under_sanitizers(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     # three builds, each reporting every test ok
-    for name in ('ring mpmc: ok', 'window + collector: ok', 'timeouts: ok'):
+    for name in ('ring mpmc: ok', 'window + collector: ok', 'timeouts: ok', 'completion queue: ok',
+                 'ensemble router (fail_fast=1): ok', 'ensemble router (fail_fast=0): ok'):
         assert out.count(name) == 3, out

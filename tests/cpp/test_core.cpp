@@ -1,6 +1,8 @@
 // Stress tests of the engine's concurrency, run as a plain executable (and
 // under ASan/UBSan and TSan builds: see tests/cpp/run_sanitizers.sh).
 // Every check prints what failed and exits non-zero.
+#include <poll.h>
+
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +13,8 @@
 
 #include "batcher.hpp"
 #include "collector.hpp"
+#include "completion_queue.hpp"
+#include "ensemble_router.hpp"
 #include "ledger.hpp"
 #include "ring.hpp"
 #include "stream_window.hpp"
@@ -202,7 +206,165 @@ void test_timeouts() {
 
 }  // namespace
 
+// Parses a composite payload back into (part flags, part bytes, finished).
+struct Composite {
+  std::vector<uint32_t> flags;
+  std::vector<std::string> parts;
+  uint32_t finished = 0;
+};
+
+Composite parse_composite(const std::string& s) {
+  Composite c;
+  auto u32 = [&](size_t off) {
+    uint32_t v;
+    std::memcpy(&v, s.data() + off, 4);
+    return v;
+  };
+  CHECK(s.size() >= 16 && u32(0) == kCompositeMagic);
+  uint32_t n = u32(4);
+  c.finished = u32(8);
+  size_t off = 16;
+  for (uint32_t i = 0; i < n; ++i) {
+    CHECK(off + 16 <= s.size());
+    uint64_t len;
+    std::memcpy(&len, s.data() + off + 8, 8);
+    c.flags.push_back(u32(off));
+    off += 16;
+    CHECK(off + len <= s.size());
+    c.parts.emplace_back(s.data() + off, len);
+    off += (len + 7) & ~size_t(7);
+  }
+  CHECK(off == s.size());
+  return c;
+}
+
+// An ensemble of three "members" (threads echoing their input with a member
+// tag, out of order, one failing on some ids): every input comes out once as
+// a composite with parts in member order; with fail_fast an error composite
+// is emitted at the first error and late parts are dropped; upstream errors
+// bypass the members.
+void test_ensemble_router(bool fail_fast) {
+  auto in = Ring::create(64 * 1024, "in"), join = Ring::create(64 * 1024, "join"),
+       out = Ring::create(64 * 1024, "out");
+  std::vector<std::unique_ptr<Ring>> members;
+  for (int i = 0; i < 3; ++i) members.push_back(Ring::create(64 * 1024, "m"));
+  std::vector<Ring*> raw{members[0].get(), members[1].get(), members[2].get()};
+  EnsembleRouter router(*in, raw, *join, *out, fail_fast);
+  router.start();
+  const int n = 2000;
+  std::vector<std::thread> ts;
+  for (int m = 0; m < 3; ++m) {
+    ts.emplace_back([&, m] {
+      BufferSink sink;
+      for (;;) {
+        if (!members[m]->wait_data(kForever, 0)) {
+          if (members[m]->finished()) return;
+          continue;
+        }
+        sink.msgs.clear();
+        members[m]->try_consume(m + 1, sink);  // different chunking per member
+        for (auto& msg : sink.msgs) {
+          uint64_t x = std::stoull(msg.payload);
+          bool fail = (m == 2 && x % 7 == 0);
+          std::string reply = std::to_string(x * 10 + m);
+          Slice sl{reply.data(), reply.size()};
+          OutMessage om{msg.id, fail ? kFlagError : 0u, 0, &sl, 1};
+          CHECK(join->push(&om, 1, kForever) == PushStatus::ok);
+        }
+      }
+    });
+  }
+  std::thread producer([&] {
+    for (int i = 0; i < n; ++i) {
+      std::string p = std::to_string(i);
+      Slice sl{p.data(), p.size()};
+      uint32_t flags = (i % 100 == 99) ? kFlagError : 0u;  // upstream error
+      OutMessage om{uint64_t(i), flags, uint64_t(i) * 3, &sl, 1};
+      CHECK(in->push(&om, 1, kForever) == PushStatus::ok);
+    }
+    in->close();
+  });
+  std::vector<int> seen(n, 0);
+  BufferSink sink;
+  int got = 0;
+  while (got < n) {
+    CHECK(out->wait_data(now_ns() + 30'000'000'000LL, 0));
+    sink.msgs.clear();
+    out->try_consume(SIZE_MAX, sink);
+    for (auto& msg : sink.msgs) {
+      CHECK(msg.id < uint64_t(n));
+      seen[msg.id] += 1;
+      ++got;
+      if (msg.id % 100 == 99) {  // passed through untouched
+        CHECK(msg.flags == kFlagError && msg.payload == std::to_string(msg.id) && msg.aux == msg.id * 3);
+        continue;
+      }
+      CHECK(msg.aux == msg.id * 3);
+      CHECK(msg.flags & kFlagEnsemble);
+      Composite c = parse_composite(msg.payload);
+      CHECK(c.parts.size() == 3);
+      const bool member2_fails = msg.id % 7 == 0;
+      CHECK(bool(msg.flags & kFlagError) == (member2_fails && fail_fast));
+      for (uint32_t m = 0; m < 3; ++m) {
+        if (c.flags[m] == kPartMissing) {
+          CHECK(fail_fast && member2_fails && m != 2);
+          continue;
+        }
+        CHECK(c.parts[m] == std::to_string(msg.id * 10 + m));
+        CHECK(bool(c.flags[m] & kFlagError) == (m == 2 && member2_fails));
+      }
+      if (!fail_fast) CHECK(c.finished == 3);
+    }
+  }
+  producer.join();
+  router.join_fanout();
+  for (auto& m : members) m->close();
+  for (auto& t : ts) t.join();
+  join->close();
+  router.join_fanin();
+  for (int i = 0; i < n; ++i) CHECK(seen[i] == 1);
+  CHECK(router.open_entries() == 0);
+  std::printf("ensemble router (fail_fast=%d): ok\n", int(fail_fast));
+}
+
+// One producer publishing batches, one consumer draining on eventfd
+// readiness: every token arrives exactly once, even when the queue overflows.
+void test_completion_queue() {
+  CompletionQueue q(8);  // tiny: forces the overflow path
+  const uint64_t n = 20000;
+  std::thread producer([&] {
+    std::vector<uint64_t> batch;
+    for (uint64_t i = 0; i < n; ++i) {
+      batch.push_back(i);
+      if (batch.size() == 13 || i + 1 == n) {
+        q.publish(batch);
+        batch.clear();
+      }
+    }
+  });
+  std::vector<int> seen(n, 0);
+  uint64_t got = 0;
+  std::vector<uint64_t> out;
+  while (got < n) {
+    pollfd p{q.fd(), POLLIN, 0};
+    CHECK(poll(&p, 1, 30000) == 1);
+    out.clear();
+    q.drain(out);
+    for (uint64_t t : out) {
+      CHECK(t < n);
+      seen[t] += 1;
+      ++got;
+    }
+  }
+  producer.join();
+  for (uint64_t i = 0; i < n; ++i) CHECK(seen[i] == 1);
+  std::printf("completion queue: ok\n");
+}
+
 int main() {
+  test_ensemble_router(true);
+  test_ensemble_router(false);
+  test_completion_queue();
   test_timeouts();
   test_ring_mpmc();
   test_window_collector();
