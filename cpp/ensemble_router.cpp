@@ -104,26 +104,35 @@ uint64_t EnsembleRouter::open_entry(const OwnedMessage& m) {
   return ticket(e.gen, idx, 0);
 }
 
-void EnsembleRouter::fan_out() {
+// Calls handle(msgs) for each batch of up to `max` messages taken off `ring`,
+// sleeping while it is empty, until the ring is finished.
+template <class Handle>
+void for_each_batch(Ring& ring, size_t max, Handle&& handle) {
   BufferSink sink;
+  for (;;) {
+    if (!ring.wait_data(kForever, 0)) {
+      if (ring.finished()) return;
+      continue;
+    }
+    sink.msgs.clear();
+    if (ring.try_consume(max, sink) == 0) {
+      if (ring.finished()) return;
+      continue;
+    }
+    handle(sink.msgs);
+  }
+}
+
+void EnsembleRouter::fan_out() {
   std::vector<OwnedMessage> errors;
   std::vector<uint64_t> tickets;
   std::vector<Slice> slices;
   std::vector<OutMessage> out;
-  for (;;) {
-    if (!input_.wait_data(kForever, 0)) {
-      if (input_.finished()) break;
-      continue;
-    }
-    sink.msgs.clear();
-    if (input_.try_consume(64, sink) == 0) {
-      if (input_.finished()) break;
-      continue;
-    }
+  for_each_batch(input_, 64, [&](std::vector<OwnedMessage>& msgs) {
     errors.clear();
     tickets.clear();
     slices.clear();
-    for (auto& m : sink.msgs) {
+    for (auto& m : msgs) {
       if (m.flags & kFlagError) {
         errors.push_back(std::move(m));
         continue;
@@ -136,7 +145,7 @@ void EnsembleRouter::fan_out() {
     for (size_t member = 0; member < members_.size() && !tickets.empty(); ++member) {
       out.clear();
       size_t k = 0;
-      for (auto& m : sink.msgs) {
+      for (auto& m : msgs) {
         if (m.flags & kFlagError) continue;
         out.push_back(OutMessage{tickets[k] | member, m.flags, 0, &slices[k], 1});
         ++k;
@@ -145,7 +154,7 @@ void EnsembleRouter::fan_out() {
       if (members_[member]->push(out.data(), out.size(), kForever, &written) != PushStatus::ok)
         dropped_.fetch_add(out.size() - written, std::memory_order_relaxed);
     }
-  }
+  });
 }
 
 void EnsembleRouter::file_result(OwnedMessage& m, std::vector<OwnedMessage>& out) {
@@ -180,22 +189,12 @@ void EnsembleRouter::file_result(OwnedMessage& m, std::vector<OwnedMessage>& out
 }
 
 void EnsembleRouter::fan_in() {
-  BufferSink sink;
   std::vector<OwnedMessage> out;
-  for (;;) {
-    if (!join_.wait_data(kForever, 0)) {
-      if (join_.finished()) break;
-      continue;
-    }
-    sink.msgs.clear();
-    if (join_.try_consume(256, sink) == 0) {
-      if (join_.finished()) break;
-      continue;
-    }
+  for_each_batch(join_, 256, [&](std::vector<OwnedMessage>& msgs) {
     out.clear();
-    for (auto& m : sink.msgs) file_result(m, out);
+    for (auto& m : msgs) file_result(m, out);
     push_all(output_, out);
-  }
+  });
 }
 
 }  // namespace mps

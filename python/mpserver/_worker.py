@@ -209,11 +209,17 @@ def make_worker(func: Callable[[Any], Any]) -> type[Worker]:
     subclass for a :class:`ProcessServlet`.
     """
 
-    class FuncWorker(Worker):
+    return _func_worker(func, Worker)
+
+
+def _func_worker(func, base: type) -> type:
+    """A subclass of ``base`` whose ``call`` is ``func``, named after both."""
+
+    class FuncWorker(base):
         def call(self, x):
             return func(x)
 
-    FuncWorker.__name__ = f'Worker-{getattr(func, "__name__", "func")}'
+    FuncWorker.__name__ = f'{base.__name__}-{getattr(func, "__name__", "func")}'
     FuncWorker.__qualname__ = FuncWorker.__name__
     return FuncWorker
 
@@ -236,14 +242,7 @@ class ThreadWorker(Worker):
 
 def make_threadworker(func: Callable[[Any], Any]) -> type[ThreadWorker]:
     """Older mpservice name of :func:`make_worker`; the class is a :class:`ThreadWorker`."""
-
-    class FuncThreadWorker(ThreadWorker):
-        def call(self, x):
-            return func(x)
-
-    FuncThreadWorker.__name__ = f'ThreadWorker-{getattr(func, "__name__", "func")}'
-    FuncThreadWorker.__qualname__ = FuncThreadWorker.__name__
-    return FuncThreadWorker
+    return _func_worker(func, ThreadWorker)
 
 
 class PassThrough(Worker):
