@@ -10,10 +10,15 @@ with ``__name__``/``__qualname__``/``__module__`` set so that pickle, and the
 re-import in the worker process, find exactly that object.
 
 Tests never use those global names directly: they use ``backend.w.Square``.
+
+``SwitchServlet`` subclasses are handled the same way by ``_define_switches``
+(published as ``<Name>__<backend>``, used as ``backend.sw.ParitySwitch``), for
+backends that have a ``SwitchServlet``.
 """
 
 from __future__ import annotations
 
+import builtins
 import multiprocessing
 import os
 import threading
@@ -234,10 +239,148 @@ def _define_workers(Worker) -> dict[str, type]:
         def call(self, x):
             return x
 
+    # ---- workers for composed servlets (Sequential / Ensemble / Switch) ----
+
+    class AddOne(Worker):
+        def call(self, x):
+            return x + 1
+
+    class Double(Worker):
+        def call(self, x):
+            return x * 2
+
+    class Tag(Worker):
+        # Returns (tag, x): shows which member / stage handled an item.
+        def __init__(self, *, tag, **kwargs):
+            super().__init__(**kwargs)
+            self.tag = tag
+
+        def call(self, x):
+            return (self.tag, x)
+
+    class Affix(Worker):
+        # Appends ``suffix`` to a string: distinct, order-revealing stage marks.
+        def __init__(self, *, suffix, **kwargs):
+            super().__init__(**kwargs)
+            self.suffix = suffix
+
+        def call(self, x):
+            return f'{x}{self.suffix}'
+
+    class FailIf(Worker):
+        # Raises ``exc_type(f'{tag} rejects {x!r}')`` when ``x == value``;
+        # passes every other item through unchanged.  Before raising it waits
+        # for the file ``wait_for`` to exist (if given), then ``delay`` seconds.
+        def __init__(
+            self, *, value, exc_type='ValueError', tag='failif', delay=0.0, wait_for=None, **kwargs
+        ):
+            super().__init__(**kwargs)
+            self.value = value
+            self.exc_type = exc_type
+            self.tag = tag
+            self.delay = delay
+            self.wait_for = wait_for
+
+        def call(self, x):
+            if x == self.value:
+                if self.wait_for:
+                    deadline = time.monotonic() + 60
+                    while not os.path.exists(self.wait_for) and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                if self.delay:
+                    time.sleep(self.delay)
+                if self.exc_type == 'CustomError':
+                    raise CustomError(f'{self.tag} rejects {x!r}')
+                raise getattr(builtins, self.exc_type)(f'{self.tag} rejects {x!r}')
+            return x
+
+    class SlowAdd(Worker):
+        # Sleeps ``delay`` (or ``delays[x % len(delays)]``), then returns x + add.
+        def __init__(self, *, add=0, delay=0.0, delays=None, **kwargs):
+            super().__init__(**kwargs)
+            self.add = add
+            self.delay = delay
+            self.delays = tuple(delays) if delays else None
+
+        def call(self, x):
+            d = self.delays[x % len(self.delays)] if self.delays else self.delay
+            if d:
+                time.sleep(d)
+            return x + self.add
+
+    class PidTrail(Worker):
+        # Appends (pid, thread name) of the worker to the list it is given.
+        def call(self, x):
+            return list(x) + [(os.getpid(), threading.current_thread().name)]
+
+    class WaitFile(Worker):
+        # Blocks each item until the file ``path`` exists (bounded), then passes
+        # it through; unlike Gate, the gate is per worker, so the item itself
+        # can be a plain value (handy for ensemble members).
+        def __init__(self, *, path, add=0, **kwargs):
+            super().__init__(**kwargs)
+            self.path = path
+            self.add = add
+
+        def call(self, x):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(self.path):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f'gate {self.path} never opened')
+                time.sleep(0.005)
+            return x + self.add
+
+    class Touch(Worker):
+        # Creates the file ``path`` (so another worker's WaitFile opens), then
+        # returns x + add.
+        def __init__(self, *, path, add=0, **kwargs):
+            super().__init__(**kwargs)
+            self.path = path
+            self.add = add
+
+        def call(self, x):
+            with open(self.path, 'w'):
+                pass
+            return x + self.add
+
+    class BatchDouble(Worker):
+        # Batched: doubles each item; refuses non-list input.
+        def call(self, batch):
+            if not isinstance(batch, list):
+                raise TypeError(f'expected a list batch, got {type(batch).__name__}')
+            return [v * 2 for v in batch]
+
     return {
         name: obj
         for name, obj in locals().items()
         if isinstance(obj, type) and issubclass(obj, Worker) and obj is not Worker
+    }
+
+
+def _define_switches(SwitchServlet) -> dict[str, type]:
+    """Define the test SwitchServlet subclasses on one backend's ``SwitchServlet``."""
+
+    class ParitySwitch(SwitchServlet):
+        # even ints -> member 0, odd ints -> member 1
+        def switch(self, x):
+            return x % 2
+
+    class IndexSwitch(SwitchServlet):
+        # The item *is* the member index (ints), or a (index, payload) tuple.
+        def switch(self, x):
+            return x[0] if isinstance(x, tuple) else x
+
+    class RaisingSwitch(SwitchServlet):
+        # ``switch`` itself fails on negative items.
+        def switch(self, x):
+            if x < 0:
+                raise ValueError(f'cannot route {x}')
+            return 0
+
+    return {
+        name: obj
+        for name, obj in locals().items()
+        if isinstance(obj, type) and issubclass(obj, SwitchServlet) and obj is not SwitchServlet
     }
 
 
@@ -256,17 +399,28 @@ class Backend:
         self.ServerBacklogFull = server_mod.ServerBacklogFull
         self.TimeoutError = server_mod.TimeoutError
         self.EnsembleError = server_mod.EnsembleError
+        # Composition API; ``None`` where a backend does not (yet) provide it,
+        # so that the backend still imports and the other tests still run.
+        self.SequentialServlet = getattr(server_mod, 'SequentialServlet', None)
+        self.EnsembleServlet = getattr(server_mod, 'EnsembleServlet', None)
+        self.SwitchServlet = getattr(server_mod, 'SwitchServlet', None)
+        self.AsyncServer = getattr(server_mod, 'AsyncServer', None)
         self.RemoteException = remote_mod.RemoteException
         self.is_remote_exception = remote_mod.is_remote_exception
         self.get_remote_traceback = remote_mod.get_remote_traceback
         self.w = _register(name, self.Worker)
+        self.sw = (
+            _register(name, self.SwitchServlet, _define_switches)
+            if self.SwitchServlet is not None
+            else types.SimpleNamespace()
+        )
 
     def __repr__(self):
         return f'<Backend {self.name}>'
 
 
-def _register(backend_name: str, worker_base: type) -> types.SimpleNamespace:
-    classes = _define_workers(worker_base)
+def _register(backend_name: str, base: type, define=_define_workers) -> types.SimpleNamespace:
+    classes = define(base)
     ns = {}
     for short, cls in classes.items():
         full = f'{short}__{backend_name}'
