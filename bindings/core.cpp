@@ -112,15 +112,84 @@ void prepare_payload(py::handle payload, uint32_t flags, PayloadRef& ref) {
   ref.slice = {static_cast<const char*>(ref.view.buf), size_t(ref.view.len)};
 }
 
+// True if a composite (or a composite nested in it) holds object references.
+bool composite_holds_objects(const char* data, size_t len) {
+  bool found = false;
+  for_each_part(data, len, nullptr, [&](uint32_t, uint32_t flags, const char* p, size_t n) {
+    if (flags == kPartMissing) return;
+    if (flags & kFlagObject) found = true;
+    else if (flags & kFlagEnsemble) found = found || composite_holds_objects(p, n);
+  });
+  return found;
+}
+
+py::object payload_to_object(uint32_t flags, const char* data, size_t len);
+
+// A composite holding object references, as Python objects that own them:
+// (finished, [(part flags, value or None if missing), ...]).  Taking them
+// over at once means a result dropped before it is decoded (a stream left
+// early, a cancelled async call) still releases them.
+py::tuple composite_to_object(const char* data, size_t len) {
+  CompositeHead head;
+  py::list parts;
+  bool ok = for_each_part(data, len, &head, [&](uint32_t, uint32_t flags, const char* p, size_t n) {
+    if (flags == kPartMissing) parts.append(py::make_tuple(flags, py::none()));
+    else parts.append(py::make_tuple(flags, payload_to_object(flags, p, n)));
+  });
+  if (!ok) throw RingCorrupt("malformed ensemble composite");
+  return py::make_tuple(head.finished, parts);
+}
+
 // Turns a consumed message payload back into a Python object: a PyObject*
-// handle is adopted (its reference moves to the caller); bytes are copied.
+// handle is adopted (its reference moves to the caller); a composite that
+// holds handles becomes a tuple owning them; other bytes are copied.
 py::object payload_to_object(uint32_t flags, const char* data, size_t len) {
   if (flags & kFlagObject) {
+    if (len != sizeof(PyObject*)) throw RingCorrupt("object reference of the wrong size");
     PyObject* p;
     std::memcpy(&p, data, sizeof p);
     return py::reinterpret_steal<py::object>(p);
   }
+  if ((flags & kFlagEnsemble) && composite_holds_objects(data, len))
+    return composite_to_object(data, len);
   return py::bytes(data, len);
+}
+
+// References a message of `flags` holds on `handle` (kFlagObject only): one
+// per consumer.  A ring feeding an ensemble of N by-reference members is
+// read N times (the router copies the pointer to every member), so its
+// producers add N references.
+void add_refs(uint32_t flags, PyObject* handle, int n) {
+  if (flags & kFlagObject)
+    for (int i = 0; i < n; ++i) Py_INCREF(handle);
+}
+void drop_refs(uint32_t flags, PyObject* handle, int n) {
+  if (flags & kFlagObject)
+    for (int i = 0; i < n; ++i) Py_DECREF(handle);
+}
+
+// Releases what a message nobody will read refers to: its object reference
+// (`count` of them), or, for an ensemble composite, those of its parts.
+// Called with the GIL held.
+void dispose_locked(uint32_t flags, const char* data, size_t len, int count) {
+  if ((flags & kFlagObject) && len == sizeof(PyObject*)) {
+    PyObject* p;
+    std::memcpy(&p, data, sizeof p);
+    for (int i = 0; i < count; ++i) Py_DECREF(p);
+    return;
+  }
+  if (!(flags & kFlagEnsemble)) return;
+  // A corrupt composite stops the walk: leak rather than read out of bounds.
+  for_each_part(data, len, nullptr, [&](uint32_t, uint32_t pflags, const char* p, size_t n) {
+    if (pflags != kPartMissing) dispose_locked(pflags, p, n, 1);
+  });
+}
+
+// From an engine thread (no GIL): dispose of a dropped message if it holds references.
+void dispose_message(uint32_t flags, const std::string& payload, int count) {
+  if (!(flags & (kFlagObject | kFlagEnsemble)) || count <= 0) return;
+  py::gil_scoped_acquire gil;
+  dispose_locked(flags, payload.data(), payload.size(), count);
 }
 
 PushStatus push_with_gil_rules(Ring& ring, const OutMessage* msgs, size_t n, int64_t deadline,
@@ -141,15 +210,16 @@ class PyRing {
  public:
   explicit PyRing(std::unique_ptr<Ring> r) : ring(std::move(r)) {}
   std::unique_ptr<Ring> ring;
+  int object_refs = 1;  // references an object message takes (see add_refs)
 
   // Pushes one message.  Returns a Status code (kOk, kPushTimeout, kClosed).
   int push(uint64_t id, uint32_t flags, py::handle payload, uint64_t aux, py::object timeout) {
     PayloadRef ref;
     prepare_payload(payload, flags, ref);
     OutMessage m{id, flags, aux, &ref.slice, 1};
-    if (flags & kFlagObject) Py_INCREF(ref.handle);
+    add_refs(flags, ref.handle, object_refs);
     PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr);
-    if (st != PushStatus::ok && (flags & kFlagObject)) Py_DECREF(ref.handle);
+    if (st != PushStatus::ok) drop_refs(flags, ref.handle, object_refs);
     return st == PushStatus::ok ? kOk : st == PushStatus::closed ? kClosed : kPushTimeout;
   }
 
@@ -166,12 +236,10 @@ class PyRing {
       prepare_payload(keep[i][2], flags, refs[i]);
       msgs[i] = OutMessage{id, flags, aux, &refs[i].slice, 1};
     }
-    for (size_t i = 0; i < n; ++i)
-      if (msgs[i].flags & kFlagObject) Py_INCREF(refs[i].handle);
+    for (size_t i = 0; i < n; ++i) add_refs(msgs[i].flags, refs[i].handle, object_refs);
     size_t written = 0;
     PushStatus st = push_with_gil_rules(*ring, msgs.data(), n, kForever, &written);
-    for (size_t i = written; i < n; ++i)
-      if (msgs[i].flags & kFlagObject) Py_DECREF(refs[i].handle);
+    for (size_t i = written; i < n; ++i) drop_refs(msgs[i].flags, refs[i].handle, object_refs);
     return st == PushStatus::ok ? kOk : st == PushStatus::closed ? kClosed : kPushTimeout;
   }
 
@@ -240,14 +308,8 @@ class Engine {
       : output_(std::move(output)), ledger_(capacity), collector_(*output_->ring, ledger_),
         completions_(size_t(capacity) * 4 + 256) {
     collector_.set_completions(&completions_);
-    ledger_.set_disposer([](uint32_t flags, const std::string& payload) {
-      if ((flags & kFlagObject) && payload.size() == sizeof(PyObject*)) {
-        PyObject* p;
-        std::memcpy(&p, payload.data(), sizeof p);
-        py::gil_scoped_acquire gil;
-        Py_DECREF(p);
-      }
-    });
+    ledger_.set_disposer(
+        [](uint32_t flags, const std::string& payload) { dispose_message(flags, payload, 1); });
   }
 
   ~Engine() {
@@ -296,11 +358,11 @@ class Engine {
       throw;
     }
     OutMessage m{ledger_.token(idx), flags, aux, &ref.slice, 1};
-    if (flags & kFlagObject) Py_INCREF(ref.handle);
+    add_refs(flags, ref.handle, entry.object_refs);
     ledger_.slot(idx).notify_async = notify_async;
     PushStatus st = push_with_gil_rules(*entry.ring, &m, 1, deadline, nullptr);
     if (st != PushStatus::ok) {
-      if (flags & kFlagObject) Py_DECREF(ref.handle);
+      drop_refs(flags, ref.handle, entry.object_refs);
       ledger_.slot(idx).notify_async = false;
       ledger_.release(idx);
       return st == PushStatus::closed ? -kClosed : -kPushTimeout;
@@ -431,7 +493,7 @@ class PyStreamWindow {
     for (size_t i = 0; i < n; ++i) {
       prepare_payload(payloads[i], flags, refs[i]);
       msgs[i] = OutMessage{0, flags, 0, &refs[i].slice, 1};
-      if (flags & kFlagObject) Py_INCREF(refs[i].handle);
+      add_refs(flags, refs[i].handle, entry_->object_refs);
     }
     StreamWindow::SubmitStatus st;
     size_t k;
@@ -439,8 +501,7 @@ class PyStreamWindow {
       py::gil_scoped_release nogil;
       k = win_.submit(msgs.data(), n, wait, deadline_after(timeout), &st);
     }
-    if (flags & kFlagObject)
-      for (size_t i = k; i < n; ++i) Py_DECREF(refs[i].handle);
+    for (size_t i = k; i < n; ++i) drop_refs(flags, refs[i].handle, entry_->object_refs);
     int status = st == StreamWindow::SubmitStatus::ok        ? kOk
                  : st == StreamWindow::SubmitStatus::full    ? kBacklogFull
                  : st == StreamWindow::SubmitStatus::timeout ? kBacklogTimeout
@@ -504,6 +565,8 @@ class PyEnsembleRouter {
     for (auto& m : members_) rings.push_back(m->ring.get());
     router_ = std::make_unique<EnsembleRouter>(*input_->ring, rings, *join_->ring, *output_->ring,
                                                fail_fast);
+    router_->set_disposer(
+        [](const OwnedMessage& m, int count) { dispose_message(m.flags, m.payload, count); });
   }
   ~PyEnsembleRouter() {
     py::gil_scoped_release nogil;
@@ -624,6 +687,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("closed", [](PyRing& r) { return r.ring->closed(); })
       .def_property_readonly("empty", [](PyRing& r) { return r.ring->empty(); })
       .def_property_readonly("bytes_used", [](PyRing& r) { return r.ring->bytes_used(); })
+      .def_readwrite("object_refs", &PyRing::object_refs,
+                     "References each object message pushed here takes (its number of readers).")
       .def("close", [](PyRing& r) { r.ring->close(); })
       .def("abort", [](PyRing& r) { r.ring->abort(); },
            "Close and make consumers stop at once, leaving unread messages behind.")
@@ -678,7 +743,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("compose_ensemble", [](std::vector<uint32_t> flags, std::vector<py::bytes> parts,
                                uint32_t finished) {
     std::vector<std::string> ps(parts.begin(), parts.end());
-    return py::bytes(EnsembleRouter::compose(flags, ps, finished));
+    return py::bytes(compose(flags, ps, finished));
   }, "Builds an ensemble composite payload (for tests).");
 
   py::class_<PySupervisor>(m, "Supervisor")

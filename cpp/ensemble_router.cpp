@@ -6,12 +6,6 @@
 
 namespace mps {
 
-namespace {
-
-void put_u32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); }
-void put_u64(std::string& s, uint64_t v) { s.append(reinterpret_cast<const char*>(&v), 8); }
-
-}  // namespace
 
 EnsembleRouter::EnsembleRouter(Ring& input, std::vector<Ring*> members, Ring& join, Ring& output,
                                bool fail_fast)
@@ -51,26 +45,6 @@ size_t EnsembleRouter::open_entries() const {
   return table_.size() - free_.size();
 }
 
-std::string EnsembleRouter::compose(const std::vector<uint32_t>& part_flags,
-                                    const std::vector<std::string>& parts, uint32_t finished) {
-  size_t total = 16;
-  for (const auto& p : parts) total += 16 + ((p.size() + 7) & ~size_t(7));
-  std::string s;
-  s.reserve(total);
-  put_u32(s, kCompositeMagic);
-  put_u32(s, uint32_t(parts.size()));
-  put_u32(s, finished);
-  put_u32(s, 0);
-  for (size_t i = 0; i < parts.size(); ++i) {
-    put_u32(s, part_flags[i]);
-    put_u32(s, 0);
-    put_u64(s, parts[i].size());
-    s.append(parts[i]);
-    s.append((8 - parts[i].size() % 8) % 8, '\0');
-  }
-  return s;
-}
-
 void EnsembleRouter::push_all(Ring& ring, std::vector<OwnedMessage>& msgs) {
   if (msgs.empty()) return;
   std::vector<Slice> slices(msgs.size());
@@ -80,8 +54,10 @@ void EnsembleRouter::push_all(Ring& ring, std::vector<OwnedMessage>& msgs) {
     out[i] = OutMessage{msgs[i].id, msgs[i].flags, msgs[i].aux, &slices[i], 1};
   }
   size_t written = 0;
-  if (ring.push(out.data(), out.size(), kForever, &written) != PushStatus::ok)
+  if (ring.push(out.data(), out.size(), kForever, &written) != PushStatus::ok) {
     dropped_.fetch_add(msgs.size() - written, std::memory_order_relaxed);  // ring closed: stopping
+    for (size_t i = written; i < msgs.size(); ++i) dispose(msgs[i], 1);
+  }
 }
 
 uint64_t EnsembleRouter::open_entry(const OwnedMessage& m) {
@@ -134,6 +110,8 @@ void EnsembleRouter::fan_out() {
     slices.clear();
     for (auto& m : msgs) {
       if (m.flags & kFlagError) {
+        // Forwarded once, but it came with one reference per member.
+        dispose(m, int(members_.size()) - 1);
         errors.push_back(std::move(m));
         continue;
       }
@@ -151,24 +129,37 @@ void EnsembleRouter::fan_out() {
         ++k;
       }
       size_t written = 0;
-      if (members_[member]->push(out.data(), out.size(), kForever, &written) != PushStatus::ok)
+      if (members_[member]->push(out.data(), out.size(), kForever, &written) != PushStatus::ok) {
         dropped_.fetch_add(out.size() - written, std::memory_order_relaxed);
+        size_t skip = written;
+        for (auto& m : msgs) {
+          if (m.flags & kFlagError) continue;
+          if (skip > 0) {
+            --skip;
+            continue;
+          }
+          dispose(m, 1);  // this member's reference
+        }
+      }
     }
   });
 }
 
-void EnsembleRouter::file_result(OwnedMessage& m, std::vector<OwnedMessage>& out) {
+void EnsembleRouter::file_result(OwnedMessage& m, std::vector<OwnedMessage>& out,
+                                 std::vector<OwnedMessage>& dropped) {
   const uint32_t member = uint32_t(m.id & 0xff);
   const uint32_t idx = uint32_t(m.id >> 8);
   const uint32_t gen = uint32_t(m.id >> 40);
   std::lock_guard<std::mutex> g(mu_);
   if (idx >= table_.size() || member >= members_.size()) {
     dropped_.fetch_add(1, std::memory_order_relaxed);
+    dropped.push_back(std::move(m));
     return;
   }
   Entry& e = table_[idx];
   if (!e.open || (e.gen & 0xffffffu) != gen || e.part_flags[member] != kPartMissing) {
     dropped_.fetch_add(1, std::memory_order_relaxed);  // emitted already (fail_fast) or stale
+    dropped.push_back(std::move(m));
     return;
   }
   const bool is_error = (m.flags & kFlagError) != 0;
@@ -189,10 +180,12 @@ void EnsembleRouter::file_result(OwnedMessage& m, std::vector<OwnedMessage>& out
 }
 
 void EnsembleRouter::fan_in() {
-  std::vector<OwnedMessage> out;
+  std::vector<OwnedMessage> out, dropped;
   for_each_batch(join_, 256, [&](std::vector<OwnedMessage>& msgs) {
     out.clear();
-    for (auto& m : msgs) file_result(m, out);
+    dropped.clear();
+    for (auto& m : msgs) file_result(m, out, dropped);
+    for (auto& m : dropped) dispose(m, 1);  // outside the table lock
     push_all(output_, out);
   });
 }

@@ -17,13 +17,9 @@
 //            the entry.  Results arriving for an entry already emitted carry
 //            a stale generation and are dropped.
 //
-// Composite payload (frame flags kFlagEnsemble, plus kFlagError when the
-// item failed: fail_fast and some member failed, or every member failed):
-//   u32 magic 'MPSE' (0x4553504d little-endian), u32 members, u32 finished,
-//   u32 reserved; then per member: u32 part flags (kPartMissing if that
-//   member had not answered), u32 reserved, u64 length, the part's bytes
-//   padded to 8.  Parts are the members' output messages verbatim: pickles,
-//   pickled errors, or nested composites.  Python decodes them (_codec.py).
+// The result is a composite payload (composite.hpp) with frame flags
+// kFlagEnsemble, plus kFlagError when the item failed: fail_fast and some
+// member failed, or every member failed.  Python decodes it (_codec.py).
 //
 // Invariants
 //   * ticket = generation (24 bits) << 40 | entry index (32 bits) << 8 |
@@ -33,6 +29,10 @@
 //   * Entries in use <= items inside the ensemble, which the server's
 //     capacity bounds; the table grows to that and is reused (std::deque
 //     keeps references stable while it grows).
+//   * Messages may hold references the owner tracks (the bindings' object
+//     handles: a ring feeding N by-reference members carries N references
+//     per message).  Every message the router drops, and every reference a
+//     pass-through does not forward, goes to the disposer, outside the lock.
 //   * The fan-out thread ends when the input ring is finished (closed and
 //     drained, or aborted); the fan-in thread when the join ring is.  The
 //     owner closes the join ring only after every member stopped, so no
@@ -47,19 +47,19 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "composite.hpp"
 #include "flags.hpp"
 #include "message_buffer.hpp"
 #include "ring.hpp"
 
 namespace mps {
 
-inline constexpr uint32_t kCompositeMagic = 0x4553504d;  // "MPSE"
-inline constexpr uint32_t kPartMissing = 0xffffffffu;
 inline constexpr size_t kMaxEnsembleMembers = 255;
 
 class EnsembleRouter {
@@ -72,6 +72,11 @@ class EnsembleRouter {
   EnsembleRouter(const EnsembleRouter&) = delete;
   EnsembleRouter& operator=(const EnsembleRouter&) = delete;
 
+  // Receives a message nobody will read and how many references of it to release.
+  using Disposer = std::function<void(const OwnedMessage&, int count)>;
+  // Must be set before start().
+  void set_disposer(Disposer d) { disposer_ = std::move(d); }
+
   void start();
   // Returns once the input ring is finished and everything was forwarded.
   void join_fanout();
@@ -81,10 +86,6 @@ class EnsembleRouter {
   uint64_t emitted() const { return emitted_.load(std::memory_order_relaxed); }
   uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
   size_t open_entries() const;
-
-  // Builds a composite payload (exposed for tests and the fuzzer).
-  static std::string compose(const std::vector<uint32_t>& part_flags,
-                             const std::vector<std::string>& parts, uint32_t finished);
 
  private:
   struct Entry {
@@ -106,15 +107,21 @@ class EnsembleRouter {
   void fan_in();
   // Opens an entry for a message; returns its ticket base (member 0).
   uint64_t open_entry(const OwnedMessage& m);
-  // Files one member result; appends the composite to `out` when the entry is done.
-  void file_result(OwnedMessage& m, std::vector<OwnedMessage>& out);
+  // Files one member result; appends the composite to `out` when the entry
+  // is done, or the message to `dropped` when nobody expects it.
+  void file_result(OwnedMessage& m, std::vector<OwnedMessage>& out,
+                   std::vector<OwnedMessage>& dropped);
   void push_all(Ring& ring, std::vector<OwnedMessage>& msgs);
+  void dispose(const OwnedMessage& m, int count) {
+    if (disposer_ && count > 0) disposer_(m, count);
+  }
 
   Ring& input_;
   std::vector<Ring*> members_;
   Ring& join_;
   Ring& output_;
   const bool fail_fast_;
+  Disposer disposer_;
 
   mutable std::mutex mu_;
   std::deque<Entry> table_;

@@ -677,3 +677,16 @@ def test_backpressure_under_concurrent_callers(cb, backpressure):
         assert not rejected
     if backpressure or b.name != 'mpservice':
         assert max(samples) <= capacity
+
+
+def test_thread_only_ensemble_passes_objects_by_reference(cb):
+    # Thread members of an ensemble whose consumer is the main process see
+    # the caller's objects themselves (no pickling), as with a ThreadServlet:
+    # unpicklable values work and identity is kept.
+    lock = threading.Lock()
+    servlet = cb.EnsembleServlet(cb.ThreadServlet(cb.w.Echo), cb.ThreadServlet(cb.w.Echo, num_threads=2))
+    with cb.Server(servlet) as server:
+        a, b = server.call(lock)
+        assert a is lock and b is lock
+        results = list(server.stream([lock] * 20))
+    assert all(x is lock and y is lock for x, y in results)

@@ -78,3 +78,43 @@ def test_worker_is_direct_child_but_not_a_multiprocessing_child(mpserver, parent
         assert ppid == me
         assert no_mp_parent is True
         assert pid != me
+
+
+def test_by_reference_ensemble_releases_every_reference(mpserver):
+    # Items travelling by reference through a thread-only ensemble hold one
+    # reference per member; results dropped by fail_fast, upstream errors
+    # that skip the members and abandoned stream results must all give
+    # theirs back (checked with the refcount of a marker object).
+    import gc
+    import sys
+    import time
+
+    def refuse(tag):
+        def call(x):
+            if x[0] == tag:
+                raise ValueError(f'{tag}: {x!r}')
+            return x
+
+        return mpserver.make_worker(call)
+
+    marker = object()
+    base = sys.getrefcount(marker)
+    echo = mpserver.make_worker(lambda x: x)
+    ens = mpserver.EnsembleServlet(mpserver.ThreadServlet(echo), mpserver.ThreadServlet(refuse('bad')))
+    servlet = mpserver.SequentialServlet(mpserver.ThreadServlet(refuse('upstream')), ens)
+    with mpserver.Server(servlet) as server:
+        for _ in range(50):
+            with pytest.raises(mpserver.EnsembleError):
+                server.call(('bad', marker))
+            with pytest.raises(ValueError):
+                server.call(('upstream', marker))
+            assert server.call(('ok', marker))[0][1] is marker
+        for i, _ in enumerate(server.stream(('ok', marker) for _ in range(300))):
+            if i == 5:
+                break
+        del _
+    deadline = time.monotonic() + 10
+    while sys.getrefcount(marker) != base and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert sys.getrefcount(marker) == base

@@ -105,9 +105,24 @@ def codec_for(local: bool):
 
 
 def _decode_ensemble(flags: int, payload):
-    """An ensemble's composite result (built by the C++ EnsembleRouter):
-    the list of member results in member order, exceptions in their place;
-    or, for a failed item, an :class:`EnsembleError` holding that list."""
+    """An ensemble's composite result (built by the C++ EnsembleRouter): the
+    list of member results in member order, exceptions in their place; or,
+    for a failed item, an :class:`EnsembleError` holding that list.
+
+    ``payload`` is the composite's bytes, or — when parts travel by reference
+    — the bindings' ``(finished, [(part flags, value), ...])`` form.
+    """
+    if isinstance(payload, tuple):
+        finished, parts = payload
+        ys = [None if pflags == _PART_MISSING else _decode_part(pflags, value) for pflags, value in parts]
+    else:
+        finished, ys = _parse_composite(payload)
+    if flags & FLAG_ERROR:
+        return EnsembleError({'y': ys, 'n': finished})
+    return ys
+
+
+def _parse_composite(payload):
     buf = memoryview(payload)
     if len(buf) < _composite_head.size:
         raise ValueError('corrupt ensemble result: too short')
@@ -125,15 +140,24 @@ def _decode_ensemble(flags: int, payload):
             raise ValueError('corrupt ensemble result: part overruns the message')
         ys.append(None if pflags == _PART_MISSING else decode(pflags, buf[off:off + length]))
         off += (length + 7) & ~7
-    if flags & FLAG_ERROR:
-        return EnsembleError({'y': ys, 'n': finished})
-    return ys
+    return finished, ys
+
+
+def _decode_part(flags: int, value):
+    """One member's result from the by-reference form of a composite."""
+    if flags & FLAG_OBJECT:
+        if flags & FLAG_ERROR and isinstance(value, RemoteException):
+            value = value.exc
+        return value
+    return decode(flags, value)
 
 
 def pass_error(flags: int, payload, codec):
     """An upstream error message, made fit for ``codec``'s consumer: an
-    exception travelling by reference is pickled when it leaves the main
-    process; anything else passes through untouched."""
+    exception held by reference (alone, or inside an ensemble result) is
+    re-encoded; anything else passes through untouched."""
     if flags & FLAG_OBJECT and not codec.local:
         return codec.encode_error(payload)
+    if isinstance(payload, tuple):  # by-reference composite: only Python can carry it on
+        return codec.encode_error(decode(flags, payload))
     return flags, payload

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from . import _core
-from ._codec import FLAG_CONTROL, FLAG_ERROR, ObjectCodec, PickleCodec, codec_for, decode, pass_error
+from ._codec import FLAG_CONTROL, FLAG_ERROR, FLAG_OBJECT, ObjectCodec, PickleCodec, codec_for, decode, pass_error
 from ._errors import ConfigError, WorkerStartupError
 from ._worker import Worker, _serve
 
@@ -570,7 +570,9 @@ class EnsembleServlet(_Compound):
 
     Fan-out and fan-in run in C++ threads of the main process (no polling):
     members read their own input ring and write to the ensemble's join ring.
-    Members receive and return values pickled, even thread members.
+    When every member takes its input by reference (thread members) and the
+    ensemble's consumer is in the main process, items travel by reference
+    (each member holds its own reference); otherwise they are pickled.
     """
 
     def __init__(self, *servlets: Servlet, fail_fast: bool = True):
@@ -587,11 +589,17 @@ class EnsembleServlet(_Compound):
         if self._router is not None:
             raise RuntimeError('this servlet is already running in a server')
         self._join = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-join')
-        inputs = [s._start(launch, self._join, False)[0] for s in self._servlets]
+        started = [s._start(launch, self._join, output_local) for s in self._servlets]
+        # By reference only when the consumer is local too: an upstream error
+        # passes through the router untouched, and must suit the consumer.
+        local = output_local and all(loc for _, loc in started)
         self._input = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-ensemble-in')
-        self._router = _core.EnsembleRouter(self._input, inputs, self._join, output, self._fail_fast)
+        if local:
+            self._input.object_refs = len(self._servlets)  # one per member
+        self._router = _core.EnsembleRouter(self._input, [r for r, _ in started], self._join, output,
+                                            self._fail_fast)
         self._router.start()
-        return self._input, False
+        return self._input, local
 
     def _stop(self):
         if self._router is None:
@@ -674,7 +682,8 @@ class SwitchServlet(_Compound):
                     output.push(mid, *pass_error(flags, payload, codec), aux)
                     continue
                 try:
-                    idx = switch(decode(flags, payload))
+                    x = decode(flags, payload)
+                    idx = switch(x)
                     if isinstance(idx, bool) or not isinstance(idx, int):
                         raise TypeError(f'{type(self).__name__}.switch returned {idx!r}; '
                                         f'it must return an int member index')
@@ -684,6 +693,8 @@ class SwitchServlet(_Compound):
                 except Exception as e:
                     output.push(mid, *codec.encode_error(e), aux)
                     continue
+                if isinstance(payload, tuple):  # by-reference ensemble result: send the value
+                    flags, payload = FLAG_OBJECT, x
                 members[idx].push(mid, flags, payload, aux)
 
     def _stop(self):
