@@ -118,3 +118,21 @@ def test_by_reference_ensemble_releases_every_reference(mpserver):
         gc.collect()
         time.sleep(0.05)
     assert sys.getrefcount(marker) == base
+
+
+def test_ensemble_composite_roundtrip_and_corruption(mpserver):
+    # The composite the C++ router builds decodes to the member list; a
+    # malformed one is a ValueError, never a crash or an out-of-bounds read.
+    import pickle
+
+    from mpserver import _codec, _core
+
+    parts = [pickle.dumps(1), pickle.dumps('two'), b'']
+    flags = [0, 0, _core.PART_MISSING]
+    blob = _core.compose_ensemble(flags, parts, 2)
+    assert _codec.decode(_codec.FLAG_ENSEMBLE, blob) == [1, 'two', None]
+    err = _codec.decode(_codec.FLAG_ENSEMBLE | _codec.FLAG_ERROR, blob)
+    assert isinstance(err, mpserver.EnsembleError) and err.args[1] == {'y': [1, 'two', None], 'n': 2}
+    for bad in (b'', blob[:10], b'XXXX' + blob[4:], blob[:-8], blob[:20]):
+        with pytest.raises(ValueError):
+            _codec.decode(_codec.FLAG_ENSEMBLE, bad)
