@@ -405,3 +405,24 @@ def test_worker_class_from_python_c_gets_a_clear_error(mpserver_backend):
     assert proc.returncode == 1
     assert 'TypeError' in proc.stderr
     assert 'interactive session' in proc.stderr
+
+
+@pytest.mark.parametrize('timeout', [0, -1, 'soon', None, True])
+def test_bad_timeouts_are_clear_errors(timeout):
+    # mpserver-only: mpservice accepts such values and then times out at once
+    # (or fails somewhere inside); mpserver rejects them up front with a
+    # ValueError naming the value, and the server keeps serving.
+    import asyncio
+
+    import mpserver
+    from _backends import get_backend
+
+    w = get_backend('mpserver').w
+    with mpserver.Server(mpserver.ProcessServlet(w.Square)) as server:
+        with pytest.raises(ValueError, match='timeout'):
+            server.call(3, timeout=timeout)
+        with pytest.raises(ValueError, match='timeout'):
+            list(server.stream([1, 2], timeout=timeout))
+        with pytest.raises(ValueError, match='timeout'):
+            asyncio.run(server.async_call(3, timeout=timeout))
+        assert server.call(3) == 9

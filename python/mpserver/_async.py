@@ -23,7 +23,7 @@ from time import perf_counter
 
 from . import _core
 from ._codec import FLAG_ERROR, decode
-from ._errors import ConfigError, ServerBacklogFull, TimeoutError
+from ._errors import ServerBacklogFull, TimeoutError, check_timeout
 from ._servlet import Servlet
 
 __all__ = ['AsyncServer']
@@ -178,6 +178,7 @@ def _timeout_message(t0: float, t_enqueued: float) -> str:
 
 async def async_call(server, x, timeout, backpressure):
     """``Server.async_call`` and ``AsyncServer.call``."""
+    check_timeout(timeout)
     port = port_for(server)
     t0 = perf_counter()
     deadline = t0 + timeout
@@ -269,7 +270,7 @@ class AsyncServer:
         gets ``CancelledError`` at once; the request stays in ``backlog`` until
         its result leaves the pipeline.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         return await async_call(self._server, x, timeout, backpressure)
 
     async def stream(
@@ -289,7 +290,7 @@ class AsyncServer:
         ``capacity`` in flight).  Parameters are those of :meth:`Server.stream`;
         ``timeout`` applies to each item from the moment it was fed.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         port = port_for(self._server)
         loop = port.loop
         cap = self._server.capacity
@@ -360,8 +361,3 @@ class AsyncServer:
                 if token is not None:
                     port.abandon(token)
             window.clear()
-
-
-def _check_timeout(timeout) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ConfigError(f'timeout must be a number > 0, got {timeout!r}')

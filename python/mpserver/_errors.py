@@ -41,3 +41,9 @@ class ConfigError(ValueError, AssertionError):
     ``AssertionError`` because that is what mpservice raised for the same
     mistakes, so existing ``except AssertionError`` code keeps working.
     """
+
+
+def check_timeout(timeout) -> None:
+    """Timeouts are seconds: a number > 0."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigError(f'timeout must be a number of seconds > 0, got {timeout!r}')

@@ -20,7 +20,7 @@ from typing import final
 
 from . import _core
 from ._codec import PickleCodec, ObjectCodec, decode, FLAG_ERROR
-from ._errors import ConfigError, ServerBacklogFull, TimeoutError
+from ._errors import ConfigError, ServerBacklogFull, TimeoutError, check_timeout
 from . import _async, _worker
 from ._servlet import Servlet, _Launch
 
@@ -198,6 +198,8 @@ class Server:
         engine, entry = self._engine, self._entry
         if engine is None or self._state != 'running':
             self._require_running()
+        if timeout.__class__ is not int and timeout.__class__ is not float or timeout <= 0:
+            check_timeout(timeout)
         t0 = perf_counter()
         flags, payload = self._codec.encode(x)
         status, rflags, result = engine.call(entry, payload, flags, timeout, backpressure)
@@ -263,6 +265,7 @@ class Server:
             ``return_x``, the original input is returned.
         """
         self._require_running()
+        check_timeout(timeout)
         if isinstance(data_stream, _NON_BLOCKING_INPUTS):
             return self._stream_inline(data_stream, timeout, preprocessor, return_x, return_exceptions)
         return self._stream_fed(data_stream, timeout, preprocessor, return_x, return_exceptions)
