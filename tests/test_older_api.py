@@ -95,3 +95,30 @@ def test_server_async_call_backpressure_and_stopped_server():
 
 def test_install_is_exported():
     assert 'install' in mpserver.__all__ and callable(mpserver.install)
+
+
+def test_server_async_call_from_several_event_loops():
+    # Loops in four threads share one server; whichever loop drains the
+    # completion queue hands the others their results through their own loop.
+    import threading
+
+    with Server(ProcessServlet(ow.Triple, cpus=2), capacity=64) as server:
+        out = {}
+
+        def run(k):
+            async def main():
+                return await asyncio.gather(*(server.async_call(i, backpressure=False) for i in range(500)))
+
+            out[k] = asyncio.run(main())
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(out) == [0, 1, 2, 3]
+        assert all(out[k] == [3 * i for i in range(500)] for k in range(4))
+        assert server.backlog == 0
+        # Ports of finished loops are dropped when a new loop comes along.
+        asyncio.run(server.async_call(1))
+        assert len(server._async_ports) == 1

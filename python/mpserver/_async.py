@@ -41,6 +41,11 @@ class _Expired(Exception):
     """Set on a request's future when its timeout passes."""
 
 
+def _resolve(fut: asyncio.Future, result) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
 def _wake(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -60,7 +65,9 @@ class _AsyncPort:
         self.engine = server._engine
         self.entry = server._entry
         self.codec = server._codec
-        self.pending: dict[int, asyncio.Future] = {}
+        # Shared by every loop's port: whichever loop drains the completion
+        # queue resolves futures of other loops through their own loop.
+        self.pending: dict[int, asyncio.Future] = server._async_pending
         self.space_waiters: collections.deque = collections.deque()  # FIFO of futures
         self.fd = self.engine.async_fd
         loop.add_reader(self.fd, self._on_completions)
@@ -74,8 +81,11 @@ class _AsyncPort:
             if fut is None:
                 continue  # its caller gave up; the collector already dropped the result
             result = engine.take_token(token)
-            if not fut.done():
-                fut.set_result(result)
+            owner = fut.get_loop()
+            if owner is self.loop:
+                _resolve(fut, result)
+            elif not owner.is_closed():
+                owner.call_soon_threadsafe(_resolve, fut, result)
         # Each token freed one slot: let that many callers waiting for room retry.
         self._wake_space_waiters(len(tokens))
 
@@ -135,14 +145,16 @@ class _AsyncPort:
         """After the server stopped: resolve what is left, unregister the eventfd."""
         if self.closed:
             return
-        self._on_completions()
+        if not self.loop.is_closed():
+            self._on_completions()
+            self.loop.remove_reader(self.fd)
         self.closed = True
-        self.loop.remove_reader(self.fd)
         err = RuntimeError('the server stopped before this request finished')
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(err)
-        self.pending.clear()
+        for token, fut in list(self.pending.items()):
+            if fut.get_loop() is self.loop:
+                del self.pending[token]
+                if not fut.done():
+                    fut.set_exception(err)
         self._wake_space_waiters(len(self.space_waiters))
 
 
@@ -153,6 +165,8 @@ def port_for(server) -> _AsyncPort:
     ports = server._async_ports
     port = ports.get(loop)
     if port is None:
+        for old in [lp for lp in ports if lp.is_closed()]:  # loops gone (e.g. after asyncio.run)
+            del ports[old]
         port = ports[loop] = _AsyncPort(server, loop)
     return port
 
