@@ -521,8 +521,9 @@ class _Compound(Servlet):
         return [w for s in self._servlets for w in s.workers]
 
     @property
-    def children(self) -> list:
-        return list(self._servlets)
+    def children(self) -> tuple:
+        """The member servlets, as given (a tuple, as in mpservice)."""
+        return self._servlets
 
     def _debug_info(self) -> dict:
         return {'type': type(self).__name__, 'children': [s._debug_info() for s in self._servlets]}

@@ -307,7 +307,8 @@ def _admit(items, preprocess, codec, reject):
 
     Returns ``(ids, xs)`` of the items that go on to ``call``; every other
     item is handed to ``reject(id, flags, payload, aux)`` at once: upstream
-    errors unchanged, decode and ``preprocess`` failures as that item's error.
+    errors as they came (see _codec.pass_error), decode and ``preprocess``
+    failures as that item's error.
     """
     ids, xs = [], []
     for mid, flags, aux, payload in items:
