@@ -7,7 +7,7 @@
 namespace mps {
 
 namespace {
-constexpr uint64_t kMagic = 0x6d7073726e673031ULL;  // "mpsrng01"
+constexpr uint64_t kMagic = 0x6d7073726e673032ULL;  // "mpsrng02"
 constexpr size_t kMinCapacity = 64 * 1024;
 
 size_t round_pow2(size_t n) {
@@ -136,6 +136,13 @@ PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns
       fh.id = msg.id;
       fh.total = total;
       fh.aux = msg.aux;
+      if (first && remaining > len) {
+        h_->producing_id = msg.id;
+        h_->producing_total = total;
+        h_->producing = 1;
+      } else if (remaining == len) {
+        h_->producing = 0;
+      }
       std::memcpy(dst, &fh, sizeof fh);
       char* p = dst + sizeof fh;
       size_t left = len;
@@ -223,7 +230,15 @@ size_t Ring::consume_locked(size_t max_msgs, MessageSink& sink) {
     uint64_t head = h_->head.load(std::memory_order_acquire);
     if (head == tail) break;
     const FrameHeader* fh = frame_at(tail, head);
-    if (!(fh->flags & kFrameFirst)) throw RingCorrupt("frame out of sequence");
+    if (!(fh->flags & kFrameFirst)) {
+      // Leftovers of a message whose consumer died mid-way: skip them.
+      if (!h_->resync) throw RingCorrupt("frame out of sequence");
+      if (fh->flags & (kFrameLast | kFrameAbort)) h_->resync = 0;
+      tail += frame_bytes(fh->len);
+      release_space(tail);
+      continue;
+    }
+    h_->resync = 0;
     const uint64_t id = fh->id, total = fh->total;
     sink.begin(id, fh->flags & ~kFramingMask, fh->aux, total);
     sink.append(reinterpret_cast<const char*>(fh + 1), fh->len);
@@ -242,6 +257,13 @@ size_t Ring::consume_locked(size_t max_msgs, MessageSink& sink) {
         head = h_->head.load(std::memory_order_acquire);
       }
       fh = frame_at(tail, head);
+      if (fh->flags & kFrameAbort) {  // its producer died: drop the message
+        tail += frame_bytes(fh->len);
+        release_space(tail);
+        sink.abort();
+        last = false;
+        break;
+      }
       if ((fh->flags & kFrameFirst) || fh->id != id || got + fh->len > total) {
         throw RingCorrupt("continuation frame does not match its message");
       }
@@ -250,6 +272,7 @@ size_t Ring::consume_locked(size_t max_msgs, MessageSink& sink) {
       last = fh->flags & kFrameLast;
       tail += frame_bytes(fh->len);
     }
+    if (!last) continue;  // aborted
     if (got != total) throw RingCorrupt("message length mismatch");
     sink.end();
     ++n;
@@ -261,6 +284,30 @@ size_t Ring::consume_locked(size_t max_msgs, MessageSink& sink) {
 size_t Ring::try_consume(size_t max_msgs, MessageSink& sink) {
   ShmLockGuard g(h_->consumer);
   return consume_locked(max_msgs, sink);
+}
+
+bool Ring::recover_consumer(int32_t dead) {
+  if (h_->consumer.owner.load(std::memory_order_relaxed) != dead) return false;
+  h_->resync = 1;  // harmless if it was between messages: the next frame is a first one
+  return h_->consumer.recover_from(dead);
+}
+
+bool Ring::recover_producer(int32_t dead) {
+  if (!h_->producer.recover_from(dead)) return false;
+  ShmLockGuard g(h_->producer);
+  if (h_->producing) {
+    uint64_t head = h_->head.load(std::memory_order_relaxed);
+    uint64_t published = head;
+    size_t pending = 0;
+    const size_t need = frame_bytes(0);
+    if (wait_space(head, need, kForever, true, &published, &pending) == PushStatus::ok) {
+      FrameHeader fh{0, kFrameLast | kFrameAbort, h_->producing_id, h_->producing_total, 0};
+      std::memcpy(data_ + (head & (cap_ - 1)), &fh, sizeof fh);
+      publish(head + need, 0);
+    }
+    h_->producing = 0;
+  }
+  return true;
 }
 
 void Ring::abort() {

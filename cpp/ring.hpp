@@ -35,6 +35,11 @@
 //     data_seq, so the wait returns at once; a publish before it is seen by
 //     the check.  No wake-up is lost and none is paid for when nobody sleeps.
 //   * The space side (tail, space_seq, space_waiters) mirrors this exactly.
+//   * Recovery: a process that dies holding a side lock is recognised by the
+//     lock's owner pid.  Its producer side may leave a multi-frame message
+//     open: the recoverer (holding the producer lock) appends an abort frame.
+//     Its consumer side may leave continuation frames at the tail: the next
+//     consumer skips them (resync).  Single-frame messages need neither.
 //   * closed is set with seq_cst and followed by bumping both sequences and
 //     waking everybody; waiters re-check closed after every wake.
 //     closed == 1: no more messages, consumers drain what is there.
@@ -56,6 +61,8 @@ namespace mps {
 // Low byte of a frame's flags is framing; callers own the other 24 bits.
 inline constexpr uint32_t kFrameFirst = 1u << 0;
 inline constexpr uint32_t kFrameLast = 1u << 1;
+// Ends a multi-frame message whose producer died mid-way: consumers drop it.
+inline constexpr uint32_t kFrameAbort = 1u << 2;
 inline constexpr uint32_t kFramingMask = 0xffu;
 
 struct FrameHeader {
@@ -78,7 +85,15 @@ struct RingHeader {
   std::atomic<uint32_t> space_waiters;
   alignas(64) std::atomic<uint32_t> closed;
   alignas(64) ShmMutex producer;
+  // Written by the producer-lock holder: a multi-frame message is open
+  // (first frame published, last not yet) — what recover_producer() ends.
+  uint32_t producing;
+  uint64_t producing_id;
+  uint64_t producing_total;
   alignas(64) ShmMutex consumer;
+  // Set by recover_consumer(): drop leftover continuation frames of a message
+  // whose consumer died mid-way, up to its last frame.
+  uint32_t resync;
 };
 
 struct RingCorrupt : std::runtime_error {
@@ -145,6 +160,14 @@ class Ring {
   // Locks, consumes what is there (up to max_msgs), unlocks.
   size_t try_consume(size_t max_msgs, MessageSink& sink);
   ShmMutex& consumer_lock() { return h_->consumer; }
+
+  // ---- recovery after a process died (it must have exited) -------------
+  // Frees the consumer lock if `dead` held it; the rest of a message it was
+  // reading is skipped by the next consumer.  Returns whether it held it.
+  bool recover_consumer(int32_t dead);
+  // Frees the producer lock if `dead` held it, ending a message it left
+  // half-written with an abort frame.  Returns whether it held it.
+  bool recover_producer(int32_t dead);
 
   // ---- both ----------------------------------------------------------
   void close();

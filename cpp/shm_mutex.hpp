@@ -75,6 +75,17 @@ struct ShmMutex {
 
   void lock() { lock_until(kForever); }
 
+  // Frees the lock if process `dead` (which has exited) holds it; returns
+  // whether it did.  The owner is recorded just after the lock is taken, so
+  // a holder that died in between cannot be recognised (a tiny window).
+  bool recover_from(int32_t dead) {
+    if (dead == 0 || owner.load(std::memory_order_relaxed) != dead) return false;
+    owner.store(0, std::memory_order_relaxed);
+    state.store(0, std::memory_order_release);
+    futex_wake(&state, INT32_MAX, /*shared=*/true);
+    return true;
+  }
+
   void unlock() {
     owner.store(0, std::memory_order_relaxed);
     if (state.fetch_sub(1, std::memory_order_release) != 1) {

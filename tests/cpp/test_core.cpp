@@ -3,6 +3,7 @@
 // Every check prints what failed and exits non-zero.
 #include <poll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -11,7 +12,12 @@
 #include <thread>
 #include <vector>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "batcher.hpp"
+#include "claims.hpp"
 #include "collector.hpp"
 #include "completion_queue.hpp"
 #include "ensemble_router.hpp"
@@ -361,7 +367,124 @@ void test_completion_queue() {
   std::printf("completion queue: ok\n");
 }
 
+// Claims: what a worker holds; take() returns exactly the unreleased ones.
+void test_claims() {
+  auto t = ClaimTable::create(2, 4);
+  CHECK(t->claim(0, 10, 1) && t->claim(0, 11, 2) && t->claim(0, 12, 3) && t->claim(1, 20, 4));
+  t->release(0, 11);
+  CHECK(t->claim(0, 13, 5) && t->claim(0, 14, 6));
+  CHECK(!t->claim(0, 15, 7));  // section full
+  CHECK(t->held(0) == 4 && t->held(1) == 1);
+  auto held = t->take(0);
+  std::vector<uint64_t> ids;
+  for (auto [id, aux] : held) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  CHECK((ids == std::vector<uint64_t>{10, 12, 13, 14}));
+  CHECK(t->held(0) == 0 && t->take(0).empty());
+  auto again = ClaimTable::attach(dup(t->fd()));
+  CHECK(again->take(1).size() == 1 && t->held(1) == 0);
+  std::printf("claims: ok\n");
+}
+
+struct Recording : MessageSink {
+  std::vector<std::pair<uint64_t, std::string>> done;
+  std::string cur;
+  uint64_t cur_id = 0;
+  int aborted = 0;
+  void begin(uint64_t id, uint32_t, uint64_t, uint64_t) override {
+    cur_id = id;
+    cur.clear();
+  }
+  void append(const char* d, size_t n) override { cur.append(d, n); }
+  void end() override { done.emplace_back(cur_id, cur); }
+  void abort() override { ++aborted; }
+};
+
+// Consumes from `ring` until a message with id `want` arrived.
+Recording consume_until(Ring& ring, uint64_t want) {
+  Recording rec;
+  while (rec.done.empty() || rec.done.back().first != want) {
+    CHECK(ring.wait_data(now_ns() + 20'000'000'000LL, 0));
+    ring.try_consume(SIZE_MAX, rec);
+  }
+  return rec;
+}
+
+// A producer process killed in the middle of a multi-frame message: the
+// recoverer frees its lock and ends the message with an abort frame;
+// consumers drop it and carry on with the next message.
+void test_recover_producer() {
+  auto ring = Ring::create(64 * 1024, "rec-p");
+  pid_t child = fork();
+  CHECK(child >= 0);
+  if (child == 0) {
+    std::string big(1 << 20, 'x');  // far larger than the ring: blocks mid-message
+    Slice sl{big.data(), big.size()};
+    OutMessage m{7, 0, 0, &sl, 1};
+    ring->push(&m, 1, kForever);
+    _exit(0);
+  }
+  while (ring->bytes_used() < ring->capacity() / 2) usleep(1000);
+  kill(child, SIGKILL);
+  int st;
+  waitpid(child, &st, 0);
+  // A consumer is reading (and waiting for the rest of the dead producer's
+  // message) while the recoverer appends the abort frame.
+  Recording rec;
+  std::thread consumer([&] { rec = consume_until(*ring, 8); });
+  CHECK(ring->recover_producer(child));
+  CHECK(!ring->recover_producer(child));  // nothing left to recover
+  std::string after = "after";
+  Slice sl{after.data(), after.size()};
+  OutMessage m{8, 0, 0, &sl, 1};
+  CHECK(ring->push(&m, 1, kForever) == PushStatus::ok);
+  consumer.join();
+  CHECK(rec.done.size() == 1 && rec.done[0].second == "after" && rec.aborted == 1);
+  std::printf("recover producer: ok\n");
+}
+
+// A consumer process killed in the middle of reading a multi-frame message:
+// its lock is freed and the next consumer skips the message's remaining frames.
+void test_recover_consumer() {
+  auto ring = Ring::create(64 * 1024, "rec-c");
+  pid_t child = fork();
+  CHECK(child >= 0);
+  if (child == 0) {
+    // Dies on the second frame: the first one has been released already.
+    struct DieMidway : MessageSink {
+      int frames = 0;
+      void begin(uint64_t, uint32_t, uint64_t, uint64_t) override {}
+      void append(const char*, size_t) override {
+        if (++frames == 2) kill(getpid(), SIGKILL);
+      }
+      void end() override {}
+    } sink;
+    for (;;) {
+      if (ring->wait_data(kForever, 0)) ring->try_consume(1, sink);
+    }
+  }
+  std::thread producer([&] {
+    std::string big(1 << 20, 'y');
+    Slice sl{big.data(), big.size()};
+    std::string after = "after";
+    Slice sl2{after.data(), after.size()};
+    OutMessage ms[2] = {{7, 0, 0, &sl, 1}, {8, 0, 0, &sl2, 1}};
+    CHECK(ring->push(ms, 2, kForever) == PushStatus::ok);
+  });
+  int st;
+  waitpid(child, &st, 0);
+  CHECK(WIFSIGNALED(st));
+  CHECK(ring->recover_consumer(child));
+  Recording rec = consume_until(*ring, 8);
+  producer.join();
+  CHECK(rec.done.size() == 1 && rec.done[0].second == "after");
+  std::printf("recover consumer: ok\n");
+}
+
 int main() {
+  test_claims();
+  test_recover_producer();
+  test_recover_consumer();
   test_ensemble_router(true);
   test_ensemble_router(false);
   test_completion_queue();
