@@ -13,10 +13,12 @@
 #include <vector>
 
 #include "../cpp/batcher.hpp"
+#include "../cpp/claims.hpp"
 #include "../cpp/collector.hpp"
 #include "../cpp/completion_queue.hpp"
 #include "../cpp/ensemble_router.hpp"
 #include "../cpp/flags.hpp"
+#include "../cpp/guardian.hpp"
 #include "../cpp/ledger.hpp"
 #include "../cpp/ring.hpp"
 #include "../cpp/shm.hpp"
@@ -204,6 +206,22 @@ PushStatus push_with_gil_rules(Ring& ring, const OutMessage* msgs, size_t n, int
   return st;
 }
 
+// ------------------------------------------------------------------ claims
+
+// The claim section of the worker running on this thread (a worker process's
+// main thread, or a ThreadServlet thread); null elsewhere.  gather() claims
+// what it takes, push() releases what it answers (see claims.hpp).
+thread_local ClaimTable* t_claims = nullptr;
+thread_local uint32_t t_claim_worker = 0;
+
+struct PyClaimTable {
+  std::unique_ptr<ClaimTable> table;
+};
+
+void release_claim(uint64_t id) {
+  if (t_claims) t_claims->release(t_claim_worker, id);
+}
+
 // ------------------------------------------------------------------ Ring
 
 class PyRing {
@@ -220,6 +238,7 @@ class PyRing {
     add_refs(flags, ref.handle, object_refs);
     PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr);
     if (st != PushStatus::ok) drop_refs(flags, ref.handle, object_refs);
+    release_claim(id);
     return st == PushStatus::ok ? kOk : st == PushStatus::closed ? kClosed : kPushTimeout;
   }
 
@@ -240,6 +259,7 @@ class PyRing {
     size_t written = 0;
     PushStatus st = push_with_gil_rules(*ring, msgs.data(), n, kForever, &written);
     for (size_t i = written; i < n; ++i) drop_refs(msgs[i].flags, refs[i].handle, object_refs);
+    for (size_t i = 0; i < n; ++i) release_claim(msgs[i].id);
     return st == PushStatus::ok ? kOk : st == PushStatus::closed ? kClosed : kPushTimeout;
   }
 
@@ -257,6 +277,8 @@ class PyRing {
       std::vector<Item> items;
       std::string buf;
       void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
+        // Claimed while the ring still holds it: a death from here on is seen.
+        if (t_claims) t_claims->claim(t_claim_worker, id, aux);
         items.push_back({id, flags, aux, buf.size(), 0});
         buf.reserve(buf.size() + total);
       }
@@ -266,6 +288,7 @@ class PyRing {
       }
       void end() override {}
       void abort() override {
+        release_claim(items.back().id);
         buf.resize(items.back().off);
         items.pop_back();
       }
@@ -630,6 +653,57 @@ class PySupervisor {
   }
 };
 
+// ------------------------------------------------------------------ Guardian
+
+class PyGuardian {
+ public:
+  explicit PyGuardian(PySupervisor& sup) : g_(sup.sup) {}
+  ~PyGuardian() {
+    py::gil_scoped_release nogil;
+    g_.stop();
+  }
+
+  // specs as for Supervisor.spawn; pids: the running workers, per index.
+  uint32_t add(const std::string& label, std::vector<std::string> names, uint32_t max_restarts,
+               double window, std::shared_ptr<PyRing> input, std::shared_ptr<PyRing> output,
+               std::shared_ptr<PyRing> control, std::shared_ptr<PyClaimTable> claims,
+               const std::vector<std::tuple<std::vector<std::string>, std::vector<std::pair<int, int>>,
+                                            std::vector<int>, std::vector<std::string>>>& specs,
+               std::vector<int> pids) {
+    GuardedServlet s;
+    s.label = label;
+    s.names = std::move(names);
+    s.max_restarts = max_restarts;
+    s.window_ns = int64_t(window * 1e9);
+    s.input = input->ring.get();
+    s.output = output->ring.get();
+    s.control = control->ring.get();
+    s.claims = claims->table.get();
+    for (const auto& [argv, fds, cpus, env] : specs) s.specs.push_back(SpawnSpec{argv, fds, cpus, env});
+    s.pids.assign(pids.begin(), pids.end());
+    keep_rings_.insert(keep_rings_.end(), {input, output, control});
+    keep_claims_.push_back(claims);
+    return g_.add(std::move(s));
+  }
+  void start() { g_.start(); }
+  void stop() { g_.stop(); }
+  py::dict info(uint32_t i) {
+    Guardian::Info inf = g_.info(i);
+    py::dict d;
+    d["restarts"] = inf.restarts;
+    d["crashes"] = inf.crashes;
+    d["pids"] = std::vector<int>(inf.pids.begin(), inf.pids.end());
+    d["failed"] = inf.failed;
+    return d;
+  }
+
+ private:
+  // Declared first so they are destroyed after the guardian (which uses them).
+  std::vector<std::shared_ptr<PyRing>> keep_rings_;
+  std::vector<std::shared_ptr<PyClaimTable>> keep_claims_;
+  Guardian g_;
+};
+
 int memfd_from_bytes(const std::string& name, py::bytes data) {
   std::string s = data;
   int fd = create_memfd(name, s.size());
@@ -662,6 +736,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("FLAG_ERROR") = kFlagError;
   m.attr("FLAG_CONTROL") = kFlagControl;
   m.attr("FLAG_ENSEMBLE") = kFlagEnsemble;
+  m.attr("FLAG_CRASH") = kFlagCrash;
   m.attr("PART_MISSING") = kPartMissing;
   m.attr("COMPOSITE_MAGIC") = kCompositeMagic;
   m.attr("MAX_ENSEMBLE_MEMBERS") = kMaxEnsembleMembers;
@@ -752,6 +827,33 @@ PYBIND11_MODULE(_core, m) {
       .def("wait_exit", &PySupervisor::wait_exit, py::arg("pid"), py::arg("timeout") = py::none())
       .def("exit_status", &PySupervisor::exit_status)
       .def("kill", [](PySupervisor& s, int pid, int sig) { s.sup.kill(pid, sig); });
+
+  py::class_<PyClaimTable, std::shared_ptr<PyClaimTable>>(m, "ClaimTable")
+      .def_static("create",
+                  [](uint32_t workers, uint32_t slots) {
+                    return std::make_shared<PyClaimTable>(PyClaimTable{ClaimTable::create(workers, slots)});
+                  })
+      .def_static("attach",
+                  [](int fd) { return std::make_shared<PyClaimTable>(PyClaimTable{ClaimTable::attach(fd)}); })
+      .def_property_readonly("fd", [](PyClaimTable& t) { return t.table->fd(); })
+      .def("held", [](PyClaimTable& t, uint32_t w) { return t.table->held(w); })
+      .def("take", [](PyClaimTable& t, uint32_t w) { return t.table->take(w); },
+           "Returns and clears worker w's claims as [(id, aux)] (the worker must be gone).");
+  m.def("bind_claims",
+        [](std::shared_ptr<PyClaimTable> t, uint32_t worker) {
+          if (t && worker >= t->table->workers()) throw std::out_of_range("no such worker");
+          t_claims = t ? t->table.get() : nullptr;  // the caller keeps t alive while bound
+          t_claim_worker = worker;
+        },
+        py::arg("table").none(true), py::arg("worker") = 0,
+        "Makes this thread's gather() claim and push() release items in `table` for `worker`.");
+
+  py::class_<PyGuardian>(m, "Guardian")
+      .def(py::init<PySupervisor&>(), py::keep_alive<1, 2>())
+      .def("add", &PyGuardian::add)
+      .def("start", &PyGuardian::start)
+      .def("stop", &PyGuardian::stop)
+      .def("info", &PyGuardian::info);
 
   m.def("memfd_from_bytes", &memfd_from_bytes);
   m.def("set_signal_checks", [](bool on) { g_signal_checks = on; },

@@ -16,7 +16,10 @@ inline constexpr uint32_t kFlagObject = 1u << 8;
 inline constexpr uint32_t kFlagError = 1u << 9;
 // Control-plane message (readiness, start-up failures).
 inline constexpr uint32_t kFlagControl = 1u << 10;
-// Payload is an ensemble composite (see ensemble_router.hpp).
+// Payload is an ensemble composite (see composite.hpp).
 inline constexpr uint32_t kFlagEnsemble = 1u << 11;
+// With kFlagError: a worker crash report written by the guardian (see
+// guardian.hpp for the payload), not a pickled exception.
+inline constexpr uint32_t kFlagCrash = 1u << 12;
 
 }  // namespace mps

@@ -1,0 +1,238 @@
+#include "guardian.hpp"
+
+#include <sys/wait.h>
+
+#include "flags.hpp"
+#include "futex.hpp"
+#include "message_buffer.hpp"
+#include "quiet_thread.hpp"
+
+namespace mps {
+
+namespace {
+constexpr char kSep = '\x1f';
+
+void push_errors(Ring& out, const std::vector<std::pair<uint64_t, uint64_t>>& items,
+                 const std::string& payload) {
+  if (items.empty()) return;
+  Slice sl{payload.data(), payload.size()};
+  std::vector<OutMessage> msgs;
+  msgs.reserve(items.size());
+  for (auto [id, aux] : items) msgs.push_back(OutMessage{id, kFlagError | kFlagCrash, aux, &sl, 1});
+  out.push(msgs.data(), msgs.size(), kForever);  // closed ring: the server is going away
+}
+}  // namespace
+
+Guardian::Guardian(Supervisor& sup) : sup_(sup) {}
+
+Guardian::~Guardian() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    quit_ = true;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  sup_.set_on_exit(nullptr);
+  if (thread_.joinable()) thread_.join();
+  for (auto& e : entries_) {
+    if (e->failer.joinable()) {
+      e->s.input->abort();  // the owner normally closed it already
+      e->failer.join();
+    }
+  }
+}
+
+uint32_t Guardian::add(GuardedServlet s) {
+  auto e = std::make_unique<Entry>();
+  e->live = 0;
+  for (pid_t p : s.pids) e->live += p > 0;
+  e->s = std::move(s);
+  std::lock_guard<std::mutex> lk(mu_);
+  entries_.push_back(std::move(e));
+  return uint32_t(entries_.size() - 1);
+}
+
+void Guardian::start() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (started_) return;
+    started_ = true;
+  }
+  sup_.set_on_exit([this](pid_t pid, int status) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      exits_.emplace_back(pid, status);
+    }
+    cv_.notify_all();
+  });
+  // Exits that happened before the hook was installed.
+  std::vector<std::pair<pid_t, int>> early;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& e : entries_)
+      for (pid_t p : e->s.pids) {
+        int st = 0;
+        if (p > 0 && sup_.has_exited(p, &st)) early.emplace_back(p, st);
+      }
+    for (auto& x : early) exits_.push_back(x);
+  }
+  thread_ = start_quiet_thread([this] { run(); });
+}
+
+void Guardian::stop() {
+  std::lock_guard<std::mutex> lk(mu_);
+  stopping_ = true;
+}
+
+Guardian::Info Guardian::info(uint32_t servlet) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  Info i;
+  if (servlet >= entries_.size()) return i;
+  const Entry& e = *entries_[servlet];
+  i.restarts = e.restarts;
+  i.crashes = e.crashes;
+  i.pids = e.s.pids;
+  i.failed = e.failed;
+  return i;
+}
+
+std::string Guardian::crash_payload(const GuardedServlet& s, uint32_t index, pid_t pid, int status,
+                                    const std::string& note) {
+  std::string p = s.label;
+  p += kSep;
+  p += index < s.names.size() ? s.names[index] : std::string();
+  p += kSep;
+  p += std::to_string(index);
+  p += kSep;
+  p += std::to_string(pid);
+  p += kSep;
+  p += std::to_string(status);
+  p += kSep;
+  p += note;
+  return p;
+}
+
+void Guardian::run() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return quit_ || !exits_.empty(); });
+    if (quit_) return;
+    auto [pid, status] = exits_.front();
+    exits_.pop_front();
+    lk.unlock();
+    handle(pid, status);
+    lk.lock();
+  }
+}
+
+void Guardian::fail_claims(Entry& e, uint32_t index, pid_t pid, int status) {
+  auto held = e.s.claims ? e.s.claims->take(index) : std::vector<std::pair<uint64_t, uint64_t>>{};
+  push_errors(*e.s.output, held, crash_payload(e.s, index, pid, status, "died while processing this item"));
+}
+
+void Guardian::handle(pid_t pid, int status) {
+  Entry* e = nullptr;
+  uint32_t index = 0;
+  bool stopping;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& cand : entries_) {
+      for (uint32_t i = 0; i < cand->s.pids.size(); ++i) {
+        if (cand->s.pids[i] == pid) {
+          e = cand.get();
+          index = i;
+        }
+      }
+    }
+    if (!e) return;  // not ours, or already handled
+    e->s.pids[index] = 0;
+    stopping = stopping_;
+  }
+  // 1. Locks it held.
+  e->s.input->recover_consumer(pid);
+  e->s.output->recover_producer(pid);
+  if (e->s.control) e->s.control->recover_producer(pid);
+  const bool orderly = e->s.input->closed() && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  // 2. Items it held.
+  fail_claims(*e, index, pid, status);
+  if (orderly) {
+    std::lock_guard<std::mutex> lk(mu_);
+    e->live -= 1;
+    return;
+  }
+  // 3. Respawn, within budget.
+  bool respawn = false;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    e->crashes += 1;
+    const int64_t now = now_ns();
+    while (!e->restart_times.empty() && now - e->restart_times.front() > e->s.window_ns)
+      e->restart_times.pop_front();
+    respawn = !stopping && !e->s.input->closed() && e->restart_times.size() < e->s.max_restarts;
+    if (respawn) {
+      e->restart_times.push_back(now);
+      e->restarts += 1;
+    }
+  }
+  pid_t fresh = 0;
+  if (respawn) {
+    try {
+      fresh = sup_.spawn({e->s.specs[index]})[0];
+    } catch (const std::exception&) {
+      fresh = 0;
+    }
+    if (e->s.control) {  // discard readiness reports nobody waits for
+      BufferSink sink;
+      e->s.control->try_consume(SIZE_MAX, sink);
+    }
+  }
+  bool start_failer = false;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (fresh > 0) {
+      e->s.pids[index] = fresh;
+    } else {
+      e->live -= 1;
+      if (e->live == 0 && !e->failed && !stopping_) {
+        e->failed = true;
+        start_failer = true;
+      }
+    }
+  }
+  if (fresh > 0) {
+    int st = 0;
+    if (sup_.has_exited(fresh, &st)) handle(fresh, st);  // died before we recorded it
+  }
+  if (start_failer) e->failer = start_quiet_thread([this, e] { run_failer(e); });
+}
+
+void Guardian::run_failer(Entry* e) {
+  const std::string payload =
+      crash_payload(e->s, 0, 0, -1, "has no live worker left (restart budget spent)");
+  BufferSink sink;
+  std::vector<std::pair<uint64_t, uint64_t>> items;
+  for (;;) {
+    if (!e->s.input->wait_data(kForever, 0)) {
+      if (e->s.input->finished()) return;
+      continue;
+    }
+    sink.msgs.clear();
+    if (e->s.input->try_consume(256, sink) == 0) {
+      if (e->s.input->finished()) return;
+      continue;
+    }
+    items.clear();
+    for (auto& m : sink.msgs) {
+      if (m.flags & kFlagError) {  // an upstream error goes on unchanged
+        Slice sl{m.payload.data(), m.payload.size()};
+        OutMessage om{m.id, m.flags, m.aux, &sl, 1};
+        e->s.output->push(&om, 1, kForever);
+      } else {
+        items.emplace_back(m.id, m.aux);
+      }
+    }
+    push_errors(*e->s.output, items, payload);
+  }
+}
+
+}  // namespace mps
