@@ -350,6 +350,49 @@ def _define_workers(Worker) -> dict[str, type]:
                 raise TypeError(f'expected a list batch, got {type(batch).__name__}')
             return [v * 2 for v in batch]
 
+    class Crash(Worker):
+        # ``call(x)``: 'exit' -> os._exit(3), 'kill' -> SIGKILL itself,
+        # 'segv' -> segmentation fault, ('sleep', s) -> sleeps s then returns;
+        # 'pid' -> its pid; anything else -> x * 2.  With batching, the batch
+        # dies if any item asks for it.
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+
+        def call(self, x):
+            if self.batch_size > 0:
+                for v in x:
+                    self._maybe_die(v)
+                return [self._one(v) for v in x]
+            self._maybe_die(x)
+            return self._one(x)
+
+        def _maybe_die(self, x):
+            import signal
+
+            if x == 'exit':
+                os._exit(3)
+            if x == 'kill':
+                os.kill(os.getpid(), signal.SIGKILL)
+            if x == 'segv':
+                import ctypes
+
+                ctypes.string_at(0)
+
+        def _one(self, x):
+            if isinstance(x, tuple) and x[0] == 'sleep':
+                time.sleep(x[1])
+                return x
+            if x == 'pid':
+                return os.getpid()
+            return x * 2
+
+    class Quit(Worker):
+        # A thread worker stopped by SystemExit on 'quit'.
+        def call(self, x):
+            if x == 'quit':
+                raise SystemExit(1)
+            return x * 2
+
     return {
         name: obj
         for name, obj in locals().items()

@@ -16,7 +16,7 @@ of the main process), and serve requests through a :class:`Server`::
             print(list(server.stream(range(5))))     # [0, 1, 4, 9, 16]
 """
 
-from ._errors import ConfigError, ServerBacklogFull, TimeoutError, WorkerStartupError
+from ._errors import ConfigError, ServerBacklogFull, TimeoutError, WorkerCrashedError, WorkerStartupError
 from ._remote import (
     EnsembleError,
     RemoteException,
@@ -66,6 +66,7 @@ __all__ = [
     'ServerBacklogFull',
     'TimeoutError',
     'WorkerStartupError',
+    'WorkerCrashedError',
     'ConfigError',
     'RemoteException',
     'RemoteTraceback',

@@ -1,8 +1,8 @@
 """Entry point of a worker process: ``python -m mpserver._child PPID INDEX KEY``.
 
-The supervisor hands the process four fds: 3 = bootstrap data (memfd),
+The supervisor hands the process five fds: 3 = bootstrap data (memfd),
 4 = the server's control ring, 5 = the servlet's input ring, 6 = its output
-ring.  The process binds its life to the parent, prepares ``__main__`` the
+ring, 7 = the servlet's claim table (items each worker holds).  The process binds its life to the parent, prepares ``__main__`` the
 way multiprocessing's spawn does (so classes defined in the user's script
 resolve), builds the worker, reports ready (or its ``__init__`` error) on the
 control ring, and serves until the input ring is closed and drained.
@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
     control = _core.Ring.attach(4)
     inp = _core.Ring.attach(5)
     out = _core.Ring.attach(6)
+    claims = _core.ClaimTable.attach(7)  # what this worker holds, for the guardian
+    _core.bind_claims(claims, index)
 
     name = boot['names'][index]
     prep = dict(boot['prep'], name=name)

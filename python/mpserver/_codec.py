@@ -16,12 +16,14 @@ import struct
 import traceback
 
 from . import _core
+from ._errors import crash_error
 from ._remote import EnsembleError, RemoteException
 
 FLAG_OBJECT = _core.FLAG_OBJECT
 FLAG_ERROR = _core.FLAG_ERROR
 FLAG_CONTROL = _core.FLAG_CONTROL
 FLAG_ENSEMBLE = _core.FLAG_ENSEMBLE
+FLAG_CRASH = _core.FLAG_CRASH
 _PART_MISSING = _core.PART_MISSING
 _COMPOSITE_MAGIC = _core.COMPOSITE_MAGIC
 _composite_head = struct.Struct('<IIII')
@@ -91,6 +93,8 @@ def decode(flags: int, payload):
     """The value of a message; an error message gives the exception object."""
     if flags & FLAG_ENSEMBLE:
         return _decode_ensemble(flags, payload)
+    if flags & FLAG_CRASH:
+        return crash_error(payload)
     if flags & FLAG_OBJECT:
         value = payload
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 
-__all__ = ['ServerBacklogFull', 'TimeoutError', 'WorkerStartupError', 'ConfigError']
+__all__ = ['ServerBacklogFull', 'TimeoutError', 'WorkerStartupError', 'WorkerCrashedError', 'ConfigError']
 
 
 class TimeoutError(builtins.TimeoutError):
@@ -32,6 +32,58 @@ class ServerBacklogFull(RuntimeError):
 
 class WorkerStartupError(RuntimeError):
     """A worker process exited before it reported ready (e.g. it could not import its class)."""
+
+
+class WorkerCrashedError(RuntimeError):
+    """The worker holding this item died (killed, segfault, ``os._exit``, out of
+    memory, or a ``BaseException`` in a worker thread) before answering it;
+    or its servlet has no live worker left.
+
+    Attributes: ``servlet`` (e.g. ``'ProcessServlet(Model)'``), ``worker``
+    (the worker's name), ``worker_index``, ``pid`` (``None`` for threads and
+    when no worker was involved), ``exit_code`` and ``signal`` (``None`` when
+    not applicable).  The server keeps serving: the worker is restarted
+    within its servlet's ``max_restarts`` budget.
+    """
+
+    def __init__(self, message: str, servlet: str = '', worker: str = '', worker_index=None,
+                 pid=None, exit_code=None, signal=None):
+        super().__init__(message, servlet, worker, worker_index, pid, exit_code, signal)
+        self.servlet = servlet
+        self.worker = worker
+        self.worker_index = worker_index
+        self.pid = pid
+        self.exit_code = exit_code
+        self.signal = signal
+
+    def __str__(self):
+        return self.args[0]
+
+
+def crash_error(payload) -> WorkerCrashedError:
+    """The WorkerCrashedError for a crash report written by the C++ guardian
+    (fields separated by 0x1f: servlet, worker name, index, pid, wait status, note)."""
+    import os
+    import signal as _signal
+
+    label, name, index, pid, status, note = bytes(payload).decode('utf-8', 'replace').split('\x1f', 5)
+    pid, status = int(pid), int(status)
+    if pid <= 0:
+        return WorkerCrashedError(f'{label} {note}; this item was not processed', label)
+    code = sig = None
+    if status >= 0 and os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            how = f'was killed by {_signal.Signals(sig).name}'
+        except ValueError:
+            how = f'was killed by signal {sig}'
+    elif status >= 0 and os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        how = f'exited with code {code}'
+    else:
+        how = 'exited'
+    msg = f'worker process {name} (pid {pid}) of {label} {how}; it {note}'
+    return WorkerCrashedError(msg, label, name, int(index), pid, code, sig)
 
 
 class ConfigError(ValueError, AssertionError):

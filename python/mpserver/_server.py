@@ -93,6 +93,7 @@ class Server:
         self._capacity = capacity
         self._engine = None
         self._entry = None
+        self._guardian = None
         self._state = 'new'
         self._async_ports: dict = {}  # event loop -> _AsyncPort (see _async.py)
         self._async_pending: dict = {}  # token -> future, across loops
@@ -137,6 +138,10 @@ class Server:
             raise
         self._entry = entry
         self._codec = ObjectCodec if local else PickleCodec
+        # From now on a worker process that dies is noticed and replaced.
+        self._guardian = _core.Guardian(self._supervisor)
+        self.servlet._guard(self._guardian)
+        self._guardian.start()
         engine.start()
         self._engine = engine
         self._state = 'running'
@@ -146,6 +151,9 @@ class Server:
         if self._state != 'running':
             return
         self._state = 'stopping'
+        guardian = self._guardian
+        if guardian is not None:
+            guardian.stop()  # deaths from now on are failed, not repaired
         try:
             if exc_type is not None and not issubclass(exc_type, Exception):
                 # KeyboardInterrupt, SystemExit: stop now, drop queued items,
@@ -172,6 +180,7 @@ class Server:
             # Drop the rings, the engine and the supervisor thread now (a
             # stream window still open keeps the engine alive on its own).
             self._engine = self._entry = self._output = self._control = None
+            self._guardian = guardian = None  # before the supervisor it watches
             self._supervisor = None
 
     def _require_running(self):

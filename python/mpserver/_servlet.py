@@ -37,6 +37,10 @@ __all__ = ['Servlet', 'ProcessServlet', 'ThreadServlet', 'SequentialServlet', 'E
 #: are streamed through in pieces).
 INPUT_RING_BYTES = 8 << 20
 
+#: Items one worker can hold at once with its death still noticed (claims.hpp);
+#: the claim table is a sparse memfd, so unused slots cost no memory.
+CLAIM_SLOTS = 65536
+
 # Control messages (aux field) on the Server's control ring.
 CTL_READY = 1
 CTL_INIT_FAILED = 2
@@ -165,6 +169,9 @@ class Servlet(ABC):
         """Stop now, dropping queued items; busy workers get ``grace`` seconds.
         Must be safe on a servlet that was never (or only partly) started."""
 
+    def _guard(self, guardian) -> None:
+        """Registers process workers with the server's guardian (after start-up)."""
+
     @property
     @abstractmethod
     def workers(self) -> list:
@@ -271,16 +278,33 @@ class ProcessServlet(Servlet):
         ``[[0, 1], 2, None]``.
     worker_name
         Prefix of the worker processes' names (default ``<class name>-process``).
+    max_restarts, restart_window
+        When a worker process dies while serving (killed, segfault,
+        ``os._exit``, out of memory), the items it held fail with
+        :class:`WorkerCrashedError` and the process is started again, at most
+        ``max_restarts`` times (default 5) within any ``restart_window``
+        seconds (default 60).  ``max_restarts=0`` never restarts.  A servlet
+        left without a live worker answers every item with
+        :class:`WorkerCrashedError` at once instead of queueing it.
     **kwargs
         Passed to ``worker_cls.__init__`` (they are pickled).
     """
 
-    def __init__(self, worker_cls: type[Worker], *, cpus=None, worker_name: str | None = None, **kwargs):
+    def __init__(self, worker_cls: type[Worker], *, cpus=None, worker_name: str | None = None,
+                 max_restarts: int = 5, restart_window: float = 60.0, **kwargs):
         _check_worker_cls(worker_cls)
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ConfigError(f'max_restarts must be an int >= 0, got {max_restarts!r}')
+        if (isinstance(restart_window, bool) or not isinstance(restart_window, (int, float))
+                or not restart_window > 0):
+            raise ConfigError(f'restart_window must be a number of seconds > 0, got {restart_window!r}')
         self._worker_cls = worker_cls
         self._cpus = _normalize_cpus(cpus)
         self._worker_name = worker_name
+        self._max_restarts = max_restarts
+        self._restart_window = float(restart_window)
         self._init_kwargs = kwargs
+        self._guardian = None
         self._pids: list = []
         self._supervisor = None
         self._input = None
@@ -316,8 +340,12 @@ class ProcessServlet(Servlet):
                              'names': [self._process_name(i) for i in range(len(self._cpus))]}, 5)
         boot_fd = _core.memfd_from_bytes('mpserver-boot', boot)
         self._input = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-in')
+        self._output = output
+        self._control = launch.control
+        self._claims = _core.ClaimTable.create(len(self._cpus), CLAIM_SLOTS)
         self._supervisor = launch.supervisor
         self._pids = [None] * len(self._cpus)
+        self._specs = []
         env = _child_env()
         try:
             for i, cpu in enumerate(self._cpus):
@@ -325,8 +353,10 @@ class ProcessServlet(Servlet):
                 # Same interpreter flags as ours (-S, -O, -X ...), as multiprocessing does.
                 argv = [sys.executable, *subprocess._args_from_interpreter_flags(),
                         '-m', 'mpserver._child', str(os.getpid()), str(i), str(key)]
-                fds = [(boot_fd, 3), (launch.control.fd, 4), (self._input.fd, 5), (output.fd, 6)]
+                fds = [(boot_fd, 3), (launch.control.fd, 4), (self._input.fd, 5), (output.fd, 6),
+                       (self._claims.fd, 7)]
                 cpus = [] if cpu is None else list(cpu) if isinstance(cpu, list) else [cpu]
+                self._specs.append((argv, fds, cpus, env))
                 launch.add_process(self, i, (argv, fds, cpus, env), key)
             self._boot_fd = boot_fd
         except BaseException:
@@ -335,24 +365,40 @@ class ProcessServlet(Servlet):
         self._started = True
         return self._input, False
 
+    def _guard(self, guardian) -> None:
+        """Hands the running workers to the server's guardian (see guardian.hpp)."""
+        label = f'{type(self).__name__}({self._worker_cls.__qualname__})'
+        names = [self._process_name(i) for i in range(len(self._cpus))]
+        self._guardian = guardian
+        self._guard_id = guardian.add(label, names, self._max_restarts, self._restart_window,
+                                      self._input, self._output, self._control, self._claims,
+                                      self._specs, [p or 0 for p in self._pids])
+
+    def _current_pids(self) -> list:
+        if self._guardian is not None:
+            return [p or None for p in self._guardian.info(self._guard_id)['pids']]
+        return list(self._pids)
+
     def _stop(self):
         if not self._started:
             return
         self._input.close()
-        for pid in self._pids:
-            if pid is None:
-                continue
-            while self._supervisor.wait_exit(pid, 0.1) is None:
-                pass
+        # Wait for the workers of the moment (restarted ones included) to exit.
+        while True:
+            pids = [p for p in self._current_pids() if p is not None]
+            if all(self._supervisor.wait_exit(pid, 0.1) is not None for pid in pids):
+                if pids == [p for p in self._current_pids() if p is not None]:
+                    break
         self._release()
 
     def _release(self):
         if getattr(self, '_boot_fd', None) is not None:
             os.close(self._boot_fd)
             self._boot_fd = None
-        self._input = None
-        self._supervisor = None
+        self._input = self._output = self._control = self._claims = None
+        self._supervisor = self._guardian = None
         self._pids = []
+        self._specs = []
         self._started = False
 
     def _kill(self, grace: float = 0.0):
@@ -360,7 +406,7 @@ class ProcessServlet(Servlet):
         ``grace`` seconds is killed.  Used when start-up failed and on Ctrl-C."""
         if self._input is not None:
             self._input.abort()
-        for pid in self._pids:
+        for pid in self._current_pids():
             if pid is None:
                 continue
             if grace > 0 and self._supervisor.wait_exit(pid, grace) is not None:
@@ -371,11 +417,11 @@ class ProcessServlet(Servlet):
 
     @property
     def workers(self):
-        return [p for p in self._pids if p is not None] if self._started else []
+        return [p for p in self._current_pids() if p is not None] if self._started else []
 
     def _debug_info(self):
         out = []
-        for i, pid in enumerate(self._pids if self._started else []):
+        for i, pid in enumerate(self._current_pids() if self._started else []):
             status = self._supervisor.exit_status(pid) if pid is not None else None
             out.append({
                 'type': 'process',
@@ -384,7 +430,12 @@ class ProcessServlet(Servlet):
                 'cpus': self._cpus[i],
                 'is_alive': pid is not None and status is None,
             })
-        return {'type': type(self).__name__, 'worker': self._worker_cls.__qualname__, 'children': out}
+        info = {'type': type(self).__name__, 'worker': self._worker_cls.__qualname__, 'children': out}
+        if self._guardian is not None:
+            g = self._guardian.info(self._guard_id)
+            info.update(restarts=g['restarts'], crashes=g['crashes'], failed=g['failed'],
+                        max_restarts=self._max_restarts, restart_window=self._restart_window)
+        return info
 
 
 class _ThreadHolder:
@@ -407,17 +458,24 @@ class ThreadServlet(Servlet):
         Number of worker threads (default 1).
     worker_name
         Prefix of the threads' names (default ``<class name>-thread``).
+    max_restarts, restart_window
+        A worker thread stopped by a ``BaseException`` from user code (e.g.
+        ``SystemExit``) fails the items it held with :class:`WorkerCrashedError`
+        and starts over with a fresh worker, at most ``max_restarts`` times
+        (default 5) within any ``restart_window`` seconds (default 60).
     **kwargs
         Passed to ``worker_cls.__init__``.
     """
 
     def __init__(self, worker_cls: type[Worker], *, num_threads: int | None = None,
-                 worker_name: str | None = None, **kwargs):
+                 worker_name: str | None = None, max_restarts: int = 5, restart_window: float = 60.0,
+                 **kwargs):
         _check_worker_cls(worker_cls)
         if num_threads is None:
             num_threads = 1
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ConfigError(f'num_threads must be None or an int >= 1, got {num_threads!r}')
+        self._restart_policy = _RestartBudget(max_restarts, restart_window)
         self._worker_cls = worker_cls
         self._num_threads = num_threads
         self._worker_name = worker_name
@@ -430,6 +488,10 @@ class ThreadServlet(Servlet):
         if self._started:
             raise RuntimeError('this servlet is already running in a server')
         self._input = _core.Ring.create(INPUT_RING_BYTES, 'mpserver-thread-in')
+        self._claims = _core.ClaimTable.create(self._num_threads, CLAIM_SLOTS)
+        self._live = self._num_threads
+        self._restarts = self._crashes = 0
+        self._lock = threading.Lock()
         codec = ObjectCodec if output_local else PickleCodec
         base = self._worker_name or f'{self._worker_cls.__name__}-thread'
         self._threads = []
@@ -451,13 +513,56 @@ class ThreadServlet(Servlet):
             holder.ready.set()
             return
         holder.ready.set()
+        inp, claims = self._input, self._claims
+        _core.bind_claims(claims, index)
         try:
-            _serve(worker, self._input, output, codec, sole=self._num_threads == 1)
-        except BaseException as e:
-            worker.cleanup(e)
-            raise
-        else:
-            worker.cleanup()
+            while True:
+                try:
+                    _serve(worker, inp, output, codec, sole=self._num_threads == 1)
+                except BaseException as e:  # noqa: BLE001 - a worker thread died: heal
+                    _cleanup_quietly(worker, e)
+                    err = self._crash_error(index, e)
+                    for mid, aux in claims.take(index):
+                        output.push(mid, *codec.encode_error(err, f'{type(err).__name__}: {err}\n'), aux)
+                    with self._lock:
+                        self._crashes += 1
+                        again = not inp.closed and self._restart_policy.allow()
+                        if again:
+                            self._restarts += 1
+                        else:
+                            self._live -= 1
+                            last = self._live == 0
+                    if again:
+                        try:
+                            worker = self._worker_cls(worker_index=index, **self._init_kwargs)
+                            continue
+                        except BaseException as e2:  # noqa: BLE001
+                            err = self._crash_error(index, e2)
+                            with self._lock:
+                                self._live -= 1
+                                last = self._live == 0
+                    if last and not inp.closed:
+                        from ._errors import WorkerCrashedError
+
+                        label = f'{type(self).__name__}({self._worker_cls.__qualname__})'
+                        _fail_everything(inp, output, codec, WorkerCrashedError(
+                            f'{label} has no live worker left (restart budget spent); '
+                            'this item was not processed', label))
+                    return
+                else:
+                    worker.cleanup()
+                    return
+        finally:
+            _core.bind_claims(None)
+
+    def _crash_error(self, index, exc) -> BaseException:
+        from ._errors import WorkerCrashedError
+
+        name = self._threads[index].name if index < len(self._threads) else str(index)
+        label = f'{type(self).__name__}({self._worker_cls.__qualname__})'
+        return WorkerCrashedError(
+            f'worker thread {name} of {label} was stopped by {exc!r} while processing this item',
+            label, name, index)
 
     def _stop(self):
         if not self._started:
@@ -488,7 +593,51 @@ class ThreadServlet(Servlet):
             'type': type(self).__name__,
             'worker': self._worker_cls.__qualname__,
             'children': [{'type': 'thread', 'name': t.name, 'is_alive': t.is_alive()} for t in self.workers],
+            'restarts': getattr(self, '_restarts', 0),
+            'crashes': getattr(self, '_crashes', 0),
         }
+
+
+class _RestartBudget:
+    """At most ``max_restarts`` restarts within any ``window`` seconds."""
+
+    def __init__(self, max_restarts, window):
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ConfigError(f'max_restarts must be an int >= 0, got {max_restarts!r}')
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
+            raise ConfigError(f'restart_window must be a number of seconds > 0, got {window!r}')
+        self.max_restarts = max_restarts
+        self.window = float(window)
+        self._times: list[float] = []
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._times = [t for t in self._times if now - t <= self.window]
+        if len(self._times) >= self.max_restarts:
+            return False
+        self._times.append(now)
+        return True
+
+
+def _cleanup_quietly(worker, exc) -> None:
+    try:
+        worker.cleanup(exc)
+    except BaseException:  # noqa: BLE001 - the worker is being replaced anyway
+        pass
+
+
+def _fail_everything(inp, output, codec, err) -> None:
+    """A servlet without workers: answer every item reaching it with ``err``."""
+    encoded = codec.encode_error(err, f'{type(err).__name__}: {err}\n')
+    while True:
+        items = inp.gather(256, 0.0, None)
+        if items is None:
+            return
+        for mid, flags, aux, payload in items:
+            if flags & FLAG_ERROR:
+                output.push(mid, *pass_error(flags, payload, codec), aux)
+            else:
+                output.push(mid, *encoded, aux)
 
 
 # --------------------------------------------------------------------- compound servlets
@@ -527,6 +676,10 @@ class _Compound(Servlet):
 
     def _debug_info(self) -> dict:
         return {'type': type(self).__name__, 'children': [s._debug_info() for s in self._servlets]}
+
+    def _guard(self, guardian) -> None:
+        for s in self._servlets:
+            s._guard(guardian)
 
 
 class SequentialServlet(_Compound):

@@ -1,0 +1,189 @@
+"""Failure behaviour: worker processes that die while serving, worker threads
+stopped by a BaseException, restart budgets.
+
+mpservice 0.16.8 hangs when a worker process dies (the items it held never
+complete and later ones queue forever), so these tests skip the mpservice
+param with that reason; mpserver must fail exactly the items the dead worker
+held with WorkerCrashedError, restart the worker and keep serving.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+HANGS = 'mpservice hangs when a worker dies while serving'
+
+
+@pytest.fixture
+def mps(backend):
+    if backend.name == 'mpservice':
+        pytest.skip(HANGS)
+    import mpserver
+
+    return backend, mpserver
+
+
+def wait_until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize('how, code, sig', [('exit', 3, None), ('kill', None, signal.SIGKILL),
+                                            ('segv', None, signal.SIGSEGV)])
+def test_dead_worker_fails_its_item_is_restarted_and_server_keeps_serving(mps, how, code, sig):
+    b, mpserver = mps
+    with b.Server(b.ProcessServlet(b.w.Crash, cpus=2)) as server:
+        before = set(server.servlet.workers)
+        t0 = time.monotonic()
+        with pytest.raises(mpserver.WorkerCrashedError) as ei:
+            server.call(how)
+        elapsed = time.monotonic() - t0
+        e = ei.value
+        assert elapsed < 10, elapsed  # the guarantee is ~1 s; generous for a loaded machine
+        assert e.pid in before and e.exit_code == code and e.signal == sig
+        assert e.servlet == f'ProcessServlet({b.w.Crash.__qualname__})' and e.worker_index in (0, 1)
+        assert str(e.pid) in str(e) and e.worker in str(e)
+        # Restarted: a fresh pid in the dead one's place; serving goes on.
+        assert wait_until(lambda: len(server.servlet.workers) == 2 and e.pid not in server.servlet.workers)
+        assert [server.call(i) for i in range(10)] == [2 * i for i in range(10)]
+        info = server.debug_info()['servlet']
+        assert info['restarts'] == 1 and info['crashes'] == 1 and info['failed'] is False
+
+
+def test_stream_with_a_crash_gives_one_outcome_per_input_in_order(mps):
+    b, mpserver = mps
+    data = list(range(30)) + ['kill'] + list(range(30, 60))
+    with b.Server(b.ProcessServlet(b.w.Crash, cpus=2)) as server:
+        out = list(server.stream(data, return_exceptions=True))
+    assert len(out) == len(data)
+    crashed = [i for i, y in enumerate(out) if isinstance(y, mpserver.WorkerCrashedError)]
+    assert 30 in crashed
+    for i, (x, y) in enumerate(zip(data, out)):
+        if i not in crashed:
+            assert y == 2 * x
+    # Only items that worker held can fail with it (one at a time here, or a few
+    # taken together by a sole worker); never the whole stream.
+    assert len(crashed) < 10
+
+
+def test_crash_inside_a_batch_fails_every_item_of_that_batch(mps):
+    b, mpserver = mps
+    servlet = b.ProcessServlet(b.w.Crash, batch_size=8, batch_wait_time=0.2)
+    with b.Server(servlet) as server:
+        futures = []
+        results = {}
+
+        def call(x):
+            try:
+                results[x] = server.call(x)
+            except Exception as e:  # noqa: BLE001
+                results[x] = e
+
+        threads = [threading.Thread(target=call, args=(x,)) for x in [1, 2, 'exit', 3]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        del futures
+        assert isinstance(results['exit'], mpserver.WorkerCrashedError)
+        for x in (1, 2, 3):  # same batch (gathered within 0.2 s) or a later one
+            assert results[x] == 2 * x or isinstance(results[x], mpserver.WorkerCrashedError)
+        assert server.call(5) == 10
+
+
+def test_death_while_holding_the_batch_gathering_lock_does_not_block_siblings(mps):
+    # A batching worker holds its input ring's consumer lock while it gathers
+    # (up to batch_wait_time); killing it then must not leave its sibling
+    # waiting on that lock forever.
+    b, mpserver = mps
+    servlet = b.ProcessServlet(b.w.Crash, cpus=2, batch_size=50, batch_wait_time=5)
+    with b.Server(servlet) as server:
+        first = {}
+        t = threading.Thread(target=lambda: first.setdefault('r', _outcome(server.call, 1)))
+        t.start()
+        time.sleep(0.5)  # a worker is now gathering (holding the lock) with item 1
+        victim = server.servlet.workers[0]
+        os.kill(victim, signal.SIGKILL)
+        t.join(60)
+        assert first['r'] == 2 or isinstance(first['r'], mpserver.WorkerCrashedError)
+        t0 = time.monotonic()
+        assert server.call(4) == 8
+        assert time.monotonic() - t0 < 15
+
+
+def _outcome(f, *args):
+    try:
+        return f(*args)
+    except Exception as e:  # noqa: BLE001
+        return e
+
+
+def test_restart_budget_spent_fails_fast_instead_of_queueing(mps):
+    b, mpserver = mps
+    with b.Server(b.ProcessServlet(b.w.Crash, max_restarts=1)) as server:
+        for _ in range(2):  # the first death is repaired, the second is not
+            with pytest.raises(mpserver.WorkerCrashedError):
+                server.call('exit')
+        assert wait_until(lambda: server.debug_info()['servlet']['failed'])
+        t0 = time.monotonic()
+        with pytest.raises(mpserver.WorkerCrashedError, match='no live worker left'):
+            server.call(1, timeout=30)
+        assert time.monotonic() - t0 < 5
+        assert server.servlet.workers == []
+
+
+def test_no_restart_with_max_restarts_zero_sibling_keeps_serving(mps):
+    b, mpserver = mps
+    with b.Server(b.ProcessServlet(b.w.Crash, cpus=2, max_restarts=0)) as server:
+        with pytest.raises(mpserver.WorkerCrashedError):
+            server.call('kill')
+        assert wait_until(lambda: len(server.servlet.workers) == 1)
+        assert [server.call(i) for i in range(5)] == [0, 2, 4, 6, 8]
+        assert server.debug_info()['servlet']['restarts'] == 0
+
+
+def test_crash_in_a_pipeline_stage_and_in_an_ensemble_member(mps):
+    b, mpserver = mps
+    seq = b.SequentialServlet(b.ProcessServlet(b.w.Echo), b.ProcessServlet(b.w.Crash), b.ProcessServlet(b.w.Echo))
+    with b.Server(seq) as server:
+        with pytest.raises(mpserver.WorkerCrashedError):
+            server.call('kill')  # the error travels through the last stage unchanged
+        assert server.call(3) == 6
+    ens = b.EnsembleServlet(b.ProcessServlet(b.w.Crash), b.ProcessServlet(b.w.Echo))
+    with b.Server(ens) as server:
+        with pytest.raises(mpserver.EnsembleError) as ei:
+            server.call('kill')
+        assert any(isinstance(v, mpserver.WorkerCrashedError) for v in ei.value.args[1]['y'])
+        assert server.call(3) == [6, 3]
+
+
+def test_thread_worker_stopped_by_base_exception_is_replaced(mps):
+    b, mpserver = mps
+    with b.Server(b.ThreadServlet(b.w.Quit, max_restarts=2)) as server:
+        for _ in range(2):
+            with pytest.raises(mpserver.WorkerCrashedError, match='SystemExit'):
+                server.call('quit')
+            assert server.call(4) == 8
+        with pytest.raises(mpserver.WorkerCrashedError):
+            server.call('quit')  # budget spent: the servlet now fails fast
+        with pytest.raises(mpserver.WorkerCrashedError, match='no live worker left'):
+            server.call(4)
+        assert server.debug_info()['servlet']['restarts'] == 2
+
+
+@pytest.mark.parametrize('bad', [-1, 1.5, True, 'x'])
+def test_invalid_restart_settings(mps, bad):
+    b, mpserver = mps
+    with pytest.raises(mpserver.ConfigError, match='max_restarts'):
+        b.ProcessServlet(b.w.Crash, max_restarts=bad)
+    with pytest.raises(mpserver.ConfigError, match='max_restarts'):
+        b.ThreadServlet(b.w.Crash, max_restarts=bad)
+    with pytest.raises(mpserver.ConfigError, match='restart_window'):
+        b.ProcessServlet(b.w.Crash, restart_window=0)
