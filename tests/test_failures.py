@@ -103,7 +103,7 @@ def test_death_while_holding_the_batch_gathering_lock_does_not_block_siblings(mp
     # (up to batch_wait_time); killing it then must not leave its sibling
     # waiting on that lock forever.
     b, mpserver = mps
-    servlet = b.ProcessServlet(b.w.Crash, cpus=2, batch_size=50, batch_wait_time=5)
+    servlet = b.ProcessServlet(b.w.Crash, cpus=2, batch_size=50, batch_wait_time=2)
     with b.Server(servlet) as server:
         first = {}
         t = threading.Thread(target=lambda: first.setdefault('r', _outcome(server.call, 1)))
@@ -187,3 +187,86 @@ def test_invalid_restart_settings(mps, bad):
         b.ThreadServlet(b.w.Crash, max_restarts=bad)
     with pytest.raises(mpserver.ConfigError, match='restart_window'):
         b.ProcessServlet(b.w.Crash, restart_window=0)
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+PARENT_SCRIPT = '''
+import sys, time
+sys.path.insert(0, {tests!r})
+from _backends import get_backend
+b = get_backend('mpserver')
+if __name__ == '__main__':
+    with b.Server(b.SequentialServlet(b.ProcessServlet(b.w.Crash, cpus=2), b.ProcessServlet(b.w.Echo))) as s:
+        assert s.call(1) == 2
+        print(' '.join(str(p) for p in s.servlet.workers), flush=True)
+        time.sleep(120)
+'''
+
+
+def test_workers_exit_when_the_parent_is_killed(mps, tmp_path):
+    import subprocess
+    import sys
+
+    b, mpserver = mps
+    shm_before = set(os.listdir('/dev/shm')) if os.path.isdir('/dev/shm') else set()
+    script = tmp_path / 'parent.py'
+    script.write_text(PARENT_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(mpserver.__file__)), os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 3 and all(_alive(p) for p in pids)
+        proc.kill()
+        proc.wait(30)
+        t0 = time.monotonic()
+        assert wait_until(lambda: not any(_alive(p) for p in pids), timeout=10), [p for p in pids if _alive(p)]
+        assert time.monotonic() - t0 < 5  # PR_SET_PDEATHSIG: immediate; generous for a loaded machine
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if os.path.isdir('/dev/shm'):
+        assert set(os.listdir('/dev/shm')) - shm_before == set()  # rings are memfds, never files
+
+
+def _rss_kib() -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    return 0
+
+
+def test_hundred_enter_exit_cycles_leak_no_fds_threads_or_memory(mps):
+    # mpservice is skipped here only for time (about 0.3 s per cycle there);
+    # test_edges.py runs a shorter cycle test on both backends.
+    import gc
+
+    b, mpserver = mps
+    server = b.Server(b.SequentialServlet(b.ProcessServlet(b.w.Echo), b.ThreadServlet(b.w.Echo)))
+
+    def cycle(i):
+        with server:
+            assert server.call(i) == i
+            assert list(server.stream(range(10))) == list(range(10))
+
+    for i in range(5):  # warm-up: lasting helpers, allocator pools
+        cycle(i)
+    gc.collect()
+    fds = len(os.listdir('/proc/self/fd'))
+    threads = len(os.listdir('/proc/self/task'))
+    rss = _rss_kib()
+    for i in range(100):
+        cycle(i)
+    gc.collect()
+    assert wait_until(lambda: len(os.listdir('/proc/self/task')) <= threads, 10)
+    assert wait_until(lambda: len(os.listdir('/proc/self/fd')) <= fds, 10)
+    assert _rss_kib() - rss < 30_000, (rss, _rss_kib())  # KiB; a leak per cycle would show
