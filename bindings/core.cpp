@@ -8,6 +8,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -345,6 +346,9 @@ class Engine {
     collector_.set_spin(g_collector_spin);
     collector_.start();
   }
+
+  // The result every request in flight gets if the output ring is found corrupt.
+  void set_failure(uint32_t flags, py::bytes payload) { collector_.set_failure(flags, std::string(payload)); }
 
   // Closes the output ring and waits for the collector to drain it.
   void stop() {
@@ -786,6 +790,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("delivered", &Engine::delivered)
       .def("close", &Engine::close)
       .def("fail_pending", &Engine::fail_pending)
+      .def("set_failure", &Engine::set_failure)
       .def("submit_async", &Engine::submit_async)
       .def("drain_async", &Engine::drain_async)
       .def("take_token", &Engine::take_token)
@@ -815,6 +820,40 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("dropped", [](PyEnsembleRouter& r) { return r.router().dropped(); })
       .def_property_readonly("open_entries",
                              [](PyEnsembleRouter& r) { return r.router().open_entries(); });
+  m.def("_fuzz_frames", [](py::bytes data) {
+    // Lays arbitrary bytes into a fresh ring as if a producer wrote them and
+    // consumes them: returns the messages read, or raises RingCorrupt.
+    std::string bytes = data;
+    auto ring = Ring::create(64 * 1024, "mpserver-fuzz");
+    ring->load_raw_for_test(bytes.data(), bytes.size());
+    ring->close();  // no more frames will come: a message cut short is aborted
+    struct Count : MessageSink {
+      size_t n = 0;
+      void begin(uint64_t, uint32_t, uint64_t, uint64_t) override {}
+      void append(const char*, size_t) override {}
+      void end() override { ++n; }
+    } sink;
+    py::gil_scoped_release nogil;
+    while (!ring->empty() && ring->try_consume(SIZE_MAX, sink) > 0) {
+    }
+    return sink.n;
+  }, "Fuzzing entry: consume arbitrary bytes as ring frames.");
+  m.def("_fuzz_composite", [](py::bytes data) {
+    // Walks an arbitrary composite payload (and nested ones) with the same
+    // bounds-checked parser the bindings use; returns (parts, well_formed).
+    std::string bytes = data;
+    size_t parts = 0;
+    std::function<bool(const char*, size_t, int)> walk = [&](const char* d, size_t n, int depth) {
+      bool ok = true;
+      bool shape = for_each_part(d, n, nullptr, [&](uint32_t, uint32_t f, const char* p, size_t len) {
+        ++parts;
+        if (f != kPartMissing && (f & kFlagEnsemble) && depth < 8) ok = walk(p, len, depth + 1) && ok;
+      });
+      return shape && ok;
+    };
+    bool ok = walk(bytes.data(), bytes.size(), 0);
+    return py::make_tuple(parts, ok);
+  }, "Fuzzing entry: parse arbitrary bytes as an ensemble composite.");
   m.def("compose_ensemble", [](std::vector<uint32_t> flags, std::vector<py::bytes> parts,
                                uint32_t finished) {
     std::vector<std::string> ps(parts.begin(), parts.end());

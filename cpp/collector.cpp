@@ -47,7 +47,21 @@ void Collector::run() {
       if (ring_.finished()) break;
       continue;
     }
-    size_t n = ring_.try_consume(SIZE_MAX, sink);
+    size_t n;
+    try {
+      n = ring_.try_consume(SIZE_MAX, sink);
+    } catch (const std::exception&) {
+      // A corrupt frame (RingCorrupt) or an impossible allocation: nothing
+      // more can be trusted from this ring.  Fail every request in flight
+      // (instead of letting callers wait for their timeouts) and stop.
+      corrupt_.store(true, std::memory_order_release);
+      ring_.abort();
+      for (Ledger::Slot* s : sink.to_wake) ledger_.wake(*s);
+      sink.to_wake.clear();
+      std::vector<uint64_t> tokens = ledger_.fail_pending(failure_flags_, failure_payload_);
+      if (completions_) completions_->publish(tokens);
+      break;
+    }
     for (Ledger::Slot* s : sink.to_wake) ledger_.wake(*s);
     sink.to_wake.clear();
     if (!sink.async_done.empty()) {

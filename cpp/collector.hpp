@@ -12,6 +12,9 @@
 //   * Results of one drained batch are all published before any caller is
 //     woken (one wake-up per sleeping caller per batch).
 //   * Messages for unknown/stale tokens are dropped (counted in dropped()).
+//   * A corrupt ring never crashes the process: the collector aborts the
+//     ring, fails every request in flight with the preset failure result and
+//     stops (corrupt() tells).
 //   * on_batch, if set, runs on the collector thread after each drained batch
 //     (used by tests).
 //   * Tokens of finished slots flagged notify_async (done or abandoned) are
@@ -25,6 +28,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -42,6 +46,13 @@ class Collector {
   void set_on_batch(std::function<void(size_t)> f) { on_batch_ = std::move(f); }
   // Must be set before start().
   void set_completions(CompletionQueue* q) { completions_ = q; }
+  // The result given to every request in flight if the ring turns out corrupt.
+  // Must be set before start().
+  void set_failure(uint32_t flags, std::string payload) {
+    failure_flags_ = flags;
+    failure_payload_ = std::move(payload);
+  }
+  bool corrupt() const { return corrupt_.load(std::memory_order_acquire); }
   // Busy-wait rounds before sleeping when the ring is empty.
   void set_spin(int spin) { spin_ = spin; }
   void start();
@@ -78,6 +89,9 @@ class Collector {
   std::thread thread_;
   std::function<void(size_t)> on_batch_;
   CompletionQueue* completions_ = nullptr;
+  uint32_t failure_flags_ = 0;
+  std::string failure_payload_;
+  std::atomic<bool> corrupt_{false};
   std::atomic<uint64_t> delivered_{0};
   std::atomic<uint64_t> dropped_{0};
   std::atomic<bool> running_{false};

@@ -82,6 +82,8 @@ uint64_t EnsembleRouter::open_entry(const OwnedMessage& m) {
 
 // Calls handle(msgs) for each batch of up to `max` messages taken off `ring`,
 // sleeping while it is empty, until the ring is finished.
+// A corrupt ring stops the loop (the ring is aborted: its items will fail by
+// their timeouts) instead of killing the process.
 template <class Handle>
 void for_each_batch(Ring& ring, size_t max, Handle&& handle) {
   BufferSink sink;
@@ -91,7 +93,14 @@ void for_each_batch(Ring& ring, size_t max, Handle&& handle) {
       continue;
     }
     sink.msgs.clear();
-    if (ring.try_consume(max, sink) == 0) {
+    size_t n;
+    try {
+      n = ring.try_consume(max, sink);
+    } catch (const std::exception&) {
+      ring.abort();
+      return;
+    }
+    if (n == 0) {
       if (ring.finished()) return;
       continue;
     }

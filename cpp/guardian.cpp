@@ -120,7 +120,12 @@ void Guardian::run() {
     auto [pid, status] = exits_.front();
     exits_.pop_front();
     lk.unlock();
-    handle(pid, status);
+    try {
+      handle(pid, status);
+    } catch (const std::exception&) {
+      // A ring of that servlet is corrupt or a spawn failed: leave this
+      // worker dead (its items fail by their timeouts) but keep guarding.
+    }
     lk.lock();
   }
 }
@@ -217,7 +222,14 @@ void Guardian::run_failer(Entry* e) {
       continue;
     }
     sink.msgs.clear();
-    if (e->s.input->try_consume(256, sink) == 0) {
+    size_t n;
+    try {
+      n = e->s.input->try_consume(256, sink);
+    } catch (const std::exception&) {
+      e->s.input->abort();
+      return;
+    }
+    if (n == 0) {
       if (e->s.input->finished()) return;
       continue;
     }

@@ -216,7 +216,8 @@ const FrameHeader* Ring::frame_at(uint64_t pos, uint64_t head) const {
   const uint64_t avail = head - pos;
   if (avail < sizeof(FrameHeader) || avail > cap_) throw RingCorrupt("ring positions out of range");
   const auto* fh = reinterpret_cast<const FrameHeader*>(data_ + (pos & (cap_ - 1)));
-  if (fh->len > max_chunk() || frame_bytes(fh->len) > avail || fh->len > fh->total) {
+  if (fh->len > max_chunk() || frame_bytes(fh->len) > avail || fh->len > fh->total ||
+      fh->total > kMaxMessageBytes) {
     throw RingCorrupt("frame length out of bounds");
   }
   return fh;
@@ -284,6 +285,15 @@ size_t Ring::consume_locked(size_t max_msgs, MessageSink& sink) {
 size_t Ring::try_consume(size_t max_msgs, MessageSink& sink) {
   ShmLockGuard g(h_->consumer);
   return consume_locked(max_msgs, sink);
+}
+
+void Ring::load_raw_for_test(const char* bytes, size_t n) {
+  if (n > cap_) n = cap_;
+  uint64_t head = h_->head.load(std::memory_order_relaxed);
+  const uint64_t room = cap_ - (head - h_->tail.load(std::memory_order_relaxed));
+  if (n > room) n = size_t(room);
+  std::memcpy(data_ + (head & (cap_ - 1)), bytes, n);  // the mirror mapping handles the wrap
+  h_->head.store(head + n, std::memory_order_release);
 }
 
 bool Ring::recover_consumer(int32_t dead) {

@@ -169,6 +169,12 @@ class Ring {
   // half-written with an abort frame.  Returns whether it held it.
   bool recover_producer(int32_t dead);
 
+  // ---- tests and the fuzzer -------------------------------------------
+  // Appends raw bytes at the head as if a producer had written them (they
+  // need not be valid frames; consumers must reject them, never crash).
+  // At most capacity() bytes; call on a ring nobody else uses.
+  void load_raw_for_test(const char* bytes, size_t n);
+
   // ---- both ----------------------------------------------------------
   void close();
   // Closes and tells consumers to stop now, leaving unread messages behind.
@@ -203,6 +209,9 @@ class Ring {
   char* data_;
   size_t cap_;
 };
+
+// Largest message a frame may announce; anything above is treated as corruption.
+inline constexpr uint64_t kMaxMessageBytes = uint64_t(1) << 40;
 
 inline constexpr size_t frame_bytes(size_t payload) {
   return (sizeof(FrameHeader) + payload + 7) & ~size_t(7);

@@ -17,5 +17,6 @@ def test_engine_under_sanitizers(tmp_path):
     # three builds, each reporting every test ok
     for name in ('ring mpmc: ok', 'window + collector: ok', 'timeouts: ok', 'completion queue: ok',
                  'ensemble router (fail_fast=1): ok', 'ensemble router (fail_fast=0): ok',
-                 'claims: ok', 'recover producer: ok', 'recover consumer: ok'):
+                 'claims: ok', 'recover producer: ok', 'recover consumer: ok',
+                 'collector on corrupt ring: ok'):
         assert out.count(name) == 3, out

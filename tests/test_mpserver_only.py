@@ -136,3 +136,26 @@ def test_ensemble_composite_roundtrip_and_corruption(mpserver):
     for bad in (b'', blob[:10], b'XXXX' + blob[4:], blob[:-8], blob[:20]):
         with pytest.raises(ValueError):
             _codec.decode(_codec.FLAG_ENSEMBLE, bad)
+
+
+def test_frame_decoder_rejects_corrupt_frames(mpserver):
+    # Bytes in a ring that are not valid frames raise RingCorrupt; they never
+    # crash the process or read outside the ring (see also tests/test_fuzz.py).
+    import struct
+
+    from mpserver import _core
+
+    def frame(length, flags, total, body=b''):
+        return struct.pack('<IIQQQ', length, flags, 1, total, 0) + body.ljust((length + 7) & ~7, b'\0')
+
+    assert _core._fuzz_frames(frame(3, 3, 3, b'abc')) == 1
+    assert _core._fuzz_frames(frame(3, 1, 6, b'abc') + frame(3, 2, 6, b'def')) == 1  # two frames, one message
+    assert _core._fuzz_frames(frame(3, 1, 6, b'abc')) == 0  # cut short, ring closed: dropped
+    for bad in (frame(3, 2, 3, b'abc'),          # continuation without a first frame
+                frame(50000, 3, 50000),          # longer than a ring chunk
+                frame(3, 3, 2, b'abc'),          # frame longer than its message
+                frame(3, 3, 2**62, b'abc'),      # absurd message size
+                frame(3, 1, 6, b'abc') + frame(3, 3, 3, b'xyz'),  # a new message inside one
+                b'\x01' * 20):                   # not even a header
+        with pytest.raises(_core.RingCorrupt):
+            _core._fuzz_frames(bad)

@@ -142,6 +142,8 @@ class Server:
         self._guardian = _core.Guardian(self._supervisor)
         self.servlet._guard(self._guardian)
         self._guardian.start()
+        msg = 'the server\'s output ring was found corrupt; this request was lost'
+        engine.set_failure(*PickleCodec.encode_error(RuntimeError(msg), f'RuntimeError: {msg}\n'))
         engine.start()
         self._engine = engine
         self._state = 'running'

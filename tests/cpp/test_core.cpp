@@ -18,6 +18,7 @@
 
 #include "batcher.hpp"
 #include "claims.hpp"
+#include "flags.hpp"
 #include "collector.hpp"
 #include "completion_queue.hpp"
 #include "ensemble_router.hpp"
@@ -481,7 +482,27 @@ void test_recover_consumer() {
   std::printf("recover consumer: ok\n");
 }
 
+// A corrupt output ring: the collector fails every request in flight with
+// the preset result and stops, instead of crashing the process.
+void test_collector_on_corrupt_ring() {
+  auto ring = Ring::create(64 * 1024, "corrupt");
+  Ledger ledger(4);
+  uint32_t idx;
+  CHECK(ledger.acquire(false, 0, &idx) == Ledger::AcquireStatus::ok);
+  Collector c(*ring, ledger);
+  c.set_failure(kFlagError, "ring corrupt");
+  std::string garbage(64, '\x5a');
+  ring->load_raw_for_test(garbage.data(), garbage.size());
+  c.start();
+  CHECK(ledger.wait(idx, now_ns() + 10'000'000'000LL, 0));
+  CHECK(ledger.slot(idx).payload == "ring corrupt" && (ledger.slot(idx).flags & kFlagError));
+  c.join();
+  CHECK(c.corrupt() && ring->aborted());
+  std::printf("collector on corrupt ring: ok\n");
+}
+
 int main() {
+  test_collector_on_corrupt_ring();
   test_claims();
   test_recover_producer();
   test_recover_consumer();
