@@ -26,13 +26,14 @@ void push_errors(Ring& out, const std::vector<std::pair<uint64_t, uint64_t>>& it
 Guardian::Guardian(Supervisor& sup) : sup_(sup) {}
 
 Guardian::~Guardian() {
+  // First: no exit hook call may be running or start after this line.
+  sup_.set_on_exit(nullptr);
   {
     std::lock_guard<std::mutex> lk(mu_);
     quit_ = true;
     stopping_ = true;
   }
   cv_.notify_all();
-  sup_.set_on_exit(nullptr);
   if (thread_.joinable()) thread_.join();
   for (auto& e : entries_) {
     if (e->failer.joinable()) {

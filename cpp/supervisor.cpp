@@ -167,7 +167,6 @@ void Supervisor::reap(pid_t pid) {
     r = waitpid(pid, &st, WNOHANG);
   } while (r < 0 && errno == EINTR);
   if (r == 0) return;  // still running
-  std::function<void(pid_t, int)> cb;
   {
     std::lock_guard<std::mutex> lk(mu_);
     Child& c = children_[pid];
@@ -177,10 +176,12 @@ void Supervisor::reap(pid_t pid) {
       close(c.pidfd);
       c.pidfd = -1;
     }
-    cb = on_exit_;
   }
   cv_.notify_all();
-  if (cb) cb(pid, r < 0 ? -1 : st);
+  // Under hook_mu_, so that set_on_exit() (e.g. from a hook owner being
+  // destroyed) waits for a call in progress instead of racing it.
+  std::lock_guard<std::mutex> hk(hook_mu_);
+  if (on_exit_) on_exit_(pid, r < 0 ? -1 : st);
 }
 
 void Supervisor::run() {
@@ -274,7 +275,7 @@ void Supervisor::kill(pid_t pid, int sig) {
 }
 
 void Supervisor::set_on_exit(std::function<void(pid_t, int)> f) {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<std::mutex> hk(hook_mu_);
   on_exit_ = std::move(f);
 }
 

@@ -17,6 +17,7 @@
 //
 // Memory ordering: all shared state (children table, command queue) is under
 // one std::mutex; a condition variable announces exits and completed spawns.
+// The exit hook has a mutex of its own, held while it runs.
 #pragma once
 
 #include <sys/types.h>
@@ -59,7 +60,10 @@ class Supervisor {
   bool has_exited(pid_t pid, int* status = nullptr);
   void kill(pid_t pid, int sig);
 
-  // Runs on the supervisor thread after a child was reaped.
+  // Runs on the supervisor thread after a child was reaped (after waiters
+  // of wait_exit() were woken).  Replacing the hook waits for a call in
+  // progress, so its owner may be destroyed once set_on_exit(nullptr) returns.
+  // The hook must not call back into the supervisor's spawn().
   void set_on_exit(std::function<void(pid_t, int)> f);
 
  private:
@@ -85,6 +89,7 @@ class Supervisor {
   std::condition_variable cv_;
   std::map<pid_t, Child> children_;
   std::deque<SpawnJob*> jobs_;
+  std::mutex hook_mu_;  // guards on_exit_ and every call of it
   std::function<void(pid_t, int)> on_exit_;
   int wake_fd_ = -1;
   bool stop_ = false;
