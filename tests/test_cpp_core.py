@@ -18,5 +18,5 @@ def test_engine_under_sanitizers(tmp_path):
     for name in ('ring mpmc: ok', 'window + collector: ok', 'timeouts: ok', 'completion queue: ok',
                  'ensemble router (fail_fast=1): ok', 'ensemble router (fail_fast=0): ok',
                  'claims: ok', 'recover producer: ok', 'recover consumer: ok',
-                 'collector on corrupt ring: ok'):
+                 'collector on corrupt ring: ok', 'guardian teardown: ok'):
         assert out.count(name) == 3, out

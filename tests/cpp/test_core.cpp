@@ -19,6 +19,8 @@
 #include "batcher.hpp"
 #include "claims.hpp"
 #include "flags.hpp"
+#include "guardian.hpp"
+#include "supervisor.hpp"
 #include "collector.hpp"
 #include "completion_queue.hpp"
 #include "ensemble_router.hpp"
@@ -501,7 +503,36 @@ void test_collector_on_corrupt_ring() {
   std::printf("collector on corrupt ring: ok\n");
 }
 
+// Guardians destroyed while their workers are exiting: the supervisor's exit
+// hook must never run into a destroyed guardian (ASan/TSan catch it if it does).
+void test_guardian_teardown_races_exits() {
+  for (int round = 0; round < 20; ++round) {
+    Supervisor sup;
+    auto in = Ring::create(64 * 1024, "g-in"), out = Ring::create(64 * 1024, "g-out");
+    SpawnSpec spec{{"/bin/sh", "-c", "exit 0"}, {}, {}, {}};
+    std::vector<pid_t> pids = sup.spawn({spec, spec, spec});
+    {
+      Guardian g(sup);
+      GuardedServlet s;
+      s.label = "test";
+      s.names = {"a", "b", "c"};
+      s.input = in.get();
+      s.output = out.get();
+      s.specs = {spec, spec, spec};
+      s.pids = pids;
+      s.max_restarts = round % 2;  // some rounds respawn
+      s.window_ns = 1'000'000'000;
+      g.add(std::move(s));
+      g.start();
+      if (round % 3 == 0) usleep(2000);
+    }  // destroyed while exits may be in flight
+    for (pid_t p : pids) sup.wait_exit(p, now_ns() + 10'000'000'000LL);
+  }
+  std::printf("guardian teardown: ok\n");
+}
+
 int main() {
+  test_guardian_teardown_races_exits();
   test_collector_on_corrupt_ring();
   test_claims();
   test_recover_producer();
