@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from _backends import CustomError
+from _waits import wait_until
 
 COMPOSE_API = ('SequentialServlet', 'EnsembleServlet', 'SwitchServlet')
 
@@ -29,15 +30,6 @@ def cb(backend):
         pytest.fail(f'backend {backend.name!r} lacks {", ".join(missing)}', pytrace=False)
     return backend
 
-
-def wait_until(predicate, timeout=30.0, interval=0.01):
-    """Poll ``predicate`` until it is truthy; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def member_error(b, v):

@@ -9,9 +9,9 @@ import pickle
 import threading
 import time
 
-import pytest
-
 import _backends
+import pytest
+from _waits import wait_until as _wait_until
 
 
 def _children() -> set[int]:
@@ -40,14 +40,6 @@ def _is_resource_tracker(pid: str) -> bool:
     except OSError:
         return False
 
-
-def _wait_until(cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from _waits import wait_until
 
 HANGS = 'mpservice hangs when a worker dies while serving'
 
@@ -25,14 +26,6 @@ def mps(backend):
 
     return backend, mpserver
 
-
-def wait_until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.mark.parametrize('how, code, sig', [('exit', 3, None), ('kill', None, signal.SIGKILL),

@@ -15,17 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-
-def wait_until(predicate, timeout=30.0, interval=0.01):
-    """Poll ``predicate`` until it is truthy; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
+from _waits import wait_until
 
 # ---------------------------------------------------------------- call / stream
 
