@@ -1,6 +1,10 @@
-// Stress tests of the engine's concurrency, run as a plain executable (and
-// under ASan/UBSan and TSan builds: see tests/cpp/run_sanitizers.sh).
-// Every check prints what failed and exits non-zero.
+// Unit and stress tests of the engine (Catch2), built plain, with ASan+UBSan
+// and with TSan by tests/cpp/run_sanitizers.sh (which the suite runs).
+//
+// Catch2's assertion macros are not thread-safe, so code running on helper
+// threads (or in forked children) checks with ENSURE, which prints what
+// failed and aborts the run; the test body's own checks use REQUIRE.
+#include <catch2/catch.hpp>  // the runner is in catch_main.cpp
 #include <poll.h>
 
 #include <algorithm>
@@ -30,11 +34,11 @@
 
 using namespace mps;
 
-#define CHECK(cond)                                                        \
+#define ENSURE(cond)                                                       \
   do {                                                                     \
     if (!(cond)) {                                                         \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::exit(1);                                                        \
+      std::fprintf(stderr, "%s:%d: ENSURE failed: %s\n", __FILE__, __LINE__, #cond); \
+      std::_Exit(1);                                                       \
     }                                                                      \
   } while (0)
 
@@ -57,7 +61,7 @@ struct VerifySink : MessageSink {
   }
   void append(const char* d, size_t n) override { cur.append(d, n); }
   void end() override {
-    CHECK(cur == payload_for(cur_id, cur.size()));
+    ENSURE(cur == payload_for(cur_id, cur.size()));
     ids.push_back(cur_id);
   }
 };
@@ -78,7 +82,7 @@ void test_ring_mpmc() {
         std::string s = payload_for(id, len);
         Slice sl{s.data(), s.size()};
         OutMessage m{id, 0x100, 7, &sl, 1};
-        CHECK(ring->push(&m, 1, kForever) == PushStatus::ok);
+        ENSURE(ring->push(&m, 1, kForever) == PushStatus::ok);
       }
     });
   }
@@ -104,12 +108,12 @@ void test_ring_mpmc() {
     std::vector<int64_t> last(size_t(producers), -1);
     for (uint64_t id : s.ids) {
       int p = int(id >> 32), i = int(id & 0xffffffff);
-      CHECK(i > last[size_t(p)]);  // FIFO per producer as seen by one consumer
+      ENSURE(i > last[size_t(p)]);  // FIFO per producer as seen by one consumer
       last[size_t(p)] = i;
       seen[size_t(p * per + i)]++;
     }
   }
-  for (int v : seen) CHECK(v == 1);
+  for (int v : seen) ENSURE(v == 1);
   std::puts("ring mpmc: ok");
 }
 
@@ -137,7 +141,7 @@ void test_window_collector() {
         void end() override {
           Slice sl{buf.data(), buf.size()};
           OutMessage m{id, 0, 0, &sl, 1};
-          CHECK(out->push(&m, 1, kForever) == PushStatus::ok);
+          ENSURE(out->push(&m, 1, kForever) == PushStatus::ok);
         }
       } echo;
       echo.out = output.get();
@@ -155,7 +159,7 @@ void test_window_collector() {
         Slice sl{s.data(), s.size()};
         OutMessage m{0, 0, 0, &sl, 1};
         StreamWindow::SubmitStatus st;
-        CHECK(win.submit(&m, 1, true, kForever, &st) == 1);
+        ENSURE(win.submit(&m, 1, true, kForever, &st) == 1);
       }
       win.finish();
     });
@@ -165,14 +169,14 @@ void test_window_collector() {
       out.clear();
       if (win.drain(64, 0, kForever, out) == 0) break;
       for (auto& d : out) {
-        CHECK(d.outcome == StreamWindow::kReady);
-        CHECK(ledger.slot(d.slot).payload == std::to_string(next));
+        ENSURE(d.outcome == StreamWindow::kReady);
+        ENSURE(ledger.slot(d.slot).payload == std::to_string(next));
         ledger.release(d.slot);
         ++next;
       }
     }
     feeder.join();
-    CHECK(next == total);
+    ENSURE(next == total);
   }
   // Early exit: abandon a window with requests in flight.
   {
@@ -182,13 +186,13 @@ void test_window_collector() {
       Slice sl{s.data(), 1};
       OutMessage m{0, 0, 0, &sl, 1};
       StreamWindow::SubmitStatus st;
-      CHECK(win.submit(&m, 1, true, kForever, &st) == 1);
+      ENSURE(win.submit(&m, 1, true, kForever, &st) == 1);
     }
     win.close();
   }
   int64_t deadline = now_ns() + 5000000000LL;
   while (ledger.backlog() != 0 && now_ns() < deadline) std::this_thread::yield();
-  CHECK(ledger.backlog() == 0);
+  ENSURE(ledger.backlog() == 0);
   entry->close();
   for (auto& t : workers) t.join();
   output->close();
@@ -200,16 +204,16 @@ void test_window_collector() {
 void test_timeouts() {
   auto ring = Ring::create(64 * 1024, "t");
   int64_t t0 = now_ns();
-  CHECK(!ring->wait_data(now_ns() + 20000000, 0));
-  CHECK(now_ns() - t0 >= 20000000);
+  ENSURE(!ring->wait_data(now_ns() + 20000000, 0));
+  ENSURE(now_ns() - t0 >= 20000000);
   Ledger ledger(1);
   uint32_t idx;
-  CHECK(ledger.acquire(false, 0, &idx) == Ledger::AcquireStatus::ok);
+  ENSURE(ledger.acquire(false, 0, &idx) == Ledger::AcquireStatus::ok);
   uint32_t idx2;
-  CHECK(ledger.acquire(false, 0, &idx2) == Ledger::AcquireStatus::full);
-  CHECK(ledger.acquire(true, now_ns() + 10000000, &idx2) == Ledger::AcquireStatus::timeout);
-  CHECK(!ledger.wait(idx, now_ns() + 10000000, 0));
-  CHECK(ledger.abandon(idx));
+  ENSURE(ledger.acquire(false, 0, &idx2) == Ledger::AcquireStatus::full);
+  ENSURE(ledger.acquire(true, now_ns() + 10000000, &idx2) == Ledger::AcquireStatus::timeout);
+  ENSURE(!ledger.wait(idx, now_ns() + 10000000, 0));
+  ENSURE(ledger.abandon(idx));
   std::puts("timeouts: ok");
 }
 
@@ -229,21 +233,21 @@ Composite parse_composite(const std::string& s) {
     std::memcpy(&v, s.data() + off, 4);
     return v;
   };
-  CHECK(s.size() >= 16 && u32(0) == kCompositeMagic);
+  ENSURE(s.size() >= 16 && u32(0) == kCompositeMagic);
   uint32_t n = u32(4);
   c.finished = u32(8);
   size_t off = 16;
   for (uint32_t i = 0; i < n; ++i) {
-    CHECK(off + 16 <= s.size());
+    ENSURE(off + 16 <= s.size());
     uint64_t len;
     std::memcpy(&len, s.data() + off + 8, 8);
     c.flags.push_back(u32(off));
     off += 16;
-    CHECK(off + len <= s.size());
+    ENSURE(off + len <= s.size());
     c.parts.emplace_back(s.data() + off, len);
     off += (len + 7) & ~size_t(7);
   }
-  CHECK(off == s.size());
+  ENSURE(off == s.size());
   return c;
 }
 
@@ -278,7 +282,7 @@ void test_ensemble_router(bool fail_fast) {
           std::string reply = std::to_string(x * 10 + m);
           Slice sl{reply.data(), reply.size()};
           OutMessage om{msg.id, fail ? kFlagError : 0u, 0, &sl, 1};
-          CHECK(join->push(&om, 1, kForever) == PushStatus::ok);
+          ENSURE(join->push(&om, 1, kForever) == PushStatus::ok);
         }
       }
     });
@@ -289,7 +293,7 @@ void test_ensemble_router(bool fail_fast) {
       Slice sl{p.data(), p.size()};
       uint32_t flags = (i % 100 == 99) ? kFlagError : 0u;  // upstream error
       OutMessage om{uint64_t(i), flags, uint64_t(i) * 3, &sl, 1};
-      CHECK(in->push(&om, 1, kForever) == PushStatus::ok);
+      ENSURE(in->push(&om, 1, kForever) == PushStatus::ok);
     }
     in->close();
   });
@@ -297,32 +301,32 @@ void test_ensemble_router(bool fail_fast) {
   BufferSink sink;
   int got = 0;
   while (got < n) {
-    CHECK(out->wait_data(now_ns() + 30'000'000'000LL, 0));
+    ENSURE(out->wait_data(now_ns() + 30'000'000'000LL, 0));
     sink.msgs.clear();
     out->try_consume(SIZE_MAX, sink);
     for (auto& msg : sink.msgs) {
-      CHECK(msg.id < uint64_t(n));
+      ENSURE(msg.id < uint64_t(n));
       seen[msg.id] += 1;
       ++got;
       if (msg.id % 100 == 99) {  // passed through untouched
-        CHECK(msg.flags == kFlagError && msg.payload == std::to_string(msg.id) && msg.aux == msg.id * 3);
+        ENSURE(msg.flags == kFlagError && msg.payload == std::to_string(msg.id) && msg.aux == msg.id * 3);
         continue;
       }
-      CHECK(msg.aux == msg.id * 3);
-      CHECK(msg.flags & kFlagEnsemble);
+      ENSURE(msg.aux == msg.id * 3);
+      ENSURE(msg.flags & kFlagEnsemble);
       Composite c = parse_composite(msg.payload);
-      CHECK(c.parts.size() == 3);
+      ENSURE(c.parts.size() == 3);
       const bool member2_fails = msg.id % 7 == 0;
-      CHECK(bool(msg.flags & kFlagError) == (member2_fails && fail_fast));
+      ENSURE(bool(msg.flags & kFlagError) == (member2_fails && fail_fast));
       for (uint32_t m = 0; m < 3; ++m) {
         if (c.flags[m] == kPartMissing) {
-          CHECK(fail_fast && member2_fails && m != 2);
+          ENSURE(fail_fast && member2_fails && m != 2);
           continue;
         }
-        CHECK(c.parts[m] == std::to_string(msg.id * 10 + m));
-        CHECK(bool(c.flags[m] & kFlagError) == (m == 2 && member2_fails));
+        ENSURE(c.parts[m] == std::to_string(msg.id * 10 + m));
+        ENSURE(bool(c.flags[m] & kFlagError) == (m == 2 && member2_fails));
       }
-      if (!fail_fast) CHECK(c.finished == 3);
+      if (!fail_fast) ENSURE(c.finished == 3);
     }
   }
   producer.join();
@@ -331,8 +335,8 @@ void test_ensemble_router(bool fail_fast) {
   for (auto& t : ts) t.join();
   join->close();
   router.join_fanin();
-  for (int i = 0; i < n; ++i) CHECK(seen[i] == 1);
-  CHECK(router.open_entries() == 0);
+  for (int i = 0; i < n; ++i) ENSURE(seen[i] == 1);
+  ENSURE(router.open_entries() == 0);
   std::printf("ensemble router (fail_fast=%d): ok\n", int(fail_fast));
 }
 
@@ -356,36 +360,36 @@ void test_completion_queue() {
   std::vector<uint64_t> out;
   while (got < n) {
     pollfd p{q.fd(), POLLIN, 0};
-    CHECK(poll(&p, 1, 30000) == 1);
+    ENSURE(poll(&p, 1, 30000) == 1);
     out.clear();
     q.drain(out);
     for (uint64_t t : out) {
-      CHECK(t < n);
+      ENSURE(t < n);
       seen[t] += 1;
       ++got;
     }
   }
   producer.join();
-  for (uint64_t i = 0; i < n; ++i) CHECK(seen[i] == 1);
+  for (uint64_t i = 0; i < n; ++i) ENSURE(seen[i] == 1);
   std::printf("completion queue: ok\n");
 }
 
 // Claims: what a worker holds; take() returns exactly the unreleased ones.
 void test_claims() {
   auto t = ClaimTable::create(2, 4);
-  CHECK(t->claim(0, 10, 1) && t->claim(0, 11, 2) && t->claim(0, 12, 3) && t->claim(1, 20, 4));
+  ENSURE(t->claim(0, 10, 1) && t->claim(0, 11, 2) && t->claim(0, 12, 3) && t->claim(1, 20, 4));
   t->release(0, 11);
-  CHECK(t->claim(0, 13, 5) && t->claim(0, 14, 6));
-  CHECK(!t->claim(0, 15, 7));  // section full
-  CHECK(t->held(0) == 4 && t->held(1) == 1);
+  ENSURE(t->claim(0, 13, 5) && t->claim(0, 14, 6));
+  ENSURE(!t->claim(0, 15, 7));  // section full
+  ENSURE(t->held(0) == 4 && t->held(1) == 1);
   auto held = t->take(0);
   std::vector<uint64_t> ids;
   for (auto [id, aux] : held) ids.push_back(id);
   std::sort(ids.begin(), ids.end());
-  CHECK((ids == std::vector<uint64_t>{10, 12, 13, 14}));
-  CHECK(t->held(0) == 0 && t->take(0).empty());
+  ENSURE((ids == std::vector<uint64_t>{10, 12, 13, 14}));
+  ENSURE(t->held(0) == 0 && t->take(0).empty());
   auto again = ClaimTable::attach(dup(t->fd()));
-  CHECK(again->take(1).size() == 1 && t->held(1) == 0);
+  ENSURE(again->take(1).size() == 1 && t->held(1) == 0);
   std::printf("claims: ok\n");
 }
 
@@ -407,7 +411,7 @@ struct Recording : MessageSink {
 Recording consume_until(Ring& ring, uint64_t want) {
   Recording rec;
   while (rec.done.empty() || rec.done.back().first != want) {
-    CHECK(ring.wait_data(now_ns() + 20'000'000'000LL, 0));
+    ENSURE(ring.wait_data(now_ns() + 20'000'000'000LL, 0));
     ring.try_consume(SIZE_MAX, rec);
   }
   return rec;
@@ -419,7 +423,7 @@ Recording consume_until(Ring& ring, uint64_t want) {
 void test_recover_producer() {
   auto ring = Ring::create(64 * 1024, "rec-p");
   pid_t child = fork();
-  CHECK(child >= 0);
+  ENSURE(child >= 0);
   if (child == 0) {
     std::string big(1 << 20, 'x');  // far larger than the ring: blocks mid-message
     Slice sl{big.data(), big.size()};
@@ -435,14 +439,14 @@ void test_recover_producer() {
   // message) while the recoverer appends the abort frame.
   Recording rec;
   std::thread consumer([&] { rec = consume_until(*ring, 8); });
-  CHECK(ring->recover_producer(child));
-  CHECK(!ring->recover_producer(child));  // nothing left to recover
+  ENSURE(ring->recover_producer(child));
+  ENSURE(!ring->recover_producer(child));  // nothing left to recover
   std::string after = "after";
   Slice sl{after.data(), after.size()};
   OutMessage m{8, 0, 0, &sl, 1};
-  CHECK(ring->push(&m, 1, kForever) == PushStatus::ok);
+  ENSURE(ring->push(&m, 1, kForever) == PushStatus::ok);
   consumer.join();
-  CHECK(rec.done.size() == 1 && rec.done[0].second == "after" && rec.aborted == 1);
+  ENSURE(rec.done.size() == 1 && rec.done[0].second == "after" && rec.aborted == 1);
   std::printf("recover producer: ok\n");
 }
 
@@ -451,7 +455,7 @@ void test_recover_producer() {
 void test_recover_consumer() {
   auto ring = Ring::create(64 * 1024, "rec-c");
   pid_t child = fork();
-  CHECK(child >= 0);
+  ENSURE(child >= 0);
   if (child == 0) {
     // Dies on the second frame: the first one has been released already.
     struct DieMidway : MessageSink {
@@ -472,15 +476,15 @@ void test_recover_consumer() {
     std::string after = "after";
     Slice sl2{after.data(), after.size()};
     OutMessage ms[2] = {{7, 0, 0, &sl, 1}, {8, 0, 0, &sl2, 1}};
-    CHECK(ring->push(ms, 2, kForever) == PushStatus::ok);
+    ENSURE(ring->push(ms, 2, kForever) == PushStatus::ok);
   });
   int st;
   waitpid(child, &st, 0);
-  CHECK(WIFSIGNALED(st));
-  CHECK(ring->recover_consumer(child));
+  ENSURE(WIFSIGNALED(st));
+  ENSURE(ring->recover_consumer(child));
   Recording rec = consume_until(*ring, 8);
   producer.join();
-  CHECK(rec.done.size() == 1 && rec.done[0].second == "after");
+  ENSURE(rec.done.size() == 1 && rec.done[0].second == "after");
   std::printf("recover consumer: ok\n");
 }
 
@@ -490,16 +494,16 @@ void test_collector_on_corrupt_ring() {
   auto ring = Ring::create(64 * 1024, "corrupt");
   Ledger ledger(4);
   uint32_t idx;
-  CHECK(ledger.acquire(false, 0, &idx) == Ledger::AcquireStatus::ok);
+  ENSURE(ledger.acquire(false, 0, &idx) == Ledger::AcquireStatus::ok);
   Collector c(*ring, ledger);
   c.set_failure(kFlagError, "ring corrupt");
   std::string garbage(64, '\x5a');
   ring->load_raw_for_test(garbage.data(), garbage.size());
   c.start();
-  CHECK(ledger.wait(idx, now_ns() + 10'000'000'000LL, 0));
-  CHECK(ledger.slot(idx).payload == "ring corrupt" && (ledger.slot(idx).flags & kFlagError));
+  ENSURE(ledger.wait(idx, now_ns() + 10'000'000'000LL, 0));
+  ENSURE(ledger.slot(idx).payload == "ring corrupt" && (ledger.slot(idx).flags & kFlagError));
   c.join();
-  CHECK(c.corrupt() && ring->aborted());
+  ENSURE(c.corrupt() && ring->aborted());
   std::printf("collector on corrupt ring: ok\n");
 }
 
@@ -531,17 +535,124 @@ void test_guardian_teardown_races_exits() {
   std::printf("guardian teardown: ok\n");
 }
 
-int main() {
-  test_guardian_teardown_races_exits();
-  test_collector_on_corrupt_ring();
-  test_claims();
-  test_recover_producer();
-  test_recover_consumer();
-  test_ensemble_router(true);
-  test_ensemble_router(false);
-  test_completion_queue();
-  test_timeouts();
-  test_ring_mpmc();
-  test_window_collector();
-  return 0;
+// ---------------------------------------------------------------- small units
+
+TEST_CASE("futex: a changed word or a wake returns true, a passed deadline false") {
+  std::atomic<uint32_t> word{0};
+  REQUIRE(futex_wait_until(&word, 1, now_ns() + 1'000'000'000LL, false));  // value differs: at once
+  const int64_t t0 = now_ns();
+  REQUIRE_FALSE(futex_wait_until(&word, 0, t0 + 20'000'000LL, false));   // 20 ms, nobody wakes
+  REQUIRE(now_ns() - t0 >= 19'000'000LL);
+  REQUIRE_FALSE(futex_wait_until(&word, 0, now_ns() - 1, false));        // deadline already passed
+  std::thread waker([&] {
+    usleep(20000);
+    word.store(1);
+    futex_wake(&word, 1, false);
+  });
+  bool woke = false;
+  while (word.load() == 0) woke = futex_wait_until(&word, 0, now_ns() + 10'000'000'000LL, false);
+  waker.join();
+  REQUIRE((woke || word.load() == 1));
 }
+
+namespace {
+void push_ints(Ring& r, int from, int to) {
+  for (int i = from; i < to; ++i) {
+    std::string p = std::to_string(i);
+    Slice sl{p.data(), p.size()};
+    OutMessage m{uint64_t(i), 0, 0, &sl, 1};
+    REQUIRE(r.push(&m, 1, kForever) == PushStatus::ok);
+  }
+}
+struct Ids : MessageSink {
+  std::vector<uint64_t> ids;
+  void begin(uint64_t id, uint32_t, uint64_t, uint64_t) override { ids.push_back(id); }
+  void append(const char*, size_t) override {}
+  void end() override {}
+};
+}  // namespace
+
+TEST_CASE("batcher: one at a time, what is queued, and a gathering window") {
+  auto ring = Ring::create(64 * 1024, "batcher");
+  BatchPolicy one;
+  one.max_items = 1;
+  one.spin = 0;
+  BatchPolicy now;
+  now.max_items = 8;
+  now.spin = 0;
+  BatchPolicy window = now;
+  window.wait_ns = 50'000'000;  // 50 ms
+  const int64_t soon = now_ns() + 5'000'000'000LL;
+
+  push_ints(*ring, 0, 5);
+  Ids a;
+  REQUIRE(gather(*ring, a, one, soon) == 1);
+  REQUIRE(a.ids == std::vector<uint64_t>{0});
+  Ids b;
+  REQUIRE(gather(*ring, b, now, soon) == 4);  // just what is there, no waiting
+  REQUIRE(b.ids == std::vector<uint64_t>{1, 2, 3, 4});
+
+  push_ints(*ring, 5, 6);
+  std::thread late([&] {
+    usleep(10000);
+    Slice sl{"6", 1};
+    OutMessage m{6, 0, 0, &sl, 1};
+    ENSURE(ring->push(&m, 1, kForever) == PushStatus::ok);
+  });
+  Ids c;
+  const int64_t t0 = now_ns();
+  REQUIRE(gather(*ring, c, window, soon) == 2);  // 5 at once, 6 within the window
+  late.join();
+  REQUIRE(c.ids == std::vector<uint64_t>{5, 6});
+  REQUIRE(now_ns() - t0 >= 45'000'000LL);  // the window is kept open until it ends
+
+  Ids d;
+  REQUIRE(gather(*ring, d, one, now_ns() + 10'000'000LL) == 0);  // idle deadline
+  ring->close();
+  REQUIRE(gather(*ring, d, now, kForever) == 0);  // closed and drained
+  REQUIRE(ring->finished());
+}
+
+TEST_CASE("ring: a message larger than the ring passes whole; a full ring times out a push") {
+  auto ring = Ring::create(64 * 1024, "big");
+  std::string big(300 * 1024, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = char(i * 7);
+  std::thread producer([&] {
+    Slice sl{big.data(), big.size()};
+    OutMessage m{1, 0, 0, &sl, 1};
+    ENSURE(ring->push(&m, 1, kForever) == PushStatus::ok);
+  });
+  struct Whole : MessageSink {
+    std::string got;
+    void begin(uint64_t, uint32_t, uint64_t, uint64_t) override {}
+    void append(const char* d, size_t n) override { got.append(d, n); }
+    void end() override {}
+  } sink;
+  REQUIRE(ring->wait_data(now_ns() + 10'000'000'000LL, 0));
+  REQUIRE(ring->try_consume(1, sink) == 1);
+  producer.join();
+  REQUIRE(sink.got == big);
+
+  std::string chunk(ring->max_chunk(), 'x');
+  Slice sl{chunk.data(), chunk.size()};
+  OutMessage m{2, 0, 0, &sl, 1};
+  PushStatus st = PushStatus::ok;
+  for (int i = 0; i < 8 && st == PushStatus::ok; ++i) st = ring->push(&m, 1, now_ns() + 20'000'000LL);
+  REQUIRE(st == PushStatus::timeout);
+  ring->close();
+  REQUIRE(ring->push(&m, 1, kForever) == PushStatus::closed);
+}
+
+// ---------------------------------------------------------------- stress and recovery
+
+TEST_CASE("guardian teardown races worker exits") { test_guardian_teardown_races_exits(); }
+TEST_CASE("collector on a corrupt ring") { test_collector_on_corrupt_ring(); }
+TEST_CASE("claims") { test_claims(); }
+TEST_CASE("recover a producer killed mid-message") { test_recover_producer(); }
+TEST_CASE("recover a consumer killed mid-message") { test_recover_consumer(); }
+TEST_CASE("ensemble router, fail_fast") { test_ensemble_router(true); }
+TEST_CASE("ensemble router, no fail_fast") { test_ensemble_router(false); }
+TEST_CASE("completion queue") { test_completion_queue(); }
+TEST_CASE("timeouts") { test_timeouts(); }
+TEST_CASE("ring mpmc") { test_ring_mpmc(); }
+TEST_CASE("window and collector") { test_window_collector(); }
