@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 from collections.abc import AsyncIterable, Callable, Iterable
 from time import perf_counter
 
@@ -67,7 +68,11 @@ class _AsyncPort:
         self.codec = server._codec
         # Shared by every loop's port: whichever loop drains the completion
         # queue resolves futures of other loops through their own loop.
+        # A request is registered there in the same critical section that
+        # pushes it, so a loop on another thread cannot drain its result
+        # before its future exists.
         self.pending: dict[int, asyncio.Future] = server._async_pending
+        self.lock: threading.Lock = server._async_lock
         self.space_waiters: collections.deque = collections.deque()  # FIFO of futures
         self.fd = self.engine.async_fd
         loop.add_reader(self.fd, self._on_completions)
@@ -76,8 +81,10 @@ class _AsyncPort:
     def _on_completions(self) -> None:
         engine = self.engine
         tokens = engine.drain_async()
-        for token in tokens:
-            fut = self.pending.pop(token, None)
+        pending = self.pending
+        with self.lock:
+            owned = [(token, pending.pop(token, None)) for token in tokens]
+        for token, fut in owned:
             if fut is None:
                 continue  # its caller gave up; the collector already dropped the result
             result = engine.take_token(token)
@@ -97,14 +104,17 @@ class _AsyncPort:
                 w.set_result(None)
                 n -= 1
 
-    async def submit(self, payload, flags: int, backpressure: bool, t0: float, deadline: float) -> int:
-        """Pushes one request; returns its token, or raises ServerBacklogFull etc."""
+    async def submit(self, payload, flags: int, backpressure: bool, t0: float, deadline: float):
+        """Pushes one request; returns ``(token, future)``, or raises
+        ServerBacklogFull etc."""
         while True:
             if self.closed:
                 raise RuntimeError('the Server has been stopped')
-            status, token = self.engine.submit_async(self.entry, payload, flags)
-            if status == _OK:
-                return token
+            with self.lock:
+                status, token = self.engine.submit_async(self.entry, payload, flags)
+                if status == _OK:
+                    fut = self.pending[token] = self.loop.create_future()
+                    return token, fut
             if status != _BACKLOG_FULL:
                 raise self.server._failure(status, t0)
             if backpressure:
@@ -120,11 +130,6 @@ class _AsyncPort:
             finally:
                 recheck.cancel()
 
-    def expect(self, token: int) -> asyncio.Future:
-        fut = self.loop.create_future()
-        self.pending[token] = fut
-        return fut
-
     async def result(self, token: int, fut: asyncio.Future, deadline: float):
         """Waits for a request's (flags, payload).  Raises _Expired after the
         deadline; on cancellation or timeout the request is abandoned."""
@@ -138,7 +143,9 @@ class _AsyncPort:
             handle.cancel()
 
     def abandon(self, token: int) -> None:
-        if self.pending.pop(token, None) is not None and not self.closed:
+        with self.lock:
+            mine = self.pending.pop(token, None) is not None
+        if mine and not self.closed:
             self.engine.abandon_token(token)
 
     def close(self) -> None:
@@ -150,11 +157,13 @@ class _AsyncPort:
             self.loop.remove_reader(self.fd)
         self.closed = True
         err = RuntimeError('the server stopped before this request finished')
-        for token, fut in list(self.pending.items()):
-            if fut.get_loop() is self.loop:
+        with self.lock:
+            mine = [(t, f) for t, f in self.pending.items() if f.get_loop() is self.loop]
+            for token, _ in mine:
                 del self.pending[token]
-                if not fut.done():
-                    fut.set_exception(err)
+        for _, fut in mine:
+            if not fut.done():
+                fut.set_exception(err)
         self._wake_space_waiters(len(self.space_waiters))
 
 
@@ -197,10 +206,10 @@ async def async_call(server, x, timeout, backpressure):
     t0 = perf_counter()
     deadline = t0 + timeout
     flags, payload = port.codec.encode(x)
-    token = await port.submit(payload, flags, backpressure, t0, deadline)
+    token, fut = await port.submit(payload, flags, backpressure, t0, deadline)
     t_enqueued = perf_counter()
     try:
-        rflags, result = await port.result(token, port.expect(token), deadline)
+        rflags, result = await port.result(token, fut, deadline)
     except _Expired:
         raise TimeoutError(_timeout_message(t0, t_enqueued)) from None
     y = decode(rflags, result)
@@ -327,11 +336,11 @@ class AsyncServer:
                         window.append((x, e, None, None, 0.0))
                     else:
                         try:
-                            token = await port.submit(payload, flags, False, t0, t0 + timeout)
+                            token, fut = await port.submit(payload, flags, False, t0, t0 + timeout)
                         except (ServerBacklogFull, TimeoutError) as e:
                             window.append((x, e, None, None, 0.0))
                         else:
-                            window.append((x, None, token, port.expect(token), t0 + timeout))
+                            window.append((x, None, token, fut, t0 + timeout))
                     arrived.set()
                 feed_done.append(None)
             except BaseException as e:  # noqa: BLE001 - the input failed: end the stream with it

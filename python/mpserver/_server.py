@@ -97,6 +97,7 @@ class Server:
         self._state = 'new'
         self._async_ports: dict = {}  # event loop -> _AsyncPort (see _async.py)
         self._async_pending: dict = {}  # token -> future, across loops
+        self._async_lock = threading.Lock()
 
     def __getstate__(self):
         raise TypeError(f"cannot pickle '{type(self).__name__}' object")
