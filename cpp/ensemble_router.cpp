@@ -80,34 +80,6 @@ uint64_t EnsembleRouter::open_entry(const OwnedMessage& m) {
   return ticket(e.gen, idx, 0);
 }
 
-// Calls handle(msgs) for each batch of up to `max` messages taken off `ring`,
-// sleeping while it is empty, until the ring is finished.
-// A corrupt ring stops the loop (the ring is aborted: its items will fail by
-// their timeouts) instead of killing the process.
-template <class Handle>
-void for_each_batch(Ring& ring, size_t max, Handle&& handle) {
-  BufferSink sink;
-  for (;;) {
-    if (!ring.wait_data(kForever, 0)) {
-      if (ring.finished()) return;
-      continue;
-    }
-    sink.msgs.clear();
-    size_t n;
-    try {
-      n = ring.try_consume(max, sink);
-    } catch (const std::exception&) {
-      ring.abort();
-      return;
-    }
-    if (n == 0) {
-      if (ring.finished()) return;
-      continue;
-    }
-    handle(sink.msgs);
-  }
-}
-
 void EnsembleRouter::fan_out() {
   std::vector<OwnedMessage> errors;
   std::vector<uint64_t> tickets;

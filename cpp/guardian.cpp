@@ -215,27 +215,10 @@ void Guardian::handle(pid_t pid, int status) {
 void Guardian::run_failer(Entry* e) {
   const std::string payload =
       crash_payload(e->s, 0, 0, -1, "has no live worker left (restart budget spent)");
-  BufferSink sink;
   std::vector<std::pair<uint64_t, uint64_t>> items;
-  for (;;) {
-    if (!e->s.input->wait_data(kForever, 0)) {
-      if (e->s.input->finished()) return;
-      continue;
-    }
-    sink.msgs.clear();
-    size_t n;
-    try {
-      n = e->s.input->try_consume(256, sink);
-    } catch (const std::exception&) {
-      e->s.input->abort();
-      return;
-    }
-    if (n == 0) {
-      if (e->s.input->finished()) return;
-      continue;
-    }
+  for_each_batch(*e->s.input, 256, [&](std::vector<OwnedMessage>& msgs) {
     items.clear();
-    for (auto& m : sink.msgs) {
+    for (auto& m : msgs) {
       if (m.flags & kFlagError) {  // an upstream error goes on unchanged
         Slice sl{m.payload.data(), m.payload.size()};
         OutMessage om{m.id, m.flags, m.aux, &sl, 1};
@@ -245,7 +228,7 @@ void Guardian::run_failer(Entry* e) {
       }
     }
     push_errors(*e->s.output, items, payload);
-  }
+  });
 }
 
 }  // namespace mps

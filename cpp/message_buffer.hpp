@@ -7,6 +7,8 @@
 //
 // Invariants: after a consume call returns, `msgs` holds only complete
 // messages; a message cut short by an aborted ring is removed again.
+// for_each_batch() returns once its ring is finished, or aborted because it
+// turned out corrupt (an engine thread must not die of an exception).
 // Memory ordering: none of its own (the ring's acquire on head covers the
 // bytes copied in append()).
 #pragma once
@@ -15,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "futex.hpp"
 #include "ring.hpp"
 
 namespace mps {
@@ -38,5 +41,33 @@ class BufferSink : public MessageSink {
   void end() override {}
   void abort() override { msgs.pop_back(); }
 };
+
+// Calls handle(msgs) for each batch of up to `max` messages taken off `ring`,
+// sleeping while it is empty, until the ring is finished.
+// A corrupt ring stops the loop (the ring is aborted: its items will fail by
+// their timeouts) instead of killing the process.
+template <class Handle>
+void for_each_batch(Ring& ring, size_t max, Handle&& handle) {
+  BufferSink sink;
+  for (;;) {
+    if (!ring.wait_data(kForever, 0)) {
+      if (ring.finished()) return;
+      continue;
+    }
+    sink.msgs.clear();
+    size_t n;
+    try {
+      n = ring.try_consume(max, sink);
+    } catch (const std::exception&) {
+      ring.abort();
+      return;
+    }
+    if (n == 0) {
+      if (ring.finished()) return;
+      continue;
+    }
+    handle(sink.msgs);
+  }
+}
 
 }  // namespace mps

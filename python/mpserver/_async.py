@@ -47,11 +47,6 @@ def _resolve(fut: asyncio.Future, result) -> None:
         fut.set_result(result)
 
 
-def _wake(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(_Expired())
@@ -124,7 +119,7 @@ class _AsyncPort:
                 raise ServerBacklogFull(self.server.capacity, perf_counter() - t0)
             w = self.loop.create_future()
             self.space_waiters.append(w)
-            recheck = self.loop.call_later(min(left, _SPACE_RECHECK), _wake, w)
+            recheck = self.loop.call_later(min(left, _SPACE_RECHECK), _resolve, w, None)
             try:
                 await w
             finally:

@@ -293,16 +293,12 @@ class ProcessServlet(Servlet):
     def __init__(self, worker_cls: type[Worker], *, cpus=None, worker_name: str | None = None,
                  max_restarts: int = 5, restart_window: float = 60.0, **kwargs):
         _check_worker_cls(worker_cls)
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise ConfigError(f'max_restarts must be an int >= 0, got {max_restarts!r}')
-        if (isinstance(restart_window, bool) or not isinstance(restart_window, (int, float))
-                or not restart_window > 0):
-            raise ConfigError(f'restart_window must be a number of seconds > 0, got {restart_window!r}')
+        budget = _RestartBudget(max_restarts, restart_window)  # validates; the guardian applies it
         self._worker_cls = worker_cls
         self._cpus = _normalize_cpus(cpus)
         self._worker_name = worker_name
-        self._max_restarts = max_restarts
-        self._restart_window = float(restart_window)
+        self._max_restarts = budget.max_restarts
+        self._restart_window = budget.window
         self._init_kwargs = kwargs
         self._guardian = None
         self._pids: list = []
@@ -626,9 +622,9 @@ def _cleanup_quietly(worker, exc) -> None:
         pass
 
 
-def _fail_everything(inp, output, codec, err) -> None:
-    """A servlet without workers: answer every item reaching it with ``err``."""
-    encoded = codec.encode_error(err, f'{type(err).__name__}: {err}\n')
+def _for_each_item(inp, output, codec, handle) -> None:
+    """Until ``inp`` is closed and drained: upstream errors go on to ``output``
+    unchanged; every other message goes to ``handle(id, flags, aux, payload)``."""
     while True:
         items = inp.gather(256, 0.0, None)
         if items is None:
@@ -637,7 +633,13 @@ def _fail_everything(inp, output, codec, err) -> None:
             if flags & FLAG_ERROR:
                 output.push(mid, *pass_error(flags, payload, codec), aux)
             else:
-                output.push(mid, *encoded, aux)
+                handle(mid, flags, aux, payload)
+
+
+def _fail_everything(inp, output, codec, err) -> None:
+    """A servlet without workers: answer every item reaching it with ``err``."""
+    encoded = codec.encode_error(err, f'{type(err).__name__}: {err}\n')
+    _for_each_item(inp, output, codec, lambda mid, flags, aux, payload: output.push(mid, *encoded, aux))
 
 
 # --------------------------------------------------------------------- compound servlets
@@ -827,29 +829,25 @@ class SwitchServlet(_Compound):
     def _route(self, inp, members, output, codec):
         n = len(members)
         switch = self.switch
-        while True:
-            items = inp.gather(64, 0.0, None)
-            if items is None:
+
+        def route(mid, flags, aux, payload):
+            try:
+                x = decode(flags, payload)
+                idx = switch(x)
+                if isinstance(idx, bool) or not isinstance(idx, int):
+                    raise TypeError(f'{type(self).__name__}.switch returned {idx!r}; '
+                                    f'it must return an int member index')
+                if not 0 <= idx < n:
+                    raise IndexError(f'{type(self).__name__}.switch returned {idx}; '
+                                     f'valid member indices are 0..{n - 1}')
+            except Exception as e:
+                output.push(mid, *codec.encode_error(e), aux)
                 return
-            for mid, flags, aux, payload in items:
-                if flags & FLAG_ERROR:
-                    output.push(mid, *pass_error(flags, payload, codec), aux)
-                    continue
-                try:
-                    x = decode(flags, payload)
-                    idx = switch(x)
-                    if isinstance(idx, bool) or not isinstance(idx, int):
-                        raise TypeError(f'{type(self).__name__}.switch returned {idx!r}; '
-                                        f'it must return an int member index')
-                    if not 0 <= idx < n:
-                        raise IndexError(f'{type(self).__name__}.switch returned {idx}; '
-                                         f'valid member indices are 0..{n - 1}')
-                except Exception as e:
-                    output.push(mid, *codec.encode_error(e), aux)
-                    continue
-                if isinstance(payload, tuple):  # by-reference ensemble result: send the value
-                    flags, payload = FLAG_OBJECT, x
-                members[idx].push(mid, flags, payload, aux)
+            if isinstance(payload, tuple):  # by-reference ensemble result: send the value
+                flags, payload = FLAG_OBJECT, x
+            members[idx].push(mid, flags, payload, aux)
+
+        _for_each_item(inp, output, codec, route)
 
     def _stop(self):
         if self._thread is None:
