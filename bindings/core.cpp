@@ -3,6 +3,7 @@
 // scheduling or queueing logic lives here.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <malloc.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,7 @@
 #include "../cpp/flags.hpp"
 #include "../cpp/guardian.hpp"
 #include "../cpp/ledger.hpp"
+#include "../cpp/oob_message.hpp"
 #include "../cpp/ring.hpp"
 #include "../cpp/shm.hpp"
 #include "../cpp/stream_window.hpp"
@@ -89,30 +92,91 @@ int64_t deadline_from(py::object timeout) {
   return deadline_after(timeout.cast<double>());
 }
 
-// Holds the bytes of one Python payload for the duration of a push.
+// Holds the bytes of one Python payload for the duration of a push: one
+// buffer, or, for an out-of-band pickle, its directory, the pickle and every
+// buffer (see oob_message.hpp), each copied once into the ring.
 struct PayloadRef {
   Py_buffer view{};
   bool has_view = false;
   PyObject* handle = nullptr;  // for kFlagObject
   Slice slice{nullptr, 0};
+  const Slice* parts = &slice;
+  size_t nparts = 1;
+  uint32_t extra_flags = 0;  // kFlagRaw / kFlagOob, from a tagged payload
+  std::vector<Py_buffer> oob_views;
+  std::vector<Slice> oob_parts;
+  std::string oob_dir;
   PayloadRef() = default;
   PayloadRef(const PayloadRef&) = delete;
   PayloadRef& operator=(const PayloadRef&) = delete;
   ~PayloadRef() {
     if (has_view) PyBuffer_Release(&view);
+    for (auto& v : oob_views) PyBuffer_Release(&v);
   }
 };
 
-void prepare_payload(py::handle payload, uint32_t flags, PayloadRef& ref) {
+// A contiguous view of `obj` (C or Fortran order: pickle hands out-of-band
+// buffers of either), appended to `views`.
+const Py_buffer& get_contiguous(PyObject* obj, std::vector<Py_buffer>& views) {
+  Py_buffer v{};
+  if (PyObject_GetBuffer(obj, &v, PyBUF_FULL_RO) != 0) throw py::error_already_set();
+  if (!PyBuffer_IsContiguous(&v, 'A')) {
+    PyBuffer_Release(&v);
+    throw py::value_error("an out-of-band pickle buffer is not contiguous");
+  }
+  views.push_back(v);
+  return views.back();
+}
+
+// A tagged payload from the pickle codec: (kFlagRaw, bytes) or
+// (kFlagOob, pickle, buffer, ...).
+void prepare_tagged(py::handle payload, PayloadRef& ref) {
+  PyObject* t = payload.ptr();
+  const Py_ssize_t n = PyTuple_GET_SIZE(t);
+  if (n < 2) throw py::value_error("a tagged payload needs a tag and data");
+  const uint32_t tag = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(t, 0)).cast<uint32_t>();
+  if (tag == kFlagRaw && n == 2) {
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 1), &ref.view, PyBUF_SIMPLE) != 0)
+      throw py::error_already_set();
+    ref.has_view = true;
+    ref.slice = {static_cast<const char*>(ref.view.buf), size_t(ref.view.len)};
+    ref.extra_flags = kFlagRaw;
+    return;
+  }
+  if (tag != kFlagOob || size_t(n - 1) > kOobMaxSections)
+    throw py::value_error("malformed tagged payload");
+  ref.oob_views.reserve(size_t(n - 1));
+  std::vector<size_t> lens;
+  for (Py_ssize_t i = 1; i < n; ++i)
+    lens.push_back(size_t(get_contiguous(PyTuple_GET_ITEM(t, i), ref.oob_views).len));
+  ref.oob_dir = oob_directory(lens);
+  ref.oob_parts.push_back({ref.oob_dir.data(), ref.oob_dir.size()});
+  for (const Py_buffer& v : ref.oob_views) {
+    ref.oob_parts.push_back({static_cast<const char*>(v.buf), size_t(v.len)});
+    if (size_t pad = oob_pad(size_t(v.len))) ref.oob_parts.push_back({kOobZeros, pad});
+  }
+  ref.parts = ref.oob_parts.data();
+  ref.nparts = ref.oob_parts.size();
+  ref.extra_flags = kFlagOob;
+}
+
+// Makes `ref` hold `payload`'s bytes; returns the message's flags (the
+// caller's, plus the tag of a tagged payload).
+uint32_t prepare_payload(py::handle payload, uint32_t flags, PayloadRef& ref) {
   if (flags & kFlagObject) {
     ref.handle = payload.ptr();
     ref.slice = {reinterpret_cast<const char*>(&ref.handle), sizeof(PyObject*)};
-    return;
+    return flags;
+  }
+  if (PyTuple_Check(payload.ptr())) {
+    prepare_tagged(payload, ref);
+    return flags | ref.extra_flags;
   }
   // PyBUF_SIMPLE: a contiguous run of bytes (bytes, bytearray, memoryview, ...).
   if (PyObject_GetBuffer(payload.ptr(), &ref.view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
   ref.has_view = true;
   ref.slice = {static_cast<const char*>(ref.view.buf), size_t(ref.view.len)};
+  return flags;
 }
 
 // True if a composite (or a composite nested in it) holds object references.
@@ -155,7 +219,28 @@ py::object payload_to_object(uint32_t flags, const char* data, size_t len) {
   }
   if ((flags & kFlagEnsemble) && composite_holds_objects(data, len))
     return composite_to_object(data, len);
+  if (flags & kFlagOob) {
+    // Writable, so that arrays unpickled over it are writable, as in-band ones are.
+    PyObject* b = PyByteArray_FromStringAndSize(data, Py_ssize_t(len));
+    if (!b) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(b);
+  }
   return py::bytes(data, len);
+}
+
+// A received payload handed to Python without a copy: the bytes of an
+// out-of-band pickle, which Python unpickles in place (writable, so arrays
+// over it are writable, as in-band ones are).
+struct OwnedBytes {
+  std::string data;
+};
+
+// payload_to_object for a payload the caller gives up: an out-of-band
+// pickle keeps its memory (moved, not copied); anything else is converted.
+py::object take_payload(uint32_t flags, std::string& payload) {
+  if ((flags & kFlagOob) && !(flags & (kFlagObject | kFlagEnsemble)))
+    return py::cast(OwnedBytes{std::move(payload)});
+  return payload_to_object(flags, payload.data(), payload.size());
 }
 
 // References a message of `flags` holds on `handle` (kFlagObject only): one
@@ -225,6 +310,25 @@ void release_claim(uint64_t id) {
 
 // ------------------------------------------------------------------ Ring
 
+// Messages at least this large, holding raw bytes or an out-of-band pickle,
+// are copied from the ring straight into the Python object the receiver gets
+// (one copy instead of two).
+constexpr uint64_t kDirectObjectBytes = 64 << 10;
+
+// Called by a consumer without the GIL, while it holds the ring's consumer
+// lock: the bytes (kFlagRaw) or bytearray (kFlagOob) that will hold a
+// message of `total` bytes, or null to take the ordinary path.  Taking the
+// GIL here cannot deadlock: no thread of ours waits for a consumer lock while
+// holding the GIL (every consumer releases it first).
+PyObject* new_direct_object(uint32_t flags, uint64_t total) {
+  if (!(flags & (kFlagRaw | kFlagOob)) || (flags & (kFlagObject | kFlagEnsemble))) return nullptr;
+  py::gil_scoped_acquire gil;
+  PyObject* o = (flags & kFlagRaw) ? PyBytes_FromStringAndSize(nullptr, Py_ssize_t(total))
+                                   : PyByteArray_FromStringAndSize(nullptr, Py_ssize_t(total));
+  if (!o) PyErr_Clear();  // out of memory: the ordinary path reports it
+  return o;
+}
+
 class PyRing {
  public:
   explicit PyRing(std::unique_ptr<Ring> r) : ring(std::move(r)) {}
@@ -234,8 +338,8 @@ class PyRing {
   // Pushes one message.  Returns a Status code (kOk, kPushTimeout, kClosed).
   int push(uint64_t id, uint32_t flags, py::handle payload, uint64_t aux, py::object timeout) {
     PayloadRef ref;
-    prepare_payload(payload, flags, ref);
-    OutMessage m{id, flags, aux, &ref.slice, 1};
+    flags = prepare_payload(payload, flags, ref);
+    OutMessage m{id, flags, aux, ref.parts, ref.nparts};
     add_refs(flags, ref.handle, object_refs);
     PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr);
     if (st != PushStatus::ok) drop_refs(flags, ref.handle, object_refs);
@@ -252,9 +356,8 @@ class PyRing {
     for (size_t i = 0; i < n; ++i) {
       keep[i] = items[i].cast<py::tuple>();
       uint64_t id = keep[i][0].cast<uint64_t>();
-      uint32_t flags = keep[i][1].cast<uint32_t>();
-      prepare_payload(keep[i][2], flags, refs[i]);
-      msgs[i] = OutMessage{id, flags, aux, &refs[i].slice, 1};
+      uint32_t flags = prepare_payload(keep[i][2], keep[i][1].cast<uint32_t>(), refs[i]);
+      msgs[i] = OutMessage{id, flags, aux, refs[i].parts, refs[i].nparts};
     }
     for (size_t i = 0; i < n; ++i) add_refs(msgs[i].flags, refs[i].handle, object_refs);
     size_t written = 0;
@@ -273,24 +376,42 @@ class PyRing {
       uint32_t flags;
       uint64_t aux;
       size_t off, len;
+      PyObject* direct;  // a large message copied straight into its Python object
     };
     struct BufSink : MessageSink {
       std::vector<Item> items;
       std::string buf;
+      char* dest = nullptr;  // write position inside items.back().direct
+      ~BufSink() override {  // runs with the GIL held (end of gather())
+        for (Item& it : items) Py_XDECREF(it.direct);
+      }
       void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
         // Claimed while the ring still holds it: a death from here on is seen.
         if (t_claims) t_claims->claim(t_claim_worker, id, aux);
-        items.push_back({id, flags, aux, buf.size(), 0});
-        buf.reserve(buf.size() + total);
+        PyObject* direct = total >= kDirectObjectBytes ? new_direct_object(flags, total) : nullptr;
+        items.push_back({id, flags, aux, buf.size(), 0, direct});
+        if (direct) {
+          dest = PyBytes_Check(direct) ? PyBytes_AS_STRING(direct) : PyByteArray_AS_STRING(direct);
+        } else {
+          dest = nullptr;
+          buf.reserve(buf.size() + total);
+        }
       }
       void append(const char* d, size_t n) override {
-        buf.append(d, n);
-        items.back().len += n;
+        Item& it = items.back();
+        if (it.direct) std::memcpy(dest + it.len, d, n);
+        else buf.append(d, n);
+        it.len += n;
       }
       void end() override {}
       void abort() override {
-        release_claim(items.back().id);
-        buf.resize(items.back().off);
+        Item& it = items.back();
+        release_claim(it.id);
+        if (it.direct) {
+          py::gil_scoped_acquire gil;
+          Py_DECREF(it.direct);
+        }
+        buf.resize(it.off);
         items.pop_back();
       }
     } sink;
@@ -314,12 +435,120 @@ class PyRing {
     py::list out(n);
     for (size_t i = 0; i < n; ++i) {
       const Item& it = sink.items[i];
-      out[i] = py::make_tuple(it.id, it.flags, it.aux,
-                              payload_to_object(it.flags, sink.buf.data() + it.off, it.len));
+      py::object payload = it.direct ? py::reinterpret_steal<py::object>(it.direct)
+                                     : payload_to_object(it.flags, sink.buf.data() + it.off, it.len);
+      sink.items[i].direct = nullptr;
+      out[i] = py::make_tuple(it.id, it.flags, it.aux, std::move(payload));
     }
     return out;
   }
 
+};
+
+// ------------------------------------------------------------------ BytesPool
+
+// The collector's PayloadHome for large raw-bytes results: Python bytes
+// objects allocated ahead of time by the thread that takes results (with the
+// GIL), filled by the collector (without it), so a large result is copied
+// once, from the ring into the object the caller gets.  A filled object
+// travels in its slot as an object reference (kFlagObject | kFlagRaw).
+//
+// An object in the pool is referenced by the pool alone and is unreachable
+// from Python, so the collector may write its bytes and shrink its size
+// without the GIL.  Sizes adapt to the traffic: every large raw result taken
+// asks for one more object of its size (two after a miss), up to kMaxObjects
+// objects and kMaxBytes bytes; an object is used for a result of its size or
+// up to 1/8 smaller.
+class BytesPool : public PayloadHome {
+ public:
+  static constexpr size_t kMaxObjects = 64;
+  static constexpr size_t kMaxBytes = 256u << 20;
+
+  ~BytesPool() override { clear(); }
+
+  char* acquire(uint32_t flags, uint64_t total, uint32_t* slot_flags,
+                std::string* slot_payload) override {
+    if ((flags & (kFlagRaw | kFlagObject | kFlagEnsemble | kFlagError)) != kFlagRaw) return nullptr;
+    PyObject* o = nullptr;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (size_t i = 0; i < free_.size(); ++i) {
+        const uint64_t size = uint64_t(PyBytes_GET_SIZE(free_[i]));
+        if (size >= total && size - total <= size / 8) {
+          o = free_[i];
+          free_[i] = free_.back();
+          free_.pop_back();
+          bytes_ -= size_t(size);
+          break;
+        }
+      }
+      if (!o) {
+        ++misses_;
+        return nullptr;
+      }
+    }
+    Py_SET_SIZE(o, Py_ssize_t(total));
+    PyBytes_AS_STRING(o)[total] = '\0';
+    *slot_flags = flags | kFlagObject;
+    slot_payload->assign(reinterpret_cast<const char*>(&o), sizeof o);
+    return PyBytes_AS_STRING(o);
+  }
+
+  void abandon(uint32_t slot_flags, const std::string& slot_payload) override {
+    dispose_message(slot_flags, slot_payload, 1);
+  }
+
+  // With the GIL: a large raw result of `size` bytes was taken.
+  void taken(size_t size) {
+    size_t want;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      want = misses_ ? 2 : 1;
+      misses_ = 0;
+    }
+    for (size_t k = 0; k < want; ++k) {
+      PyObject* o = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(size));
+      if (!o) {
+        PyErr_Clear();
+        return;
+      }
+      PyObject* evicted = nullptr;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (free_.size() >= kMaxObjects || bytes_ + size > kMaxBytes) {
+          if (free_.empty()) {
+            evicted = o;  // larger than the whole budget
+          } else {
+            evicted = free_.front();
+            free_.erase(free_.begin());
+            bytes_ -= size_t(PyBytes_GET_SIZE(evicted));
+          }
+        }
+        if (evicted != o) {
+          free_.push_back(o);
+          bytes_ += size;
+        }
+      }
+      Py_XDECREF(evicted);
+    }
+  }
+
+  // With the GIL, after the collector has stopped.
+  void clear() {
+    std::vector<PyObject*> objs;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      objs.swap(free_);
+      bytes_ = 0;
+    }
+    for (PyObject* o : objs) Py_DECREF(o);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<PyObject*> free_;
+  size_t bytes_ = 0;
+  uint64_t misses_ = 0;
 };
 
 // ------------------------------------------------------------------ Engine
@@ -332,6 +561,7 @@ class Engine {
       : output_(std::move(output)), ledger_(capacity), collector_(*output_->ring, ledger_),
         completions_(size_t(capacity) * 4 + 256) {
     collector_.set_completions(&completions_);
+    collector_.set_home(&pool_);
     ledger_.set_disposer(
         [](uint32_t flags, const std::string& payload) { dispose_message(flags, payload, 1); });
   }
@@ -379,12 +609,12 @@ class Engine {
     }
     PayloadRef ref;
     try {
-      prepare_payload(payload, flags, ref);
+      flags = prepare_payload(payload, flags, ref);
     } catch (...) {
       ledger_.release(idx);
       throw;
     }
-    OutMessage m{ledger_.token(idx), flags, aux, &ref.slice, 1};
+    OutMessage m{ledger_.token(idx), flags, aux, ref.parts, ref.nparts};
     add_refs(flags, ref.handle, entry.object_refs);
     ledger_.slot(idx).notify_async = notify_async;
     PushStatus st = push_with_gil_rules(*entry.ring, &m, 1, deadline, nullptr);
@@ -402,10 +632,19 @@ class Engine {
     check(idx);
     if (!ledger_.is_done(idx)) throw std::logic_error("take() on a request that is not done");
     Ledger::Slot& s = ledger_.slot(idx);
-    py::object obj = payload_to_object(s.flags, s.payload.data(), s.payload.size());
+    py::object obj = take_payload(s.flags, s.payload);
     uint32_t flags = s.flags;
     ledger_.release(idx);
+    note_taken(flags, obj);
     return py::make_tuple(flags, obj);
+  }
+
+  // With the GIL, for every result handed to Python: a large raw result asks
+  // the pool for a home for the next one.
+  void note_taken(uint32_t flags, const py::object& obj) {
+    if (!(flags & kFlagRaw) || !PyBytes_Check(obj.ptr())) return;
+    const size_t size = size_t(PyBytes_GET_SIZE(obj.ptr()));
+    if (size >= Collector::kHomeMinBytes) pool_.taken(size);
   }
 
   // The caller gives up on a request; its result is dropped whenever it comes.
@@ -496,6 +735,7 @@ class Engine {
   }
 
   std::shared_ptr<PyRing> output_;
+  BytesPool pool_;  // before the collector: it outlives the collector's thread
   Ledger ledger_;
   Collector collector_;
   CompletionQueue completions_;
@@ -518,15 +758,23 @@ class PyStreamWindow {
     std::unique_ptr<PayloadRef[]> refs(new PayloadRef[n ? n : 1]);
     std::vector<OutMessage> msgs(n);
     for (size_t i = 0; i < n; ++i) {
-      prepare_payload(payloads[i], flags, refs[i]);
-      msgs[i] = OutMessage{0, flags, 0, &refs[i].slice, 1};
+      msgs[i] = OutMessage{0, prepare_payload(payloads[i], flags, refs[i]), 0, refs[i].parts,
+                           refs[i].nparts};
       add_refs(flags, refs[i].handle, entry_->object_refs);
     }
+    // First without waiting, keeping the GIL: a feeder thread that gave the
+    // GIL up on every item would hand it to the draining thread and back,
+    // two thread switches per item.  Wait (without the GIL) only if needed.
     StreamWindow::SubmitStatus st;
-    size_t k;
-    {
+    const int64_t deadline = deadline_after(timeout);
+    size_t k = win_.submit(msgs.data(), n, wait, deadline, &st, false);
+    // Retry what a blocking call would have waited for: a slot for the
+    // first message only (later ones never wait), or ring space.
+    const bool retry = k < n && ((st == StreamWindow::SubmitStatus::full && wait && k == 0) ||
+                                 st == StreamWindow::SubmitStatus::timeout);
+    if (retry) {
       py::gil_scoped_release nogil;
-      k = win_.submit(msgs.data(), n, wait, deadline_after(timeout), &st);
+      k += win_.submit(msgs.data() + k, n - k, wait, deadline, &st);
     }
     for (size_t i = k; i < n; ++i) drop_refs(flags, refs[i].handle, entry_->object_refs);
     int status = st == StreamWindow::SubmitStatus::ok        ? kOk
@@ -540,9 +788,13 @@ class PyStreamWindow {
 
   // Returns [(outcome, flags, payload), ...] for the ready prefix of the
   // window (waiting for its head), or [] once the window is finished and empty.
-  py::list drain(size_t max, int spin) {
+  // With wait false: only what is ready now, [] if the head is not ready.
+  py::list drain(size_t max, int spin, bool wait) {
     out_.clear();
-    wait_interruptibly(
+    if (!wait) {
+      win_.drain(max, 0, now_ns(), out_);  // a passed deadline: never sleeps
+      if (!out_.empty() && out_[0].outcome == StreamWindow::kPending) out_.clear();
+    } else wait_interruptibly(
         kForever,
         [&](int64_t until) {
           out_.clear();
@@ -555,9 +807,10 @@ class PyStreamWindow {
       if (d.outcome == StreamWindow::kEnd) break;
       if (d.outcome == StreamWindow::kReady) {
         Ledger::Slot& s = engine_.ledger().slot(d.slot);
-        py::object obj = payload_to_object(s.flags, s.payload.data(), s.payload.size());
+        py::object obj = take_payload(s.flags, s.payload);
         uint32_t f = s.flags;
         engine_.ledger().release(d.slot);
+        engine_.note_taken(f, obj);
         res.append(py::make_tuple(int(d.outcome), f, std::move(obj)));
       } else {
         res.append(py::make_tuple(int(d.outcome), 0, py::none()));
@@ -741,6 +994,37 @@ PYBIND11_MODULE(_core, m) {
   m.attr("FLAG_CONTROL") = kFlagControl;
   m.attr("FLAG_ENSEMBLE") = kFlagEnsemble;
   m.attr("FLAG_CRASH") = kFlagCrash;
+  py::class_<OwnedBytes>(m, "OwnedBytes", py::buffer_protocol(),
+                         "A received out-of-band pickle's bytes (writable buffer).")
+      .def_buffer([](OwnedBytes& b) {
+        return py::buffer_info(b.data.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {py::ssize_t(b.data.size())}, {py::ssize_t(1)}, false);
+      })
+      .def("__len__", [](const OwnedBytes& b) { return b.data.size(); });
+  m.attr("FLAG_RAW") = kFlagRaw;
+  m.attr("FLAG_OOB") = kFlagOob;
+  m.def(
+      "oob_sections",
+      [](py::object payload) {
+        // Memoryviews of the pickle and its buffers inside an out-of-band
+        // message (see oob_message.hpp); they share `payload`'s memory.
+        py::memoryview mv(payload);
+        Py_buffer* b = PyMemoryView_GET_BUFFER(mv.ptr());
+        if (!PyBuffer_IsContiguous(b, 'C') || b->itemsize != 1)
+          throw py::value_error("payload is not a contiguous run of bytes");
+        std::vector<OobSection> secs;
+        if (!oob_layout(static_cast<const char*>(b->buf), size_t(b->len), &secs))
+          throw py::value_error("corrupt out-of-band message");
+        py::list out(secs.size());
+        for (size_t i = 0; i < secs.size(); ++i) {
+          PyObject* v = PySequence_GetSlice(mv.ptr(), Py_ssize_t(secs[i].offset),
+                                            Py_ssize_t(secs[i].offset + secs[i].length));
+          if (!v) throw py::error_already_set();
+          out[i] = py::reinterpret_steal<py::object>(v);
+        }
+        return out;
+      },
+      py::arg("payload"));
   m.attr("PART_MISSING") = kPartMissing;
   m.attr("COMPOSITE_MAGIC") = kCompositeMagic;
   m.attr("MAX_ENSEMBLE_MEMBERS") = kMaxEnsembleMembers;
@@ -803,7 +1087,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("ring"), py::arg("item_timeout"), py::keep_alive<1, 2>())
       .def("submit", &PyStreamWindow::submit)
       .def("add_local", &PyStreamWindow::add_local)
-      .def("drain", &PyStreamWindow::drain, py::arg("max") = 256, py::arg("spin") = 0)
+      .def("drain", &PyStreamWindow::drain, py::arg("max") = 256, py::arg("spin") = 0,
+           py::arg("wait") = true)
       .def("finish", &PyStreamWindow::finish)
       .def("close", &PyStreamWindow::close)
       .def("__len__", &PyStreamWindow::size);
@@ -902,4 +1187,18 @@ PYBIND11_MODULE(_core, m) {
     g_collector_spin = collector;
   }, "Busy-wait rounds before sleeping: in workers' gather, in the collector.");
   m.def("bind_to_parent", &bind_to_parent);
+  m.def(
+      "keep_heap",
+      [](size_t mmap_threshold, size_t trim_threshold) {
+        // glibc maps every allocation above M_MMAP_THRESHOLD (128 KiB until a
+        // mapped block is freed) separately and returns freed heap tops above
+        // M_TRIM_THRESHOLD to the kernel: a process that receives one large
+        // payload after another then pays page faults on every byte.  Raising
+        // both lets the heap reuse the memory of the previous payload.
+        bool ok = mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) == 1;
+        ok = mallopt(M_TRIM_THRESHOLD, int(trim_threshold)) == 1 && ok;
+        return ok;
+      },
+      py::arg("mmap_threshold"), py::arg("trim_threshold"),
+      "Tunes glibc malloc so that large payload buffers are reused, not re-mapped per item.");
 }

@@ -1,5 +1,7 @@
 #include "collector.hpp"
 
+#include <cstring>
+
 #include "quiet_thread.hpp"
 
 namespace mps {
@@ -11,11 +13,21 @@ void Collector::Sink::begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t 
   slot_->flags = flags;
   slot_->aux = aux;
   slot_->payload.clear();
-  slot_->payload.reserve(total);
+  home_ = nullptr;
+  filled_ = 0;
+  if (c_.home_ && total >= kHomeMinBytes)
+    home_ = c_.home_->acquire(flags, total, &slot_->flags, &slot_->payload);
+  if (!home_) slot_->payload.reserve(total);
 }
 
 void Collector::Sink::append(const char* data, size_t len) {
-  if (slot_) slot_->payload.append(data, len);
+  if (!slot_) return;
+  if (home_) {
+    std::memcpy(home_ + filled_, data, len);
+    filled_ += len;
+  } else {
+    slot_->payload.append(data, len);
+  }
 }
 
 void Collector::Sink::end() {
@@ -28,10 +40,17 @@ void Collector::Sink::end() {
     c_.dropped_.fetch_add(1, std::memory_order_relaxed);
   }
   slot_ = nullptr;
+  home_ = nullptr;
 }
 
 void Collector::Sink::abort() {
+  if (slot_ && home_) {
+    c_.home_->abandon(slot_->flags, slot_->payload);
+    slot_->flags = 0;  // the slot stays pending; it names nothing now
+    slot_->payload.clear();
+  }
   slot_ = nullptr;
+  home_ = nullptr;
   c_.dropped_.fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -21,6 +21,9 @@
 //     published on the CompletionQueue once per batch, after the slots were
 //     finished, so the event loop sees each result already in its slot.
 //
+//   * A result of at least kHomeMinBytes is offered to the PayloadHome, if
+//     one is set (see payload_home.hpp); otherwise it is copied into the slot.
+//
 // Memory ordering: the ring's acquire on head covers the payload the sink
 // copies; Ledger::finish publishes the slot with a seq_cst CAS (see ledger.hpp).
 #pragma once
@@ -34,6 +37,7 @@
 
 #include "completion_queue.hpp"
 #include "ledger.hpp"
+#include "payload_home.hpp"
 #include "ring.hpp"
 
 namespace mps {
@@ -53,6 +57,9 @@ class Collector {
     failure_payload_ = std::move(payload);
   }
   bool corrupt() const { return corrupt_.load(std::memory_order_acquire); }
+  // Where large results go (null: into the slot).  Must be set before start().
+  void set_home(PayloadHome* home) { home_ = home; }
+  static constexpr uint64_t kHomeMinBytes = 64 << 10;
   // Busy-wait rounds before sleeping when the ring is empty.
   void set_spin(int spin) { spin_ = spin; }
   void start();
@@ -76,6 +83,8 @@ class Collector {
     Collector& c_;
     Ledger::Slot* slot_ = nullptr;
     uint64_t id_ = 0;
+    char* home_ = nullptr;  // the current message's PayloadHome memory, if any
+    uint64_t filled_ = 0;
 
    public:
     std::vector<Ledger::Slot*> to_wake;  // owners to wake after the batch
@@ -89,6 +98,7 @@ class Collector {
   std::thread thread_;
   std::function<void(size_t)> on_batch_;
   CompletionQueue* completions_ = nullptr;
+  PayloadHome* home_ = nullptr;
   uint32_t failure_flags_ = 0;
   std::string failure_payload_;
   std::atomic<bool> corrupt_{false};

@@ -21,5 +21,9 @@ inline constexpr uint32_t kFlagEnsemble = 1u << 11;
 // With kFlagError: a worker crash report written by the guardian (see
 // guardian.hpp for the payload), not a pickled exception.
 inline constexpr uint32_t kFlagCrash = 1u << 12;
+// Payload is the raw contents of a Python ``bytes`` value, not a pickle.
+inline constexpr uint32_t kFlagRaw = 1u << 13;
+// Payload is a pickle with out-of-band buffers (see oob_message.hpp).
+inline constexpr uint32_t kFlagOob = 1u << 14;
 
 }  // namespace mps

@@ -6,7 +6,8 @@
 namespace mps {
 
 size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns,
-                            SubmitStatus* st) {
+                            SubmitStatus* st, bool may_block) {
+  if (!may_block) wait = false;
   *st = SubmitStatus::ok;
   scratch_.clear();
   for (size_t i = 0; i < n; ++i) {
@@ -32,7 +33,8 @@ size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadl
     }
   }
   size_t written = 0;
-  PushStatus ps = entry_.push(msgs, k, deadline_ns, &written);
+  PushStatus ps = may_block ? entry_.push(msgs, k, deadline_ns, &written)
+                            : entry_.try_push(msgs, k, &written);
   for (size_t i = written; i < k; ++i) ledger_.release(scratch_[i]);
   if (ps != PushStatus::ok) *st = ps == PushStatus::closed ? SubmitStatus::closed : SubmitStatus::timeout;
   const int64_t deadline = item_timeout_ns_ == kForever ? kForever : now_ns() + item_timeout_ns_;

@@ -51,7 +51,11 @@ class StreamWindow {
   // Sends msgs[0..n) in order (their ids are filled in here).  Takes a ledger
   // slot per message; when none is free, waits only if `wait` (until
   // deadline).  Returns how many were accepted; *st tells why it stopped.
-  size_t submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns, SubmitStatus* st);
+  // With may_block false, nothing waits: no slot wait, no ring-space wait
+  // (a full ring gives SubmitStatus::timeout for the rest), so a caller can
+  // try first without giving up what it holds (the GIL) and wait only if needed.
+  size_t submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns, SubmitStatus* st,
+                bool may_block = true);
 
   // Appends an entry for an input that failed before it could be sent.
   void add_local();

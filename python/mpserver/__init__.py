@@ -24,7 +24,6 @@ from ._remote import (
     get_remote_traceback,
     is_remote_exception,
 )
-from ._async import AsyncServer
 from ._install import install
 from ._server import Server
 from ._servlet import (
@@ -46,6 +45,20 @@ from ._worker import (
 )
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name):
+    # AsyncServer pulls in asyncio (~30 ms): imported on first use, so that
+    # worker processes and thread-only users do not pay for it at start-up.
+    if name == 'AsyncServer':
+        from ._async import AsyncServer
+
+        return AsyncServer
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     'Worker',

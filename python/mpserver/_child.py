@@ -25,13 +25,17 @@ def main(argv: list[str]) -> int:
 
     if not _core.bind_to_parent(ppid):
         return 0  # the parent is already gone
-    spin = os.environ.get('MPSERVER_WORKER_SPIN')
+    # Spin before sleeping: the parent's choice (argv[3]), or the environment's.
+    spin = os.environ.get('MPSERVER_WORKER_SPIN') or (argv[3] if len(argv) > 3 else None)
     if spin is not None:
         _core.set_spin(int(spin), 0)
     # Ctrl-C in a terminal reaches the whole process group; the main process
     # handles it and stops the workers, so workers ignore it (no traceback spam).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _core.set_signal_checks(False)
+    from ._codec import keep_heap
+
+    keep_heap()
 
     import pickle
 

@@ -1,6 +1,11 @@
 """How values travel on the core's rings.
 
-Between processes a value is a pickle (protocol 5).  Inside the main process
+Between processes a value is a pickle (protocol 5) whose out-of-band buffers
+(numpy arrays, bytearrays, PickleBuffers) travel beside it: the core copies
+them once, straight from the sender's objects into the ring, and the receiver
+unpickles over one writable copy (FLAG_OOB, see cpp/oob_message.hpp).  A
+value that is exactly ``bytes`` travels as its raw contents (FLAG_RAW), with
+no pickling at all.  Inside the main process
 (thread workers, the Server's own threads) a value travels as a reference to
 the object itself: no pickling, and objects that cannot be pickled (lambdas,
 locks, open files) work, as with mpservice's thread queues.  An exception
@@ -11,6 +16,7 @@ traceback.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import traceback
@@ -24,6 +30,10 @@ FLAG_ERROR = _core.FLAG_ERROR
 FLAG_CONTROL = _core.FLAG_CONTROL
 FLAG_ENSEMBLE = _core.FLAG_ENSEMBLE
 FLAG_CRASH = _core.FLAG_CRASH
+FLAG_RAW = _core.FLAG_RAW
+FLAG_OOB = _core.FLAG_OOB
+_oob_sections = _core.oob_sections
+_OwnedBytes = _core.OwnedBytes
 _PART_MISSING = _core.PART_MISSING
 _COMPOSITE_MAGIC = _core.COMPOSITE_MAGIC
 _composite_head = struct.Struct('<IIII')
@@ -31,6 +41,27 @@ _part_head = struct.Struct('<IIQ')
 
 _dumps = pickle.dumps
 _loads = pickle.loads
+
+
+_heap_kept = False
+
+
+def keep_heap() -> None:
+    """Lets this process reuse the memory of large payloads (once per process).
+
+    glibc gives every block above 128 KiB its own mapping and returns freed
+    heap tops to the kernel, so a process receiving one large payload after
+    another pays a page fault for every 4 KiB of every payload (it halves 1 MB
+    echo throughput).  This raises both thresholds (blocks up to 32 MiB come
+    from the heap; up to 128 MiB of free heap is kept).  Called by the first
+    Server started in the main process and by every worker process;
+    ``MPSERVER_KEEP_HEAP=0`` in the environment turns it off.
+    """
+    global _heap_kept
+    if _heap_kept or os.environ.get('MPSERVER_KEEP_HEAP', '1') == '0':
+        return
+    _heap_kept = True
+    _core.keep_heap(32 << 20, 128 << 20)
 
 
 def _pickle_failure(value, exc: BaseException) -> BaseException:
@@ -41,6 +72,47 @@ def _pickle_failure(value, exc: BaseException) -> BaseException:
     return err
 
 
+# Buffers smaller than this stay inside the pickle: below it, the directory
+# and the separate copies cost more than they save.
+OOB_MIN_BYTES = 64 << 10
+_SCALARS = frozenset({int, float, str, bool, complex, type(None)})
+
+
+def _pickle(value):
+    """The payload of ``value`` for another process: a pickle, or a tagged
+    tuple the core writes as one message — ``(FLAG_RAW, bytes)`` or
+    ``(FLAG_OOB, pickle, buffer, ...)``."""
+    t = type(value)
+    if t is bytes:
+        return FLAG_RAW, value
+    if t in _SCALARS:
+        return _dumps(value, 5)
+    buffers = []
+
+    def out_of_band(buf):  # pickle's buffer_callback: a true result keeps buf in-band
+        try:
+            if buf.raw().nbytes < OOB_MIN_BYTES:
+                return True
+        except BufferError:  # not contiguous: pickle copies it in-band
+            return True
+        buffers.append(buf)
+        return False
+
+    head = _dumps(value, 5, buffer_callback=out_of_band)
+    if buffers:
+        return (FLAG_OOB, head, *buffers)
+    return head
+
+
+def _unpickle_oob(payload):
+    """The value of a FLAG_OOB message: its buffers are unpickled in place
+    (numpy arrays share the one writable copy the core made)."""
+    if type(payload) is not bytearray and type(payload) is not _OwnedBytes:
+        payload = bytearray(payload)  # a read-only view (a part of an ensemble result)
+    sections = _oob_sections(payload)
+    return _loads(sections[0], buffers=sections[1:])
+
+
 class PickleCodec:
     """Values cross a process boundary."""
 
@@ -48,7 +120,7 @@ class PickleCodec:
 
     @staticmethod
     def encode(value):
-        return 0, _dumps(value, 5)
+        return 0, _pickle(value)
 
     @staticmethod
     def encode_error(exc: BaseException, tb: str | None = None):
@@ -66,7 +138,7 @@ class PickleCodec:
     def encode_result(value):
         """encode(), turning a pickling failure into that item's error."""
         try:
-            return 0, _dumps(value, 5)
+            return 0, _pickle(value)
         except Exception as e:
             err = _pickle_failure(value, e)
             return PickleCodec.encode_error(err, f'{type(err).__module__}.{type(err).__name__}: {err}\n')
@@ -91,12 +163,18 @@ class ObjectCodec:
 
 def decode(flags: int, payload):
     """The value of a message; an error message gives the exception object."""
+    if not flags:
+        return _loads(payload)
+    if flags & FLAG_RAW:
+        return payload if type(payload) is bytes else bytes(payload)
     if flags & FLAG_ENSEMBLE:
         return _decode_ensemble(flags, payload)
     if flags & FLAG_CRASH:
         return crash_error(payload)
     if flags & FLAG_OBJECT:
         value = payload
+    elif flags & FLAG_OOB:
+        value = _unpickle_oob(payload)
     else:
         value = _loads(payload)
     if flags & FLAG_ERROR and isinstance(value, RemoteException):

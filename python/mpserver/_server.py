@@ -19,9 +19,9 @@ from time import perf_counter
 from typing import final
 
 from . import _core
-from ._codec import PickleCodec, ObjectCodec, decode, FLAG_ERROR
+from ._codec import PickleCodec, ObjectCodec, decode, keep_heap, FLAG_ERROR
 from ._errors import ConfigError, ServerBacklogFull, TimeoutError, check_timeout
-from . import _async, _worker
+from . import _worker
 from ._servlet import Servlet, _Launch
 
 __all__ = ['Server']
@@ -124,6 +124,7 @@ class Server:
                 "start servers under `if __name__ == '__main__':` in the main script, "
                 'otherwise every worker process would start the server again'
             )
+        keep_heap()
         self._output = _core.Ring.create(OUTPUT_RING_BYTES, 'mpserver-out')
         self._control = _core.Ring.create(CONTROL_RING_BYTES, 'mpserver-ctl')
         self._supervisor = _core.Supervisor()
@@ -178,7 +179,10 @@ class Server:
             flags, payload = PickleCodec.encode_error(RuntimeError(msg), f'RuntimeError: {msg}\n')
             engine.fail_pending(flags, payload)
             del engine
-            _async.close_ports(self)
+            if self._async_ports:
+                from . import _async
+
+                _async.close_ports(self)
             self._state = 'stopped'
             # Drop the rings, the engine and the supervisor thread now (a
             # stream window still open keeps the engine alive on its own).
@@ -229,6 +233,8 @@ class Server:
         The calling coroutine awaits the result without blocking its event
         loop; cancellation behaves as in :meth:`AsyncServer.call`.
         """
+        from . import _async
+
         return await _async.async_call(self, x, timeout, backpressure)
 
     def _failure(self, status, t0, enqueue_seconds=None) -> BaseException:
@@ -298,9 +304,10 @@ class Server:
         except Exception as e:
             return None, e
 
-    def _outcomes(self, win, xs, timeout, return_x, return_exceptions):
-        """Yields what the stream's consumer sees for the window's ready prefix."""
-        for outcome, flags, payload in win.drain(_DRAIN_MAX, 0):
+    def _outcomes(self, win, xs, timeout, return_x, return_exceptions, wait=True):
+        """Yields what the stream's consumer sees for the window's ready prefix
+        (waiting for its head, unless ``wait`` is false)."""
+        for outcome, flags, payload in win.drain(_DRAIN_MAX, 0, wait):
             x, err = xs.popleft()
             if outcome == _READY:
                 try:
@@ -338,6 +345,7 @@ class Server:
                         todo.append((x, *encode(x, preprocessor)))
                         pulled += 1
                     exhausted = pulled < want
+                stalled = False  # other callers hold the capacity
                 while todo:
                     x, payload, err = todo[0]
                     if err is not None:
@@ -355,6 +363,7 @@ class Server:
                         xs.append((todo.popleft()[0], None))
                     if k < len(run):
                         if status == _BACKLOG_FULL and xs:
+                            stalled = True
                             break  # other callers hold the capacity: drain ours first
                         x = todo.popleft()[0]
                         xs.append((x, self._failure(status, perf_counter())))
@@ -363,7 +372,11 @@ class Server:
                     if exhausted and not todo:
                         return
                     continue
-                yield from self._outcomes(win, xs, timeout, return_x, return_exceptions)
+                # Wait for the head only when nothing more can be sent now;
+                # otherwise take what is ready and keep feeding: a worker
+                # gathering a batch may be waiting for exactly those inputs.
+                can_send = not stalled and len(xs) < cap and not (exhausted and not todo)
+                yield from self._outcomes(win, xs, timeout, return_x, return_exceptions, not can_send)
         finally:
             win.close()
 

@@ -24,6 +24,7 @@
 #include "claims.hpp"
 #include "flags.hpp"
 #include "guardian.hpp"
+#include "oob_message.hpp"
 #include "supervisor.hpp"
 #include "collector.hpp"
 #include "completion_queue.hpp"
@@ -644,6 +645,92 @@ TEST_CASE("ring: a message larger than the ring passes whole; a full ring times 
 }
 
 // ---------------------------------------------------------------- stress and recovery
+
+TEST_CASE("oob message: sections are aligned, and malformed layouts are refused") {
+  using namespace mps;
+  const std::vector<std::string> sections = {"pickle-bytes", std::string(100, 'a'), "", "xyz"};
+  std::vector<size_t> lens;
+  for (const auto& s : sections) lens.push_back(s.size());
+  std::string msg = oob_directory(lens);
+  REQUIRE(msg.size() % kOobAlign == 0);
+  for (const auto& s : sections) {
+    msg += s;
+    msg.append(oob_pad(s.size()), '\0');
+  }
+  std::vector<OobSection> got;
+  REQUIRE(oob_layout(msg.data(), msg.size(), &got));
+  REQUIRE(got.size() == sections.size());
+  for (size_t i = 0; i < sections.size(); ++i) {
+    CHECK(got[i].offset % kOobAlign == 0);
+    CHECK(std::string(msg.data() + got[i].offset, got[i].length) == sections[i]);
+  }
+  // Truncated anywhere inside the last section: refused, never read past the end.
+  const size_t last_end = got.back().offset + got.back().length;
+  for (size_t cut = 0; cut < last_end; ++cut) CHECK_FALSE(oob_layout(msg.data(), cut, &got));
+  // Zero sections, too many sections, a length that overruns: refused.
+  std::string bad = msg;
+  uint32_t n = 0;
+  std::memcpy(&bad[0], &n, 4);
+  CHECK_FALSE(oob_layout(bad.data(), bad.size(), &got));
+  n = kOobMaxSections + 1;
+  std::memcpy(&bad[0], &n, 4);
+  CHECK_FALSE(oob_layout(bad.data(), bad.size(), &got));
+  bad = msg;
+  uint64_t huge = ~uint64_t(0) - 8;
+  std::memcpy(&bad[8], &huge, 8);
+  CHECK_FALSE(oob_layout(bad.data(), bad.size(), &got));
+}
+
+TEST_CASE("collector: large results go to the payload home, small ones to the slot") {
+  using namespace mps;
+  // A home that hands out its own buffers for raw messages and names them by index.
+  struct Home : PayloadHome {
+    std::vector<std::string> bufs;
+    char* acquire(uint32_t flags, uint64_t total, uint32_t* slot_flags,
+                  std::string* slot_payload) override {
+      if (!(flags & kFlagRaw)) return nullptr;
+      bufs.emplace_back(total, '\0');
+      *slot_flags = flags | kFlagObject;
+      *slot_payload = std::to_string(bufs.size() - 1);
+      return bufs.back().data();
+    }
+    void abandon(uint32_t, const std::string&) override {}
+  } home;
+  auto output = Ring::create(256 * 1024, "output");
+  Ledger ledger(8);
+  Collector collector(*output, ledger);
+  collector.set_home(&home);
+  collector.start();
+  // One large raw result (several frames: larger than the ring's chunk),
+  // one large pickled result, one small raw result.
+  const std::string large(Collector::kHomeMinBytes * 2, 'x');
+  const std::string small = "tiny";
+  const struct {
+    const std::string* data;
+    uint32_t flags;
+  } sent[] = {{&large, kFlagRaw}, {&large, 0}, {&small, kFlagRaw}};
+  std::vector<uint32_t> idx(3);
+  for (size_t i = 0; i < 3; ++i) {
+    REQUIRE(ledger.acquire(false, 0, &idx[i]) == Ledger::AcquireStatus::ok);
+    Slice sl{sent[i].data->data(), sent[i].data->size()};
+    OutMessage m{ledger.token(idx[i]), sent[i].flags, 0, &sl, 1};
+    REQUIRE(output->push(&m, 1, kForever) == PushStatus::ok);
+  }
+  for (size_t i = 0; i < 3; ++i) REQUIRE(ledger.wait(idx[i], now_ns() + 5'000'000'000, 0));
+  // The large raw one went to the home, whole.
+  CHECK(ledger.slot(idx[0]).flags == (kFlagRaw | kFlagObject));
+  REQUIRE(ledger.slot(idx[0]).payload == "0");
+  CHECK(home.bufs.at(0) == large);
+  // The others are in their slots.
+  CHECK(ledger.slot(idx[1]).flags == 0);
+  CHECK(ledger.slot(idx[1]).payload == large);
+  CHECK(ledger.slot(idx[2]).flags == kFlagRaw);
+  CHECK(ledger.slot(idx[2]).payload == small);
+  CHECK(home.bufs.size() == 1);
+  for (uint32_t i : idx) ledger.release(i);
+  output->close();
+  collector.join();
+}
 
 TEST_CASE("guardian teardown races worker exits") { test_guardian_teardown_races_exits(); }
 TEST_CASE("collector on a corrupt ring") { test_collector_on_corrupt_ring(); }
