@@ -1,6 +1,6 @@
 // oob_message.hpp — the layout of a message that carries a pickle (protocol
 // 5) together with its out-of-band buffers, so that large bytes-like data
-// (numpy arrays, bytearrays, PickleBuffers) is copied once, straight from the
+// (numpy arrays, anything pickled through a PickleBuffer) is copied once, straight from the
 // sender's objects into the ring, instead of being copied into the pickle
 // first.
 //

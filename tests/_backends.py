@@ -21,15 +21,64 @@ from __future__ import annotations
 import builtins
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import types
+import zlib
 
 __all__ = ['Backend', 'BACKENDS', 'IMPORT_ERRORS', 'CustomError', 'get_backend']
 
 
 class CustomError(Exception):
     """An exception type that only this test module knows about."""
+
+
+class MyBytes(bytes):
+    """A bytes subclass (its instances can carry attributes): it must keep its
+    type, and its attributes, across processes, i.e. be pickled rather than
+    travel as raw bytes."""
+
+
+def describe_payload(x):
+    """What a payload looks like where it arrived, as plain comparable data.
+
+    numpy array -> ('ndarray', dtype, shape, order, writable, crc32 of the C-order bytes);
+    bytes-like  -> (type name, nbytes, writable, crc32);
+    list/tuple  -> (type name, (descriptions...)); dict -> ('dict', ((key, description), ...));
+    anything else -> (type name, repr).
+    """
+    np = sys.modules.get('numpy')  # an array can only arrive if numpy is imported
+    if np is not None and isinstance(x, np.ndarray):
+        order = 'C' if x.flags.c_contiguous else 'F' if x.flags.f_contiguous else '-'
+        return ('ndarray', x.dtype.str, tuple(x.shape), order, bool(x.flags.writeable),
+                zlib.crc32(x.tobytes()))
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        m = memoryview(x)
+        return (type(x).__name__, m.nbytes, not m.readonly, zlib.crc32(m.cast('B') if m.nbytes else b''))
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, tuple(describe_payload(v) for v in x))
+    if isinstance(x, dict):
+        return ('dict', tuple((k, describe_payload(v)) for k, v in x.items()))
+    return (type(x).__name__, repr(x))
+
+
+def build_payload(kind, n, seed):
+    """A deterministic value of about ``n`` bytes, distinct per ``seed``:
+    'bytes' -> bytes; 'array' -> writable uint8 numpy array;
+    'mixed' -> (bytes, float64 array, {'k': bytearray}, str)."""
+    import numpy as np
+
+    period = ((np.arange(251, dtype=np.int64) * 7 + seed) % 251).astype(np.uint8)
+    u8 = np.resize(period, n)  # byte i is (7 * i + seed) % 251
+    if kind == 'bytes':
+        return u8.tobytes()
+    if kind == 'array':
+        return u8
+    if kind == 'mixed':
+        f64 = np.arange(n // 8, dtype=np.float64) * 0.5 + seed
+        return (u8.tobytes(), f64, {'k': bytearray(u8)}, f'text {seed}')
+    raise ValueError(f'unknown kind {kind!r}')
 
 
 def _define_workers(Worker) -> dict[str, type]:
@@ -392,6 +441,59 @@ def _define_workers(Worker) -> dict[str, type]:
             if x == 'quit':
                 raise SystemExit(1)
             return x * 2
+
+    # ---- workers for large payloads (test_payloads.py) ----
+
+    class Inspect(Worker):
+        # Returns describe_payload(x): what arrived (types, sizes, writable
+        # flags, checksums), without the payload travelling back.
+        def call(self, x):
+            return describe_payload(x)
+
+    class InspectEcho(Worker):
+        # Returns (describe_payload(x), x): what arrived, and the value itself.
+        def call(self, x):
+            return (describe_payload(x), x)
+
+    class AddOneInPlace(Worker):
+        # Adds 1 in place to a received numpy array (which must therefore be
+        # writable) and returns that same array; anything else passes through.
+        def call(self, x):
+            if type(x).__name__ == 'ndarray':
+                x += 1
+            return x
+
+    class Build(Worker):
+        # ``call((kind, n, seed))``: returns build_payload(kind, n, seed), a
+        # large value made in the worker process itself.
+        def call(self, x):
+            return build_payload(*x)
+
+    class RaiseIfLarge(Worker):
+        # Raises ValueError for a payload of ``limit`` bytes or more; echoes
+        # anything smaller.
+        def __init__(self, *, limit=1 << 20, **kwargs):
+            super().__init__(**kwargs)
+            self.limit = limit
+
+        def call(self, x):
+            if len(x) >= self.limit:
+                raise ValueError(f'payload of {len(x)} bytes is too large', len(x))
+            return x
+
+    class LockOnMarker(Worker):
+        # Returns an unpicklable lock for the input b'lock'; echoes the rest.
+        def call(self, x):
+            if type(x) is bytes and x == b'lock':
+                return threading.Lock()
+            return x
+
+    class BatchEcho(Worker):
+        # Batched: for each item, (batch length, describe_payload(item), item).
+        def call(self, batch):
+            if not isinstance(batch, list):
+                raise TypeError(f'expected a list batch, got {type(batch).__name__}')
+            return [(len(batch), describe_payload(v), v) for v in batch]
 
     return {
         name: obj

@@ -1,7 +1,8 @@
 """How values travel on the core's rings.
 
-Between processes a value is a pickle (protocol 5) whose out-of-band buffers
-(numpy arrays, bytearrays, PickleBuffers) travel beside it: the core copies
+Between processes a value is a pickle (protocol 5) whose large out-of-band
+buffers (numpy arrays, and other objects that pickle their data as a
+PickleBuffer) travel beside it: the core copies
 them once, straight from the sender's objects into the ring, and the receiver
 unpickles over one writable copy (FLAG_OOB, see cpp/oob_message.hpp).  A
 value that is exactly ``bytes`` travels as its raw contents (FLAG_RAW), with
@@ -76,6 +77,7 @@ def _pickle_failure(value, exc: BaseException) -> BaseException:
 # and the separate copies cost more than they save.
 OOB_MIN_BYTES = 64 << 10
 _SCALARS = frozenset({int, float, str, bool, complex, type(None)})
+_PLAIN_BUFFERS = (bytes, bytearray)
 
 
 def _pickle(value):
@@ -91,9 +93,12 @@ def _pickle(value):
 
     def out_of_band(buf):  # pickle's buffer_callback: a true result keeps buf in-band
         try:
-            if buf.raw().nbytes < OOB_MIN_BYTES:
-                return True
+            raw = buf.raw()
         except BufferError:  # not contiguous: pickle copies it in-band
+            return True
+        # A bare PickleBuffer over bytes/bytearray unpickles as the buffer it
+        # is given: in-band, it comes back as bytes/bytearray, as it always did.
+        if raw.nbytes < OOB_MIN_BYTES or type(raw.obj) in _PLAIN_BUFFERS:
             return True
         buffers.append(buf)
         return False
