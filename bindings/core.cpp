@@ -37,6 +37,7 @@ namespace {
 // Spin budgets (busy-wait rounds before a futex sleep); tunable for benchmarks.
 int g_worker_spin = 2000;
 int g_collector_spin = 0;
+int g_worker_yields = 0;
 
 // Caller flags (kFlagObject, kFlagError, ...) are in cpp/flags.hpp.
 
@@ -417,6 +418,7 @@ class PyRing {
     } sink;
     BatchPolicy policy;
     policy.spin = g_worker_spin;
+    policy.yields = g_worker_yields;
     policy.max_items = max_items;
     policy.wait_ns = int64_t(wait_time * 1e9);
     int64_t deadline = deadline_from(idle_timeout);
@@ -1182,10 +1184,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("memfd_from_bytes", &memfd_from_bytes);
   m.def("set_signal_checks", [](bool on) { g_signal_checks = on; },
         "Whether waits on the main thread wake every 50 ms to run Python signal handlers.");
-  m.def("set_spin", [](int worker, int collector) {
+  m.def("set_spin", [](int worker, int collector, int worker_yields) {
     g_worker_spin = worker;
     g_collector_spin = collector;
-  }, "Busy-wait rounds before sleeping: in workers' gather, in the collector.");
+    g_worker_yields = worker_yields;
+  }, py::arg("worker"), py::arg("collector"), py::arg("worker_yields") = 0,
+  "Before sleeping: busy-wait rounds in workers' gather and in the collector, then sched_yield rounds in workers' gather.");
   m.def("bind_to_parent", &bind_to_parent);
   m.def(
       "keep_heap",

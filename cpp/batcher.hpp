@@ -33,13 +33,14 @@ struct BatchPolicy {
   size_t max_items = 1;   // batch_size (0 and 1 both mean "one at a time")
   int64_t wait_ns = 0;    // batch_wait_time, counted from the first item
   int spin = 2000;        // busy-wait iterations before sleeping for the first item
+  int yields = 0;         // then sched_yield rounds before sleeping (see Ring::wait_data)
 };
 
 inline size_t gather(Ring& ring, MessageSink& sink, const BatchPolicy& policy,
                      int64_t idle_deadline_ns) {
   if (policy.max_items <= 1) {
     for (;;) {
-      if (!ring.wait_data(idle_deadline_ns, policy.spin)) return 0;
+      if (!ring.wait_data(idle_deadline_ns, policy.spin, policy.yields)) return 0;
       ShmLockGuard g(ring.consumer_lock(), idle_deadline_ns);
       if (!g.owns()) return 0;
       size_t n = ring.consume_locked(1, sink);
@@ -49,7 +50,7 @@ inline size_t gather(Ring& ring, MessageSink& sink, const BatchPolicy& policy,
   }
   ShmLockGuard g(ring.consumer_lock(), idle_deadline_ns);
   if (!g.owns()) return 0;
-  if (!ring.wait_data(idle_deadline_ns, policy.spin)) return 0;
+  if (!ring.wait_data(idle_deadline_ns, policy.spin, policy.yields)) return 0;
   size_t n = ring.consume_locked(policy.max_items, sink);
   if (n == 0 || policy.wait_ns <= 0) return n;
   const int64_t deadline = now_ns() + policy.wait_ns;

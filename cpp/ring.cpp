@@ -1,5 +1,7 @@
 #include "ring.hpp"
 
+#include <sched.h>
+
 #include <climits>
 #include <cstring>
 #include <new>
@@ -186,10 +188,15 @@ PushStatus Ring::try_push(const OutMessage* msgs, size_t n, size_t* written) {
 
 // ---------------------------------------------------------------- consumer
 
-bool Ring::wait_data(int64_t deadline_ns, int spin) {
+bool Ring::wait_data(int64_t deadline_ns, int spin, int yields) {
   for (int i = 0; i < spin; ++i) {
     if (!empty()) return !aborted();
     cpu_relax();
+  }
+  for (int i = 0; i < yields; ++i) {
+    if (!empty()) return !aborted();
+    if (now_ns() >= deadline_ns) break;
+    sched_yield();
   }
   for (;;) {
     uint32_t s = h_->data_seq.load(std::memory_order_seq_cst);

@@ -150,9 +150,11 @@ class Ring {
   PushStatus try_push(const OutMessage* msgs, size_t n, size_t* written = nullptr);
 
   // ---- consumer side -------------------------------------------------
-  // Spins briefly, then sleeps until the ring is non-empty, closed, or the
-  // deadline passes.  Returns true iff there is something to consume.
-  bool wait_data(int64_t deadline_ns, int spin = 0);
+  // Spins briefly (`spin` rounds of pause, then `yields` rounds of
+  // sched_yield, which lets another runnable thread have the core), then
+  // sleeps until the ring is non-empty, closed, or the deadline passes.
+  // Returns true iff there is something to consume.
+  bool wait_data(int64_t deadline_ns, int spin = 0, int yields = 0);
   // Consumes up to max_msgs complete messages that are already in the ring
   // (and waits for the remaining frames of a multi-frame message it has
   // started).  The caller must hold consumer_lock().

@@ -25,10 +25,13 @@ def main(argv: list[str]) -> int:
 
     if not _core.bind_to_parent(ppid):
         return 0  # the parent is already gone
-    # Spin before sleeping: the parent's choice (argv[3]), or the environment's.
-    spin = os.environ.get('MPSERVER_WORKER_SPIN') or (argv[3] if len(argv) > 3 else None)
+    # How to wait before sleeping: the parent's choice (argv[3:5]); the
+    # environment can override the spin.
+    spin, yields = (int(argv[3]), int(argv[4])) if len(argv) > 4 else (None, 0)
+    if os.environ.get('MPSERVER_WORKER_SPIN'):
+        spin = int(os.environ['MPSERVER_WORKER_SPIN'])
     if spin is not None:
-        _core.set_spin(int(spin), 0)
+        _core.set_spin(spin, 0, yields)
     # Ctrl-C in a terminal reaches the whole process group; the main process
     # handles it and stops the workers, so workers ignore it (no traceback spam).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
