@@ -1,31 +1,71 @@
-"""The Worker class the benchmarks run, defined once per backend.
+"""The classes the benchmarks run, defined once per backend.
 
 Worker processes are separate interpreters that receive the worker class by
 reference (module + qualified name) and re-import it, so it must live at
-module level under a stable name.  ``_define_echo`` builds the class on top of
-one backend's ``Worker`` base; this module runs it for each backend at import
-time and publishes the result as ``Echo__<backend>`` (``Echo__mpservice``,
-``Echo__mpserver``), with ``__name__``/``__qualname__``/``__module__`` set so
-that pickle, and the re-import in the worker process, find exactly that class.
+module level under a stable name.  The ``_define_*`` functions build each
+class on top of one backend's base class; this module runs them for each
+backend at import time and publishes the results as ``<Name>__<backend>``
+(``Echo__mpservice``, ``Echo__mpserver``, ``Burn__mpserver``, ...), with
+``__name__``/``__qualname__``/``__module__`` set so that pickle, and the
+re-import in the worker process, find exactly that class.
 
-``bench.py`` uses ``BACKENDS[name]`` and ``ECHO[name]``, never the global names.
+* ``Echo``: ``call(x) -> x``, the trivial worker of every serving-overhead
+  workload (with batching on, ``x`` is a list and comes back as it is).
+* ``Burn``: a CPU-bound worker; each call runs :func:`burn` for ``loops``
+  iterations of pure Python (``loops`` is a constructor argument, calibrated
+  by ``bench.py`` in the main process) and returns ``x``.
+* ``Parity``: a ``SwitchServlet`` that sends ``x`` to member ``x % 2``.  The
+  switch runs in the main process on both backends; it is module-level anyway,
+  like the workers.
+
+``bench.py`` uses ``BACKENDS[name]``, ``ECHO[name]``, ``BURN[name]`` and
+``PARITY[name]``, never the global names.
 """
 
 from __future__ import annotations
 
 import types
 
-__all__ = ['BACKENDS', 'ECHO']
+__all__ = ['BACKENDS', 'BURN', 'ECHO', 'PARITY', 'burn']
 
 
-def _define_echo(Worker: type) -> type:
-    class Echo(Worker):
+def burn(loops: int) -> int:
+    """Pure-Python busy work: ``loops`` additions in a ``for`` loop."""
+    total = 0
+    for i in range(loops):
+        total += i
+    return total
+
+
+def _define_echo(module: types.ModuleType) -> type:
+    class Echo(module.Worker):
         # With batching on, ``x`` is a list and the same list comes back,
         # which is the batched form of the same identity function.
         def call(self, x):
             return x
 
     return Echo
+
+
+def _define_burn(module: types.ModuleType) -> type:
+    class Burn(module.Worker):
+        def __init__(self, *, loops: int, **kwargs):
+            super().__init__(**kwargs)
+            self.loops = loops
+
+        def call(self, x):
+            burn(self.loops)
+            return x
+
+    return Burn
+
+
+def _define_parity(module: types.ModuleType) -> type:
+    class Parity(module.SwitchServlet):
+        def switch(self, x) -> int:
+            return x % 2
+
+    return Parity
 
 
 def _load_backends() -> dict[str, types.ModuleType]:
@@ -41,13 +81,19 @@ def _load_backends() -> dict[str, types.ModuleType]:
     return {'mpservice': mpservice.mpserver, 'mpserver': mpserver}
 
 
-BACKENDS: dict[str, types.ModuleType] = _load_backends()
-ECHO: dict[str, type] = {}
+def _publish(kind: str, define, backends: dict[str, types.ModuleType]) -> dict[str, type]:
+    """Define ``kind`` for every backend as the module-level ``<kind>__<backend>``."""
+    classes = {}
+    for name, module in backends.items():
+        cls = define(module)
+        cls.__name__ = cls.__qualname__ = f'{kind}__{name}'
+        cls.__module__ = __name__
+        globals()[cls.__name__] = cls
+        classes[name] = cls
+    return classes
 
-for _name, _module in BACKENDS.items():
-    _cls = _define_echo(_module.Worker)
-    _cls.__name__ = _cls.__qualname__ = f'Echo__{_name}'
-    _cls.__module__ = __name__
-    globals()[_cls.__name__] = _cls
-    ECHO[_name] = _cls
-del _name, _module, _cls
+
+BACKENDS: dict[str, types.ModuleType] = _load_backends()
+ECHO: dict[str, type] = _publish('Echo', _define_echo, BACKENDS)
+BURN: dict[str, type] = _publish('Burn', _define_burn, BACKENDS)
+PARITY: dict[str, type] = _publish('Parity', _define_parity, BACKENDS)

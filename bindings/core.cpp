@@ -458,7 +458,7 @@ class PyRing {
 // An object in the pool is referenced by the pool alone and is unreachable
 // from Python, so the collector may write its bytes and shrink its size
 // without the GIL.  Sizes adapt to the traffic: every large raw result taken
-// asks for one more object of its size (two after a miss), up to kMaxObjects
+// asks for one more object of its size (two if it came without one), up to kMaxObjects
 // objects and kMaxBytes bytes; an object is used for a result of its size or
 // up to 1/8 smaller.
 class BytesPool : public PayloadHome {
@@ -484,10 +484,7 @@ class BytesPool : public PayloadHome {
           break;
         }
       }
-      if (!o) {
-        ++misses_;
-        return nullptr;
-      }
+      if (!o) return nullptr;
     }
     Py_SET_SIZE(o, Py_ssize_t(total));
     PyBytes_AS_STRING(o)[total] = '\0';
@@ -500,14 +497,10 @@ class BytesPool : public PayloadHome {
     dispose_message(slot_flags, slot_payload, 1);
   }
 
-  // With the GIL: a large raw result of `size` bytes was taken.
-  void taken(size_t size) {
-    size_t want;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      want = misses_ ? 2 : 1;
-      misses_ = 0;
-    }
+  // With the GIL: a large raw result of `size` bytes was taken; `missed`
+  // if it came without a home (the pool had none to offer).
+  void taken(size_t size, bool missed) {
+    const size_t want = missed ? 2 : 1;
     for (size_t k = 0; k < want; ++k) {
       PyObject* o = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(size));
       if (!o) {
@@ -550,7 +543,6 @@ class BytesPool : public PayloadHome {
   std::mutex mu_;
   std::vector<PyObject*> free_;
   size_t bytes_ = 0;
-  uint64_t misses_ = 0;
 };
 
 // ------------------------------------------------------------------ Engine
@@ -646,7 +638,7 @@ class Engine {
   void note_taken(uint32_t flags, const py::object& obj) {
     if (!(flags & kFlagRaw) || !PyBytes_Check(obj.ptr())) return;
     const size_t size = size_t(PyBytes_GET_SIZE(obj.ptr()));
-    if (size >= Collector::kHomeMinBytes) pool_.taken(size);
+    if (size >= Collector::kHomeMinBytes) pool_.taken(size, !(flags & kFlagObject));
   }
 
   // The caller gives up on a request; its result is dropped whenever it comes.
