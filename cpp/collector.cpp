@@ -62,7 +62,7 @@ void Collector::start() {
 void Collector::run() {
   Sink sink(*this);
   for (;;) {
-    if (!ring_.wait_data(kForever, spin_)) {
+    if (!ring_.wait_data(kForever, spin_, yields_)) {
       if (ring_.finished()) break;
       continue;
     }

@@ -61,7 +61,10 @@ class Collector {
   void set_home(PayloadHome* home) { home_ = home; }
   static constexpr uint64_t kHomeMinBytes = 64 << 10;
   // Busy-wait rounds before sleeping when the ring is empty.
-  void set_spin(int spin) { spin_ = spin; }
+  void set_spin(int spin, int yields = 0) {
+    spin_ = spin;
+    yields_ = yields;
+  }
   void start();
   // Returns after the ring has been closed (by the owner) and drained.
   void join();
@@ -106,6 +109,7 @@ class Collector {
   std::atomic<uint64_t> dropped_{0};
   std::atomic<bool> running_{false};
   int spin_ = 0;
+  int yields_ = 0;
 };
 
 }  // namespace mps

@@ -115,8 +115,8 @@ class _Launch:
             raise failure
 
 
-WORKER_SPIN = 2000  # pause rounds before an idle worker sleeps, when it has a core to itself
-WORKER_YIELDS = 200  # sched_yield rounds instead, when cores are oversubscribed
+WORKER_SPIN = 2000  # pause rounds before an idle worker yields, when it has a core to itself
+WORKER_YIELDS = 200  # then sched_yield rounds before it sleeps
 
 
 def _worker_spin(processes: int) -> tuple[int, int]:
@@ -124,20 +124,20 @@ def _worker_spin(processes: int) -> tuple[int, int]:
     rounds, sched_yield rounds).
 
     Waiting a little saves the sleep and the producer's wake-up call when the
-    next item comes soon.  When the workers and the main process fit on the
-    usable cores, a worker spins on `pause`; when they outnumber the cores, a
-    spinning worker would take CPU from the processes with work (2 workers on
-    2 cores lost ~20% throughput), so it yields the core instead (4 workers
-    on 2 cores gained ~18% over sleeping at once).
-    ``MPSERVER_WORKER_SPIN`` in the environment overrides the pause rounds.
+    next item comes soon.  A worker first spins on `pause` — but only when
+    the workers and the main process fit on the usable cores: otherwise a
+    spinning worker takes CPU from the processes with work (2 workers on 2
+    cores lost ~20% throughput) — and then yields its core a number of times
+    (the core goes to whoever has work; 4 workers on 2 cores gained ~18%
+    over sleeping at once).  ``MPSERVER_WORKER_SPIN`` in the environment
+    overrides the pause rounds.
     """
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count() or 1
-    if processes + 1 <= usable:
-        return WORKER_SPIN, 0
-    return 0, WORKER_YIELDS
+    spin = WORKER_SPIN if processes + 1 <= usable else 0
+    return spin, WORKER_YIELDS
 
 
 def _child_env() -> list[str]:
