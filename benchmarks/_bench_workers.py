@@ -13,7 +13,8 @@ re-import in the worker process, find exactly that class.
   workload (with batching on, ``x`` is a list and comes back as it is).
 * ``Burn``: a CPU-bound worker; each call runs :func:`burn` for ``loops``
   iterations of pure Python (``loops`` is a constructor argument, calibrated
-  by ``bench.py`` in the main process) and returns ``x``.
+  by ``bench.py`` in the main process) and returns the seconds that took
+  (measured in the worker), so the caller can tell how busy the workers were.
 * ``Parity``: a ``SwitchServlet`` that sends ``x`` to member ``x % 2``.  The
   switch runs in the main process on both backends; it is module-level anyway,
   like the workers.
@@ -24,6 +25,7 @@ re-import in the worker process, find exactly that class.
 
 from __future__ import annotations
 
+import time
 import types
 
 __all__ = ['BACKENDS', 'BURN', 'ECHO', 'PARITY', 'burn']
@@ -54,8 +56,9 @@ def _define_burn(module: types.ModuleType) -> type:
             self.loops = loops
 
         def call(self, x):
+            start = time.perf_counter()
             burn(self.loops)
-            return x
+            return time.perf_counter() - start
 
     return Burn
 
