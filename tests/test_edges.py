@@ -418,3 +418,15 @@ def test_bad_timeouts_are_clear_errors(timeout):
         with pytest.raises(ValueError, match='timeout'):
             asyncio.run(server.async_call(3, timeout=timeout))
         assert server.call(3) == 9
+
+
+def test_stream_fills_batches_larger_than_its_sending_chunk(backend):
+    """A stream keeps sending while it has capacity, so a worker gathering a
+    batch larger than what one send carries gets full batches.  (mpserver
+    once sent 64 items and then waited for the first result, so such a
+    worker waited its whole batch_wait_time for inputs never sent.)"""
+    b = backend
+    servlet = b.ProcessServlet(b.w.BatchLen, batch_size=256, batch_wait_time=20)
+    with b.Server(servlet, capacity=512) as server:
+        results = list(server.stream(range(512), timeout=120))
+    assert results == [(i, 256) for i in range(512)]
