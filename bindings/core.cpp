@@ -248,6 +248,26 @@ py::object take_payload(uint32_t flags, std::string& payload) {
   return payload_to_object(flags, payload.data(), payload.size());
 }
 
+// Memoryviews of the pickle and its buffers inside an out-of-band message
+// (see oob_message.hpp); they share `payload`'s memory.
+py::list oob_sections(py::object payload) {
+  py::memoryview mv(payload);
+  Py_buffer* b = PyMemoryView_GET_BUFFER(mv.ptr());
+  if (!PyBuffer_IsContiguous(b, 'C') || b->itemsize != 1)
+    throw py::value_error("payload is not a contiguous run of bytes");
+  std::vector<OobSection> secs;
+  if (!oob_layout(static_cast<const char*>(b->buf), size_t(b->len), &secs))
+    throw py::value_error("corrupt out-of-band message");
+  py::list out(secs.size());
+  for (size_t i = 0; i < secs.size(); ++i) {
+    PyObject* v = PySequence_GetSlice(mv.ptr(), Py_ssize_t(secs[i].offset),
+                                      Py_ssize_t(secs[i].offset + secs[i].length));
+    if (!v) throw py::error_already_set();
+    out[i] = py::reinterpret_steal<py::object>(v);
+  }
+  return out;
+}
+
 // References a message of `flags` holds on `handle` (kFlagObject only): one
 // per consumer.  A ring feeding an ensemble of N by-reference members is
 // read N times (the router copies the pointer to every member), so its
@@ -315,13 +335,9 @@ void release_claim(uint64_t id) {
 
 // ------------------------------------------------------------------ Ring
 
-// Messages at least this large, holding raw bytes or an out-of-band pickle,
-// are copied from the ring straight into the Python object the receiver gets
-// (one copy instead of two).
-constexpr uint64_t kDirectObjectBytes = 64 << 10;
-
 // Called by a consumer without the GIL, while it holds the ring's consumer
-// lock: the bytes (kFlagRaw) or bytearray (kFlagOob) that will hold a
+// lock, for a message of kLargePayloadBytes or more, so that it is copied
+// from the ring straight into the Python object the receiver gets: the bytes (kFlagRaw) or bytearray (kFlagOob) that will hold a
 // message of `total` bytes, or null to take the ordinary path.  Taking the
 // GIL here cannot deadlock: no thread of ours waits for a consumer lock while
 // holding the GIL (every consumer releases it first).
@@ -393,7 +409,7 @@ class PyRing {
       void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
         // Claimed while the ring still holds it: a death from here on is seen.
         if (t_claims) t_claims->claim(t_claim_worker, id, aux);
-        PyObject* direct = total >= kDirectObjectBytes ? new_direct_object(flags, total) : nullptr;
+        PyObject* direct = total >= kLargePayloadBytes ? new_direct_object(flags, total) : nullptr;
         items.push_back({id, flags, aux, buf.size(), 0, direct});
         if (direct) {
           dest = PyBytes_Check(direct) ? PyBytes_AS_STRING(direct) : PyByteArray_AS_STRING(direct);
@@ -642,7 +658,7 @@ class Engine {
   void note_taken(uint32_t flags, const py::object& obj) {
     if (!(flags & kFlagRaw) || !PyBytes_Check(obj.ptr())) return;
     const size_t size = size_t(PyBytes_GET_SIZE(obj.ptr()));
-    if (size >= Collector::kHomeMinBytes) pool_.taken(size, !(flags & kFlagObject));
+    if (size >= kLargePayloadBytes) pool_.taken(size, !(flags & kFlagObject));
   }
 
   // The caller gives up on a request; its result is dropped whenever it comes.
@@ -792,14 +808,16 @@ class PyStreamWindow {
     if (!wait) {
       win_.drain(max, 0, now_ns(), out_);  // a passed deadline: never sleeps
       if (!out_.empty() && out_[0].outcome == StreamWindow::kPending) out_.clear();
-    } else wait_interruptibly(
-        kForever,
-        [&](int64_t until) {
-          out_.clear();
-          win_.drain(max, spin, until, out_);
-          return out_.empty() || out_[0].outcome != StreamWindow::kPending;
-        },
-        [] {});
+    } else {
+      wait_interruptibly(
+          kForever,
+          [&](int64_t until) {
+            out_.clear();
+            win_.drain(max, spin, until, out_);
+            return out_.empty() || out_[0].outcome != StreamWindow::kPending;
+          },
+          [] {});
+    }
     py::list res;
     for (const auto& d : out_) {
       if (d.outcome == StreamWindow::kEnd) break;
@@ -1001,28 +1019,9 @@ PYBIND11_MODULE(_core, m) {
       .def("__len__", [](const OwnedBytes& b) { return b.data.size(); });
   m.attr("FLAG_RAW") = kFlagRaw;
   m.attr("FLAG_OOB") = kFlagOob;
-  m.def(
-      "oob_sections",
-      [](py::object payload) {
-        // Memoryviews of the pickle and its buffers inside an out-of-band
-        // message (see oob_message.hpp); they share `payload`'s memory.
-        py::memoryview mv(payload);
-        Py_buffer* b = PyMemoryView_GET_BUFFER(mv.ptr());
-        if (!PyBuffer_IsContiguous(b, 'C') || b->itemsize != 1)
-          throw py::value_error("payload is not a contiguous run of bytes");
-        std::vector<OobSection> secs;
-        if (!oob_layout(static_cast<const char*>(b->buf), size_t(b->len), &secs))
-          throw py::value_error("corrupt out-of-band message");
-        py::list out(secs.size());
-        for (size_t i = 0; i < secs.size(); ++i) {
-          PyObject* v = PySequence_GetSlice(mv.ptr(), Py_ssize_t(secs[i].offset),
-                                            Py_ssize_t(secs[i].offset + secs[i].length));
-          if (!v) throw py::error_already_set();
-          out[i] = py::reinterpret_steal<py::object>(v);
-        }
-        return out;
-      },
-      py::arg("payload"));
+  m.attr("LARGE_PAYLOAD_BYTES") = kLargePayloadBytes;
+  m.def("oob_sections", &oob_sections, py::arg("payload"),
+        "Memoryviews of the pickle and its buffers inside an out-of-band message.");
   m.attr("PART_MISSING") = kPartMissing;
   m.attr("COMPOSITE_MAGIC") = kCompositeMagic;
   m.attr("MAX_ENSEMBLE_MEMBERS") = kMaxEnsembleMembers;

@@ -15,7 +15,7 @@ void Collector::Sink::begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t 
   slot_->payload.clear();
   home_ = nullptr;
   filled_ = 0;
-  if (c_.home_ && total >= kHomeMinBytes)
+  if (c_.home_ && total >= kLargePayloadBytes)
     home_ = c_.home_->acquire(flags, total, &slot_->flags, &slot_->payload);
   if (!home_) slot_->payload.reserve(total);
 }

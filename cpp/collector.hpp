@@ -21,7 +21,7 @@
 //     published on the CompletionQueue once per batch, after the slots were
 //     finished, so the event loop sees each result already in its slot.
 //
-//   * A result of at least kHomeMinBytes is offered to the PayloadHome, if
+//   * A result of at least kLargePayloadBytes is offered to the PayloadHome, if
 //     one is set (see payload_home.hpp); otherwise it is copied into the slot.
 //
 // Memory ordering: the ring's acquire on head covers the payload the sink
@@ -59,7 +59,6 @@ class Collector {
   bool corrupt() const { return corrupt_.load(std::memory_order_acquire); }
   // Where large results go (null: into the slot).  Must be set before start().
   void set_home(PayloadHome* home) { home_ = home; }
-  static constexpr uint64_t kHomeMinBytes = 64 << 10;
   // Busy-wait rounds before sleeping when the ring is empty.
   void set_spin(int spin, int yields = 0) {
     spin_ = spin;

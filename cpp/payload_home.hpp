@@ -27,6 +27,12 @@
 
 namespace mps {
 
+// A payload at least this large is "large": it gets a home of its own (a
+// worker copies it straight into its Python object; the collector offers it
+// to the PayloadHome), and the Python codec sends buffers this large out of
+// band.  Below it, the extra bookkeeping costs more than the copy it saves.
+inline constexpr uint64_t kLargePayloadBytes = 64 << 10;
+
 class PayloadHome {
  public:
   virtual ~PayloadHome() = default;

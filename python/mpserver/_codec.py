@@ -74,8 +74,9 @@ def _pickle_failure(value, exc: BaseException) -> BaseException:
 
 
 # Buffers smaller than this stay inside the pickle: below it, the directory
-# and the separate copies cost more than they save.
-OOB_MIN_BYTES = 64 << 10
+# and the separate copies cost more than they save (the core's threshold for
+# a large payload, see cpp/payload_home.hpp).
+OOB_MIN_BYTES = _core.LARGE_PAYLOAD_BYTES
 _SCALARS = frozenset({int, float, str, bool, complex, type(None)})
 _PLAIN_BUFFERS = (bytes, bytearray)
 

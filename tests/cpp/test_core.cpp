@@ -703,7 +703,7 @@ TEST_CASE("collector: large results go to the payload home, small ones to the sl
   collector.start();
   // One large raw result (several frames: larger than the ring's chunk),
   // one large pickled result, one small raw result.
-  const std::string large(Collector::kHomeMinBytes * 2, 'x');
+  const std::string large(kLargePayloadBytes * 2, 'x');
   const std::string small = "tiny";
   const struct {
     const std::string* data;
