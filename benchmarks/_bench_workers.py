@@ -78,8 +78,7 @@ def _load_backends() -> dict[str, types.ModuleType]:
         import mpserver
     except ImportError as e:
         raise ImportError(
-            'mpserver is not importable: install it, or run with PYTHONPATH=python '
-            'from the repository root'
+            'mpserver is not importable: install it, or run with PYTHONPATH=python from the repository root'
         ) from e
     return {'mpservice': mpservice.mpserver, 'mpserver': mpserver}
 

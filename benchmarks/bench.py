@@ -104,12 +104,30 @@ class Sizes:
     cpu_items: int  # items streamed through the CPU-bound worker
 
 
-FULL = Sizes(stream_items=50_000, call_warmup=200, call_count=3_000, threads=32,
-             calls_per_thread=400, payload_bytes=1000 * MB, payload_bytes_large=512 * MB,
-             payload_seconds=1.0, payload_min_items=4, cpu_items=2_000)
-QUICK = Sizes(stream_items=10_000, call_warmup=50, call_count=1_000, threads=32,
-              calls_per_thread=60, payload_bytes=40 * MB, payload_bytes_large=48 * MB,
-              payload_seconds=0.25, payload_min_items=3, cpu_items=500)
+FULL = Sizes(
+    stream_items=50_000,
+    call_warmup=200,
+    call_count=3_000,
+    threads=32,
+    calls_per_thread=400,
+    payload_bytes=1000 * MB,
+    payload_bytes_large=512 * MB,
+    payload_seconds=1.0,
+    payload_min_items=4,
+    cpu_items=2_000,
+)
+QUICK = Sizes(
+    stream_items=10_000,
+    call_warmup=50,
+    call_count=1_000,
+    threads=32,
+    calls_per_thread=60,
+    payload_bytes=40 * MB,
+    payload_bytes_large=48 * MB,
+    payload_seconds=0.25,
+    payload_min_items=3,
+    cpu_items=500,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,19 +172,41 @@ class Workload:
 
 STREAM_TARGET = Target('every stream shape: ≥ 10× items/s', 10)
 FIGURES = {
-    f.key: f for f in (
+    f.key: f
+    for f in (
         report.Figure(
-            'workers', 'bench_workers.png', 'Trivial-worker stream: throughput vs worker processes',
-            'worker processes (2 CPU cores)', 'items/s (log scale)', xlog=2),
+            'workers',
+            'bench_workers.png',
+            'Trivial-worker stream: throughput vs worker processes',
+            'worker processes (2 CPU cores)',
+            'items/s (log scale)',
+            xlog=2,
+        ),
         report.Figure(
-            'batch', 'bench_batch.png', 'Trivial-worker stream, 1 process: throughput vs batch_size',
-            'batch_size (0 shown as 1)', 'items/s (log scale)', xlog=2),
+            'batch',
+            'bench_batch.png',
+            'Trivial-worker stream, 1 process: throughput vs batch_size',
+            'batch_size (0 shown as 1)',
+            'items/s (log scale)',
+            xlog=2,
+        ),
         report.Figure(
-            'payload', 'bench_payload.png', 'Echo, 1 process: throughput vs payload size',
-            'payload size', 'MB/s (log scale)', xlog=10, xbytes=True),
+            'payload',
+            'bench_payload.png',
+            'Echo, 1 process: throughput vs payload size',
+            'payload size',
+            'MB/s (log scale)',
+            xlog=10,
+            xbytes=True,
+        ),
         report.Figure(
-            'enter', 'bench_enter.png', 'Start-up: Server enter + first call vs worker processes',
-            'worker processes', 'seconds (log scale)', xlog=2),
+            'enter',
+            'bench_enter.png',
+            'Start-up: Server enter + first call vs worker processes',
+            'worker processes',
+            'seconds (log scale)',
+            xlog=2,
+        ),
     )
 }
 
@@ -206,7 +246,12 @@ def _make_server(backend: str, *, cpus: int, batch_size: int = 0, shape: str = '
 
 
 def stream_throughput(
-    backend: str, sizes: Sizes, *, cpus: int, batch_size: int, generator: bool = False,
+    backend: str,
+    sizes: Sizes,
+    *,
+    cpus: int,
+    batch_size: int,
+    generator: bool = False,
     shape: str = 'process',
 ) -> tuple[float]:
     n = sizes.stream_items
@@ -292,7 +337,8 @@ def _check_echo(backend: str, x, y) -> None:
     if type(y) is not type(x) or len(y) != len(x):
         raise RuntimeError(
             f'{backend}: echo of a {type(x).__name__} of {len(x):,} bytes came back as '
-            f'{type(y).__name__} of length {len(y) if hasattr(y, "__len__") else "?"}')
+            f'{type(y).__name__} of length {len(y) if hasattr(y, "__len__") else "?"}'
+        )
     if type(x) is bytes:
         same = x == y
     else:
@@ -344,8 +390,13 @@ def enter_first_call(backend: str, sizes: Sizes, *, cpus: int) -> tuple[float]:
     workers import that script, as they would a user's)."""
     import subprocess
 
-    out = subprocess.run([sys.executable, ENTER_SCRIPT, backend, str(cpus)], check=True,
-                         capture_output=True, text=True, env=os.environ.copy()).stdout
+    out = subprocess.run(
+        [sys.executable, ENTER_SCRIPT, backend, str(cpus)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    ).stdout
     return (float(out.strip().splitlines()[-1]),)
 
 
@@ -405,10 +456,10 @@ def _throughput(label: str, unit: str = 'items/s', **kwargs) -> Metric:
     return Metric(label, unit, higher_is_better=True, fmt=',.0f', **kwargs)
 
 
-def _stream(label: str, target: Target | None = STREAM_TARGET, plots: tuple[PlotPoint, ...] = (),
-            **kwargs) -> Workload:
-    return Workload(label, (_throughput(label, target=target, plots=plots),),
-                    functools.partial(stream_throughput, **kwargs))
+def _stream(label: str, target: Target | None = STREAM_TARGET, plots: tuple[PlotPoint, ...] = (), **kwargs) -> Workload:
+    return Workload(
+        label, (_throughput(label, target=target, plots=plots),), functools.partial(stream_throughput, **kwargs)
+    )
 
 
 def _stream_range(cpus: int, batch_size: int) -> Workload:
@@ -422,24 +473,30 @@ def _stream_range(cpus: int, batch_size: int) -> Workload:
     # The issue's stream shapes are batch_size 0 and 64; 8 and 256 are the
     # batch-size sweep for the plot, shown without a target.
     target = STREAM_TARGET if batch_size in (0, 64) else None
-    return _stream(f'stream range, {procs}, {batching}', target=target, plots=tuple(plots),
-                   cpus=cpus, batch_size=batch_size)
+    return _stream(
+        f'stream range, {procs}, {batching}', target=target, plots=tuple(plots), cpus=cpus, batch_size=batch_size
+    )
 
 
 def _payload_workload(kind: str, size: int) -> Workload:
     shown = {100: '100 B', 10 * KB: '10 KB', 1 * MB: '1 MB', 16 * MB: '16 MB'}[size]
     name = f'echo {kind}, {shown}, 1 proc'
     target = Target('1 MB payload: ≥ 6× MB/s', 6) if size == 1 * MB else None
-    metric = Metric(name, 'MB/s', higher_is_better=True, fmt=',.1f' if size < 10 * KB else ',.0f',
-                    target=target, plots=(PlotPoint('payload', kind, size),))
+    metric = Metric(
+        name,
+        'MB/s',
+        higher_is_better=True,
+        fmt=',.1f' if size < 10 * KB else ',.0f',
+        target=target,
+        plots=(PlotPoint('payload', kind, size),),
+    )
     return Workload(name, (metric,), functools.partial(payload_throughput, kind=kind, size=size))
 
 
 def _enter_workload(cpus: int) -> Workload:
     name = f'enter + first call, {cpus} proc' + ('s' if cpus > 1 else '')
     target = Target('enter + first call, 4 procs: ≥ 2× faster', 2) if cpus == 4 else None
-    metric = Metric(name, 's', higher_is_better=False, fmt='.3f', target=target,
-                    plots=(PlotPoint('enter', '', cpus),))
+    metric = Metric(name, 's', higher_is_better=False, fmt='.3f', target=target, plots=(PlotPoint('enter', '', cpus),))
     return Workload(name, (metric,), functools.partial(enter_first_call, cpus=cpus))
 
 
@@ -457,19 +514,21 @@ WORKLOADS = (
     _stream_range(4, 0),
     _stream_range(4, 64),
     # Not one of the issue's shapes (inputs pulled by a feeder thread): no target.
-    _stream('stream generator, 2 procs, no batching', target=None, cpus=2, batch_size=0,
-            generator=True),
+    _stream('stream generator, 2 procs, no batching', target=None, cpus=2, batch_size=0, generator=True),
     _stream('stream, Process -> Thread -> Process pipeline', cpus=1, batch_size=0, shape='pipeline'),
-    _stream('stream, ensemble of 2 process servlets', target=Target('ensemble: ≥ 8× items/s', 8),
-            cpus=1, batch_size=0, shape='ensemble'),
+    _stream(
+        'stream, ensemble of 2 process servlets',
+        target=Target('ensemble: ≥ 8× items/s', 8),
+        cpus=1,
+        batch_size=0,
+        shape='ensemble',
+    ),
     _stream('stream, switch over 2 process servlets', cpus=1, batch_size=0, shape='switch'),
     Workload(
         _CALL,
         (
-            Metric(f'{_CALL}, p50', 'µs', higher_is_better=False, fmt=',.0f',
-                   target=Target('call p50: ≥ 4× lower', 4)),
-            Metric(f'{_CALL}, p99', 'µs', higher_is_better=False, fmt=',.0f',
-                   target=Target('call p99: ≥ 3× lower', 3)),
+            Metric(f'{_CALL}, p50', 'µs', higher_is_better=False, fmt=',.0f', target=Target('call p50: ≥ 4× lower', 4)),
+            Metric(f'{_CALL}, p99', 'µs', higher_is_better=False, fmt=',.0f', target=Target('call p99: ≥ 3× lower', 3)),
         ),
         call_latency,
     ),
@@ -487,11 +546,14 @@ WORKLOADS = (
         _CPU,
         (
             _throughput(f'{_CPU}, throughput'),
-            Metric(f'{_CPU}, efficiency vs ideal', '%', higher_is_better=True, fmt='.1f',
-                   target=Target(f'CPU-bound, {CPU_BOUND_PROCS} procs: ≥ 95% of ideal', 95,
-                                 on='mpserver')),
-            Metric(f'{_CPU}, one call inside a worker', 'ms', higher_is_better=False,
-                   fmt='.3f', ratio=False),
+            Metric(
+                f'{_CPU}, efficiency vs ideal',
+                '%',
+                higher_is_better=True,
+                fmt='.1f',
+                target=Target(f'CPU-bound, {CPU_BOUND_PROCS} procs: ≥ 95% of ideal', 95, on='mpserver'),
+            ),
+            Metric(f'{_CPU}, one call inside a worker', 'ms', higher_is_better=False, fmt='.3f', ratio=False),
         ),
         cpu_bound,
     ),
@@ -558,11 +620,13 @@ def run_all(rounds: int, sizes: Sizes, workloads=WORKLOADS) -> tuple[Values, Val
                 other.setdefault((workload.name, backend), []).append(load.cores)
                 for metric, value in zip(workload.metrics, results, strict=True):
                     values.setdefault((metric.label, backend), []).append(value)
-                shown = ', '.join(
-                    f'{v:{m.fmt}} {m.unit}' for m, v in zip(workload.metrics, results)
+                shown = ', '.join(f'{v:{m.fmt}} {m.unit}' for m, v in zip(workload.metrics, results, strict=True))
+                print(
+                    f'round {r + 1}/{rounds}  {workload.name:<48} {backend:<9} {shown}'
+                    f'  [other processes: {load.cores:.2f} cores]',
+                    file=sys.stderr,
+                    flush=True,
                 )
-                print(f'round {r + 1}/{rounds}  {workload.name:<48} {backend:<9} {shown}'
-                      f'  [other processes: {load.cores:.2f} cores]', file=sys.stderr, flush=True)
     return values, other
 
 
@@ -571,8 +635,9 @@ def run_rss(backends: Iterable[str]) -> list[dict]:
     results = []
     for backend in backends:
         print(f'rss: streaming 1,000,000 items on {backend} ...', file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, RSS_SCRIPT, '--backend', backend, '--json'],
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, RSS_SCRIPT, '--backend', backend, '--json'], capture_output=True, text=True, timeout=900
+        )
         if proc.returncode != 0:
             raise RuntimeError(f'rss.py --backend {backend} failed ({proc.returncode}):\n{proc.stderr}')
         results.append(json.loads(proc.stdout))
@@ -608,8 +673,10 @@ def markdown_table(values: Values, workloads=WORKLOADS) -> str:
         if (m.label, BASE) not in values:
             continue
         ratio = f'{_ratio(values, m):.2f}×' if m.ratio else '—'
-        lines.append(f'| {m.label} ({m.unit}) | {_cell(values[(m.label, BASE)], m)} | '
-                     f'{_cell(values[(m.label, NEW)], m)} | {ratio} |')
+        lines.append(
+            f'| {m.label} ({m.unit}) | {_cell(values[(m.label, BASE)], m)} | '
+            f'{_cell(values[(m.label, NEW)], m)} | {ratio} |'
+        )
     return '\n'.join(lines)
 
 
@@ -620,8 +687,7 @@ def compact_table(values: Values, workloads=WORKLOADS) -> str:
         if (m.label, BASE) not in values or not m.ratio:
             continue
         old, new = (statistics.median(values[(m.label, b)]) for b in (BASE, NEW))
-        lines.append(f'| {m.label} ({m.unit}) | {old:{m.fmt}} | {new:{m.fmt}} | '
-                     f'{_ratio(values, m):.1f}× |')
+        lines.append(f'| {m.label} ({m.unit}) | {old:{m.fmt}} | {new:{m.fmt}} | {_ratio(values, m):.1f}× |')
     return '\n'.join(lines)
 
 
@@ -643,10 +709,15 @@ def target_rows(values: Values, rss: list[dict], workloads=WORKLOADS) -> list[tu
         if r['backend'] != NEW:
             continue
         items, growth = rss_probe.growth_mb(r)
-        rows.append((f'main-process RSS flat over {r["items"]:,} streamed items '
-                     f'(VmRSS growth ≤ {RSS_FLAT_MB:g} MB over the last {items:,})',
-                     f'RSS, 2 procs, batch_size=64 ({NEW})', f'{growth:+.1f} MB',
-                     growth <= RSS_FLAT_MB))
+        rows.append(
+            (
+                f'main-process RSS flat over {r["items"]:,} streamed items '
+                f'(VmRSS growth ≤ {RSS_FLAT_MB:g} MB over the last {items:,})',
+                f'RSS, 2 procs, batch_size=64 ({NEW})',
+                f'{growth:+.1f} MB',
+                growth <= RSS_FLAT_MB,
+            )
+        )
     return rows
 
 
@@ -673,10 +744,16 @@ def _cpu_model() -> str:
 
 def _git_revision() -> str:
     try:
-        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ['git', 'status', '--porcelain', '--untracked-files=no'],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return 'unknown'
     if not rev:
@@ -693,15 +770,17 @@ def machine_description() -> str:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    return '\n'.join([
-        f'- date: {datetime.datetime.now().astimezone().isoformat(timespec="minutes")}',
-        f'- CPU: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable by this process)',
-        f'- Python {platform.python_version()} ({platform.python_implementation()}), '
-        f'{platform.system()} {platform.release()}',
-        f'- mpservice {mpservice.__version__}; '
-        f'mpserver {mpserver_version} from {os.path.dirname(mpserver.__file__)}, '
-        f'source revision {_git_revision()}',
-    ])
+    return '\n'.join(
+        [
+            f'- date: {datetime.datetime.now().astimezone().isoformat(timespec="minutes")}',
+            f'- CPU: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable by this process)',
+            f'- Python {platform.python_version()} ({platform.python_implementation()}), '
+            f'{platform.system()} {platform.release()}',
+            f'- mpservice {mpservice.__version__}; '
+            f'mpserver {mpserver_version} from {os.path.dirname(mpserver.__file__)}, '
+            f'source revision {_git_revision()}',
+        ]
+    )
 
 
 def settings_description(rounds: int, sizes: Sizes) -> str:
@@ -725,16 +804,25 @@ def other_load_description(other: Values) -> str:
     if not loads:
         return ''
     disturbed = sorted(
-        ((v, name, backend, r + 1) for (name, backend), vs in other.items() for r, v in enumerate(vs)
-         if v > DISTURBED_CORES), reverse=True)
-    text = (f'other processes on the machine during the measurements: median '
-            f'{statistics.median(loads):.2f} cores, max {max(loads):.2f} (of {os.cpu_count()}); ')
+        (
+            (v, name, backend, r + 1)
+            for (name, backend), vs in other.items()
+            for r, v in enumerate(vs)
+            if v > DISTURBED_CORES
+        ),
+        reverse=True,
+    )
+    text = (
+        f'other processes on the machine during the measurements: median '
+        f'{statistics.median(loads):.2f} cores, max {max(loads):.2f} (of {os.cpu_count()}); '
+    )
     if not disturbed:
         return text + f'no run above {DISTURBED_CORES:g} cores'
     shown = '; '.join(f'{name}, {backend}, round {r}: {v:.2f}' for v, name, backend, r in disturbed[:4])
     more = f'; and {len(disturbed) - 4} more' if len(disturbed) > 4 else ''
-    return text + (f'{len(disturbed)} of {len(loads)} runs above {DISTURBED_CORES:g} cores, '
-                   f'the most disturbed: {shown}{more}')
+    return text + (
+        f'{len(disturbed)} of {len(loads)} runs above {DISTURBED_CORES:g} cores, the most disturbed: {shown}{more}'
+    )
 
 
 # --- one run's results, saved and rendered -----------------------------------
@@ -777,13 +865,11 @@ def _plot_series(values: Values, workloads) -> dict[str, list]:
         for p in m.plots:
             for backend in (BASE, NEW):
                 if (m.label, backend) in values:
-                    points.setdefault((p.figure, backend, p.series), []).append(
-                        (p.x, values[(m.label, backend)]))
+                    points.setdefault((p.figure, backend, p.series), []).append((p.x, values[(m.label, backend)]))
     out: dict[str, list] = {}
     for (figure, backend, series), xs in points.items():
         xs.sort()
-        out.setdefault(figure, []).append(
-            report.Series(backend, series, [x for x, _ in xs], [v for _, v in xs]))
+        out.setdefault(figure, []).append(report.Series(backend, series, [x for x, _ in xs], [v for _, v in xs]))
     return out
 
 
@@ -831,11 +917,13 @@ def render_docs_region(run: RunData, plots: list[tuple[str, str]], workloads=WOR
         parts += [
             '### Main-process memory over a long stream',
             '',
-            (f'{rss[0]["items"]:,} small ints streamed through 2 worker processes with '
-             '`batch_size=64`, in a fresh interpreter per backend; memory of the main process '
-             f'after a warm-up (0) and every {int(rss[0]["samples"][1][0]):,} results.  VmRSS is '
-             'RssAnon (the heap) + RssShmem (shared memory touched, such as the rings) + mapped '
-             'files.'),
+            (
+                f'{rss[0]["items"]:,} small ints streamed through 2 worker processes with '
+                '`batch_size=64`, in a fresh interpreter per backend; memory of the main process '
+                f'after a warm-up (0) and every {int(rss[0]["samples"][1][0]):,} results.  VmRSS is '
+                'RssAnon (the heap) + RssShmem (shared memory touched, such as the rings) + mapped '
+                'files.'
+            ),
             '',
             rss_probe.markdown_table(rss),
             '',
@@ -847,22 +935,26 @@ def render_docs_region(run: RunData, plots: list[tuple[str, str]], workloads=WOR
 
 def render_breakdown_region(run: RunData) -> str:
     rows = [breakdown.Row(**r) for r in run.breakdown]
-    return '\n'.join([
-        f'<!-- generated by benchmarks/breakdown.py via {WRITE_COMMAND}; '
-        'edits between the breakdown:begin/end markers are overwritten -->',
-        '',
-        breakdown.markdown_table(rows),
-    ])
+    return '\n'.join(
+        [
+            f'<!-- generated by benchmarks/breakdown.py via {WRITE_COMMAND}; '
+            'edits between the breakdown:begin/end markers are overwritten -->',
+            '',
+            breakdown.markdown_table(rows),
+        ]
+    )
 
 
 def render_readme_region(run: RunData, workloads=WORKLOADS) -> str:
-    return '\n'.join([
-        compact_table(run.values, workloads),
-        '',
-        f'Medians of {run.rounds} round(s) on {_cpu_model()} ({os.cpu_count()} cores); '
-        f'ratio > 1 means mpserver is better.  Regenerate with `{WRITE_COMMAND}`; '
-        'full table, targets and plots in [docs/benchmarks.md](docs/benchmarks.md).',
-    ])
+    return '\n'.join(
+        [
+            compact_table(run.values, workloads),
+            '',
+            f'Medians of {run.rounds} round(s) on {_cpu_model()} ({os.cpu_count()} cores); '
+            f'ratio > 1 means mpserver is better.  Regenerate with `{WRITE_COMMAND}`; '
+            'full table, targets and plots in [docs/benchmarks.md](docs/benchmarks.md).',
+        ]
+    )
 
 
 def write_outputs(run: RunData, *, plots: bool) -> None:
@@ -872,9 +964,12 @@ def write_outputs(run: RunData, *, plots: bool) -> None:
     if run.breakdown:
         report.replace_region(DOCS_PAGE, 'breakdown', render_breakdown_region(run), required=True)
     in_readme = report.replace_region(README, 'bench-table', render_readme_region(run))
-    print(f'wrote {os.path.relpath(DOCS_PAGE, ROOT)}'
-          + (f', {len(written)} plot(s) in {os.path.relpath(IMG_DIR, ROOT)}' if written else '')
-          + (', README.md table' if in_readme else ''), file=sys.stderr)
+    print(
+        f'wrote {os.path.relpath(DOCS_PAGE, ROOT)}'
+        + (f', {len(written)} plot(s) in {os.path.relpath(IMG_DIR, ROOT)}' if written else '')
+        + (', README.md table' if in_readme else ''),
+        file=sys.stderr,
+    )
 
 
 def print_report(run: RunData, workloads=WORKLOADS) -> None:
@@ -896,8 +991,9 @@ def print_report(run: RunData, workloads=WORKLOADS) -> None:
         print(render_breakdown_region(run).split('\n', 2)[2])
 
 
-def measure(argv: list[str], rounds: int, quick: bool, workloads, *, full: bool,
-            rss_backends: list[str], rss: bool) -> RunData:
+def measure(
+    argv: list[str], rounds: int, quick: bool, workloads, *, full: bool, rss_backends: list[str], rss: bool
+) -> RunData:
     """Run the workloads; with ``full`` also the breakdown, with ``rss`` the RSS probe."""
     started = time.perf_counter()
     command = shlex.join(['python', 'benchmarks/bench.py', *argv])
@@ -916,27 +1012,30 @@ def measure(argv: list[str], rounds: int, quick: bool, workloads, *, full: bool,
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--rounds', type=int, default=None,
-                        help='rounds per backend (default 3, or 2 with --quick)')
-    parser.add_argument('--quick', action='store_true',
-                        help='smaller sizes: a smoke run (under a minute with --rounds 1)')
-    parser.add_argument('--out', metavar='PATH',
-                        help='also write the tables and a machine description to PATH')
-    parser.add_argument('--only', metavar='TEXT',
-                        help='run only the workloads whose name contains TEXT')
-    parser.add_argument('--write', action='store_true',
-                        help='also run the RSS and breakdown measurements, draw the plots into '
-                             'docs/img/ and rewrite the generated regions of docs/benchmarks.md '
-                             '(and README.md, if it has bench-table markers)')
-    parser.add_argument('--no-plots', action='store_true',
-                        help='do not draw plots (for machines without matplotlib)')
-    parser.add_argument('--rss', action='store_true',
-                        help='only measure the main-process RSS over 1,000,000 streamed items')
-    parser.add_argument('--rss-mpservice', action='store_true',
-                        help='measure the RSS on mpservice too (about 40 s more)')
+    parser.add_argument('--rounds', type=int, default=None, help='rounds per backend (default 3, or 2 with --quick)')
+    parser.add_argument(
+        '--quick', action='store_true', help='smaller sizes: a smoke run (under a minute with --rounds 1)'
+    )
+    parser.add_argument('--out', metavar='PATH', help='also write the tables and a machine description to PATH')
+    parser.add_argument('--only', metavar='TEXT', help='run only the workloads whose name contains TEXT')
+    parser.add_argument(
+        '--write',
+        action='store_true',
+        help='also run the RSS and breakdown measurements, draw the plots into '
+        'docs/img/ and rewrite the generated regions of docs/benchmarks.md '
+        '(and README.md, if it has bench-table markers)',
+    )
+    parser.add_argument('--no-plots', action='store_true', help='do not draw plots (for machines without matplotlib)')
+    parser.add_argument(
+        '--rss', action='store_true', help='only measure the main-process RSS over 1,000,000 streamed items'
+    )
+    parser.add_argument(
+        '--rss-mpservice', action='store_true', help='measure the RSS on mpservice too (about 40 s more)'
+    )
     parser.add_argument('--json', metavar='PATH', help='save the raw results to PATH')
-    parser.add_argument('--from-json', metavar='PATH',
-                        help='do not measure: report (and with --write, write) results saved by --json')
+    parser.add_argument(
+        '--from-json', metavar='PATH', help='do not measure: report (and with --write, write) results saved by --json'
+    )
     args = parser.parse_args(argv)
 
     if args.write and not args.no_plots:
@@ -959,15 +1058,24 @@ def main(argv: list[str] | None = None) -> None:
         print(rss_probe.markdown_table(results))
         for r in results:
             items, growth = rss_probe.growth_mb(r)
-            print(f'{r["backend"]}: {r["items"]:,} items in {r["seconds"]:.1f} s; '
-                  f'VmRSS growth over the last {items:,} items: {growth:+.1f} MB')
+            print(
+                f'{r["backend"]}: {r["items"]:,} items in {r["seconds"]:.1f} s; '
+                f'VmRSS growth over the last {items:,} items: {growth:+.1f} MB'
+            )
         return
     if args.from_json:
         with open(args.from_json, encoding='utf-8') as f:
             run = RunData.from_json(json.load(f))
     else:
-        run = measure(argv, rounds, args.quick, workloads, full=args.write, rss_backends=rss_backends,
-                      rss=args.write or args.rss_mpservice)
+        run = measure(
+            argv,
+            rounds,
+            args.quick,
+            workloads,
+            full=args.write,
+            rss_backends=rss_backends,
+            rss=args.write or args.rss_mpservice,
+        )
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
             json.dump(run.to_json(), f, indent=1)

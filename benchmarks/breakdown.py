@@ -153,7 +153,7 @@ def _children_cpu_seconds() -> float:
         except OSError:
             continue
         # Fields after the parenthesised command name: state ppid ... utime(14) stime(15).
-        fields = stat[stat.rindex(')') + 2:].split()
+        fields = stat[stat.rindex(')') + 2 :].split()
         if int(fields[1]) == me:
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
@@ -204,43 +204,80 @@ def measure(quick: bool = False) -> list[Row]:
     worker_sum = ring['gather'] + py['loads'] + py['call'] + py['dumps'] + ring['push']
     in_process = 'measured in one process, loop overhead subtracted'
     return [
-        Row('(a) pickle.dumps(small int, protocol 5)', 'main: encode x; worker: encode y',
-            py['dumps'], in_process),
-        Row('(a) pickle.loads of that pickle', 'main: decode y; worker: decode x',
-            py['loads'], in_process),
-        Row('(a) pickle round trip ×2 (dumps + loads on each side)', 'both',
-            2 * (py['dumps'] + py['loads']), 'derived: 2 × (dumps + loads)'),
-        Row('(b) Echo().call(x) + one for-loop iteration', 'worker', py['call'],
-            'measured in one process'),
-        Row(f'(c) Ring.push_many, runs of {RUN} small pickles', 'main: send inputs',
-            ring['push_many'], 'measured in one process; no consumer waiting, so no wake-up'),
-        Row('(c) Ring.push, one small pickle', 'worker: send a result', ring['push'],
-            'measured in one process; no consumer waiting, so no wake-up'),
-        Row(f'(c) Ring.gather({RUN}), per item', 'worker: take inputs; main: stand-in for '
-            'collector + stream drain', ring['gather'],
+        Row('(a) pickle.dumps(small int, protocol 5)', 'main: encode x; worker: encode y', py['dumps'], in_process),
+        Row('(a) pickle.loads of that pickle', 'main: decode y; worker: decode x', py['loads'], in_process),
+        Row(
+            '(a) pickle round trip ×2 (dumps + loads on each side)',
+            'both',
+            2 * (py['dumps'] + py['loads']),
+            'derived: 2 × (dumps + loads)',
+        ),
+        Row('(b) Echo().call(x) + one for-loop iteration', 'worker', py['call'], 'measured in one process'),
+        Row(
+            f'(c) Ring.push_many, runs of {RUN} small pickles',
+            'main: send inputs',
+            ring['push_many'],
+            'measured in one process; no consumer waiting, so no wake-up',
+        ),
+        Row(
+            '(c) Ring.push, one small pickle',
+            'worker: send a result',
+            ring['push'],
+            'measured in one process; no consumer waiting, so no wake-up',
+        ),
+        Row(
+            f'(c) Ring.gather({RUN}), per item',
+            'worker: take inputs; main: stand-in for collector + stream drain',
+            ring['gather'],
             'measured in one process; the main side really takes results via a C++ '
-            'collector thread and the stream window'),
-        Row('main-process sum: dumps + push_many + gather + loads', 'main', main_sum,
-            'derived from the rows above'),
-        Row('worker-process sum: gather + loads + call + dumps + push', 'worker', worker_sum,
-            'derived from the rows above'),
-        Row('(d) end to end: 1 / throughput of stream(range(n)), 1 proc', 'end to end',
-            e2e['wall'], f'measured: n = {n:,}, median of 3 streams'),
-        Row('main-process CPU time during (d): the streaming thread', 'main', e2e['thread_cpu'],
-            'measured: time.thread_time() / n'),
-        Row('main-process CPU time during (d): its other threads', 'main', e2e['other_cpu'],
+            'collector thread and the stream window',
+        ),
+        Row('main-process sum: dumps + push_many + gather + loads', 'main', main_sum, 'derived from the rows above'),
+        Row(
+            'worker-process sum: gather + loads + call + dumps + push',
+            'worker',
+            worker_sum,
+            'derived from the rows above',
+        ),
+        Row(
+            '(d) end to end: 1 / throughput of stream(range(n)), 1 proc',
+            'end to end',
+            e2e['wall'],
+            f'measured: n = {n:,}, median of 3 streams',
+        ),
+        Row(
+            'main-process CPU time during (d): the streaming thread',
+            'main',
+            e2e['thread_cpu'],
+            'measured: time.thread_time() / n',
+        ),
+        Row(
+            'main-process CPU time during (d): its other threads',
+            'main',
+            e2e['other_cpu'],
             'measured: (time.process_time() − time.thread_time()) / n (C++ collector and '
-            'engine threads; includes spin-waiting)'),
-        Row('worker-process CPU time during (d)', 'worker', e2e['worker_cpu'],
-            'measured: utime + stime from /proc / n (includes spin-waiting for work)'),
-        Row('(e) the rest, main side: (d) − main-process sum', 'main',
+            'engine threads; includes spin-waiting)',
+        ),
+        Row(
+            'worker-process CPU time during (d)',
+            'worker',
+            e2e['worker_cpu'],
+            'measured: utime + stime from /proc / n (includes spin-waiting for work)',
+        ),
+        Row(
+            '(e) the rest, main side: (d) − main-process sum',
+            'main',
             e2e['wall'] - main_sum,
             'derived: stream bookkeeping in Python (window submit/drain calls, deques, '
-            'codec wrappers, generator resume) plus any wait for the worker'),
-        Row('(e) the rest, streaming thread CPU: its CPU time − (dumps + push_many + loads)',
-            'main', e2e['thread_cpu'] - (py['dumps'] + ring['push_many'] + py['loads']),
+            'codec wrappers, generator resume) plus any wait for the worker',
+        ),
+        Row(
+            '(e) the rest, streaming thread CPU: its CPU time − (dumps + push_many + loads)',
+            'main',
+            e2e['thread_cpu'] - (py['dumps'] + ring['push_many'] + py['loads']),
             'derived: the CPU part of the rest, without waits (gather is left out: results '
-            'are gathered on the collector thread)'),
+            'are gathered on the collector thread)',
+        ),
     ]
 
 

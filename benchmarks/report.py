@@ -56,8 +56,8 @@ def replace_region(path: str, name: str, content: str, *, required: bool = False
     if len(matches) != 1:
         if required or matches:
             raise MissingRegion(
-                f'{path}: expected one region from a line "{begin}" to a line "{end}", '
-                f'found {len(matches)}')
+                f'{path}: expected one region from a line "{begin}" to a line "{end}", found {len(matches)}'
+            )
         return False
     body = content.strip('\n')
     # Blank lines around the body: a table or paragraph never runs into a marker.
@@ -107,8 +107,8 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as e:
         raise ImportError(
-            "the plots need matplotlib: pip install '.[bench]' (or pip install matplotlib), "
-            'or pass --no-plots') from e
+            "the plots need matplotlib: pip install '.[bench]' (or pip install matplotlib), or pass --no-plots"
+        ) from e
 
 
 def _pyplot():
@@ -131,12 +131,21 @@ def plot_figure(fig_spec: Figure, series: list[Series], outdir: str) -> str:
     for s in series:
         k = names.index(s.name)
         med = [statistics.median(r) for r in s.rounds]
-        lo = [m - min(r) for m, r in zip(med, s.rounds)]
-        hi = [max(r) - m for m, r in zip(med, s.rounds)]
+        lo = [m - min(r) for m, r in zip(med, s.rounds, strict=True)]
+        hi = [max(r) - m for m, r in zip(med, s.rounds, strict=True)]
         label = f'{s.backend}, {s.name}' if s.name else s.backend
-        ax.errorbar(s.xs, med, yerr=[lo, hi], label=label, color=BACKEND_COLORS.get(s.backend),
-                    linestyle=LINESTYLES[k % len(LINESTYLES)], marker=MARKERS[k % len(MARKERS)],
-                    markersize=4, capsize=3, linewidth=1.4)
+        ax.errorbar(
+            s.xs,
+            med,
+            yerr=[lo, hi],
+            label=label,
+            color=BACKEND_COLORS.get(s.backend),
+            linestyle=LINESTYLES[k % len(LINESTYLES)],
+            marker=MARKERS[k % len(MARKERS)],
+            markersize=4,
+            capsize=3,
+            linewidth=1.4,
+        )
     if fig_spec.xlog:
         ax.set_xscale('log', base=fig_spec.xlog)
     if fig_spec.ylog:
@@ -197,11 +206,9 @@ def plot_rss(results: list[dict], outdir: str, filename: str = 'bench_rss.png') 
         for column, name, style in ((1, 'VmRSS', '-'), (2, 'RssAnon', '--'), (3, 'RssShmem', ':')):
             ys = [s[column] for s in r['samples']]
             top = max(top, *ys)
-            ax.plot(xs, ys, linestyle=style, marker='o', markersize=3, color=color,
-                    label=f'{r["backend"]} {name}')
+            ax.plot(xs, ys, linestyle=style, marker='o', markersize=3, color=color, label=f'{r["backend"]} {name}')
     ax.set_ylim(0, top * 1.35)
-    ax.set_title('Main-process RSS while streaming small items (2 procs, batch_size=64)',
-                 fontsize=10)
+    ax.set_title('Main-process RSS while streaming small items (2 procs, batch_size=64)', fontsize=10)
     ax.set_xlabel('items streamed')
     ax.set_ylabel('MB')
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f'{v / 1e6:g}M' if v else '0'))

@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table([result]))
     print()
     items, growth = growth_mb(result)
-    print(f'{args.items:,} items in {result["seconds"]:.1f} s; '
-          f'VmRSS growth over the last {items:,} items: {growth:+.1f} MB')
+    print(
+        f'{args.items:,} items in {result["seconds"]:.1f} s; '
+        f'VmRSS growth over the last {items:,} items: {growth:+.1f} MB'
+    )
 
 
 if __name__ == '__main__':

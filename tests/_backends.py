@@ -51,8 +51,7 @@ def describe_payload(x):
     np = sys.modules.get('numpy')  # an array can only arrive if numpy is imported
     if np is not None and isinstance(x, np.ndarray):
         order = 'C' if x.flags.c_contiguous else 'F' if x.flags.f_contiguous else '-'
-        return ('ndarray', x.dtype.str, tuple(x.shape), order, bool(x.flags.writeable),
-                zlib.crc32(x.tobytes()))
+        return ('ndarray', x.dtype.str, tuple(x.shape), order, bool(x.flags.writeable), zlib.crc32(x.tobytes()))
     if isinstance(x, (bytes, bytearray, memoryview)):
         m = memoryview(x)
         return (type(x).__name__, m.nbytes, not m.readonly, zlib.crc32(m.cast('B') if m.nbytes else b''))
@@ -320,9 +319,7 @@ def _define_workers(Worker) -> dict[str, type]:
         # Raises ``exc_type(f'{tag} rejects {x!r}')`` when ``x == value``;
         # passes every other item through unchanged.  Before raising it waits
         # for the file ``wait_for`` to exist (if given), then ``delay`` seconds.
-        def __init__(
-            self, *, value, exc_type='ValueError', tag='failif', delay=0.0, wait_for=None, **kwargs
-        ):
+        def __init__(self, *, value, exc_type='ValueError', tag='failif', delay=0.0, wait_for=None, **kwargs):
             super().__init__(**kwargs)
             self.value = value
             self.exc_type = exc_type
@@ -596,7 +593,7 @@ IMPORT_ERRORS: dict[str, BaseException] = {}
 for _name, _loader in (('mpservice', _load_mpservice), ('mpserver', _load_mpserver)):
     try:
         BACKENDS[_name] = _loader()
-    except Exception as _e:  # ImportError, or a half-built package failing on import
+    except Exception as _e:  # noqa: BLE001 - ImportError, or a half-built package failing on import
         BACKENDS[_name] = None
         IMPORT_ERRORS[_name] = _e
 del _name, _loader

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _backends import get_backend  # noqa: E402
+from _backends import get_backend
 
 
 def stream_many(items: int) -> None:
@@ -114,8 +114,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     stream_many(args.items)
-    print(f'stream_many: {args.items} items in order, none lost or duplicated '
-          f'({time.perf_counter() - t0:.1f} s)')
+    print(f'stream_many: {args.items} items in order, none lost or duplicated ({time.perf_counter() - t0:.1f} s)')
     print('mixed:', mixed(args.seconds))
 
 

@@ -18,11 +18,7 @@ from _backends import CustomError
 @pytest.fixture
 def ab(backend):
     """The backend, provided it has AsyncServer and the composition API."""
-    missing = [
-        n
-        for n in ('AsyncServer', 'SequentialServlet', 'EnsembleServlet')
-        if getattr(backend, n) is None
-    ]
+    missing = [n for n in ('AsyncServer', 'SequentialServlet', 'EnsembleServlet') if getattr(backend, n) is None]
     if missing:
         pytest.fail(f'backend {backend.name!r} lacks {", ".join(missing)}', pytrace=False)
     return backend

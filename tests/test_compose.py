@@ -31,7 +31,6 @@ def cb(backend):
     return backend
 
 
-
 def member_error(b, v):
     """An error entry of an ensemble result list / EnsembleError, as an exception.
 
@@ -80,10 +79,7 @@ def test_sequential_stages_run_in_order_in_their_processes(cb, shape):
     """Each stage sees the previous stage's output; P stages run in their own
     worker processes, T stages in threads of this process."""
     b = cb
-    stages = [
-        b.ProcessServlet(b.w.PidTrail) if kind == 'P' else b.ThreadServlet(b.w.PidTrail)
-        for kind in shape
-    ]
+    stages = [b.ProcessServlet(b.w.PidTrail) if kind == 'P' else b.ThreadServlet(b.w.PidTrail) for kind in shape]
     me = os.getpid()
     with b.Server(b.SequentialServlet(*stages)) as server:
         trail = server.call([('start', 'x')])
@@ -91,12 +87,12 @@ def test_sequential_stages_run_in_order_in_their_processes(cb, shape):
     assert trail[0] == ('start', 'x')
     hops = trail[1:]
     assert len(hops) == len(shape)
-    for kind, (pid, _thread) in zip(shape, hops):
+    for kind, (pid, _thread) in zip(shape, hops, strict=True):
         if kind == 'P':
             assert pid != me
         else:
             assert pid == me
-    proc_pids = [pid for kind, (pid, _) in zip(shape, hops) if kind == 'P']
+    proc_pids = [pid for kind, (pid, _) in zip(shape, hops, strict=True) if kind == 'P']
     assert len(set(proc_pids)) == len(proc_pids), 'two process stages shared a process'
     for i, out in enumerate(streamed):
         assert out[0] == i
@@ -367,18 +363,12 @@ def test_error_in_earlier_stage_short_circuits(cb, kind):
     record0, seen0 = recorder()
     record1, seen1 = recorder()
     if kind == 'ensemble':
-        tail = b.EnsembleServlet(
-            b.ThreadServlet(b.make_worker(record0)), b.ThreadServlet(b.make_worker(record1))
-        )
+        tail = b.EnsembleServlet(b.ThreadServlet(b.make_worker(record0)), b.ThreadServlet(b.make_worker(record1)))
         ok = {2: [2, 2], 4: [4, 4]}
     else:
-        tail = b.sw.ParitySwitch(
-            b.ThreadServlet(b.make_worker(record0)), b.ThreadServlet(b.make_worker(record1))
-        )
+        tail = b.sw.ParitySwitch(b.ThreadServlet(b.make_worker(record0)), b.ThreadServlet(b.make_worker(record1)))
         ok = {2: 2, 4: 4}
-    s = b.SequentialServlet(
-        b.ProcessServlet(b.w.FailIf, value=3, tag='first', exc_type='CustomError'), tail
-    )
+    s = b.SequentialServlet(b.ProcessServlet(b.w.FailIf, value=3, tag='first', exc_type='CustomError'), tail)
     with b.Server(s) as server:
         with pytest.raises(CustomError) as ei:
             server.call(3)
@@ -501,7 +491,7 @@ def test_compound_children_and_workers(cb):
     seq = b.SequentialServlet(p, sw, ens)
 
     assert [type(c) for c in seq.children] == [type(p), type(sw), type(ens)]
-    assert all(a is c for a, c in zip(seq.children, [p, sw, ens])) and len(seq.children) == 3
+    assert all(a is c for a, c in zip(seq.children, [p, sw, ens], strict=True)) and len(seq.children) == 3
     assert len(ens.children) == 2 and ens.children[0] is t and ens.children[1] is q
     assert len(sw.children) == 2 and sw.children[0] is e and sw.children[1] is o
     assert len(seq.workers) == 0
@@ -579,7 +569,7 @@ def test_batching_inside_a_pipeline_stage(cb):
         assert server.call(3) == (4, 1, 4, 1)
         out = list(server.stream(data))
     # BatchLen gives (v, batch size); BatchDouble doubles the tuple (concatenation)
-    for x, y in zip(data, out):
+    for x, y in zip(data, out, strict=False):
         assert len(y) == 4
         assert y[0] == x + 1 and y[2] == x + 1
         assert y[1] == y[3] and 1 <= y[1] <= 5

@@ -120,7 +120,8 @@ def page_examples(path: str) -> list[Example]:
             assert examples, f'{where}: expected output with no python block before it'
             ex = examples[-1]
             assert ex.expected is None, (
-                f'{where}: second expected output for {ex.id} (its first is at line {ex.expected_line})')
+                f'{where}: second expected output for {ex.id} (its first is at line {ex.expected_line})'
+            )
             ex.expected, ex.expected_line = b.body, b.line
             continue
         if b.info.split()[:1] == ['python']:
@@ -146,8 +147,15 @@ EXAMPLES = all_examples()
 
 def test_pages_found():
     names = {os.path.basename(p) for p in PAGES}
-    assert {'index.md', 'quickstart.md', 'concepts.md', 'porting.md', 'semantics.md',
-            'architecture.md', 'api.md'} <= names
+    assert {
+        'index.md',
+        'quickstart.md',
+        'concepts.md',
+        'porting.md',
+        'semantics.md',
+        'architecture.md',
+        'api.md',
+    } <= names
     assert len(EXAMPLES) >= 10
 
 
@@ -156,8 +164,7 @@ def child_env() -> dict:
     # Set by mpserver.install() in a process that ran it; examples start clean.
     for name in ('MPSERVER_INSTALL', 'PYTHONSAFEPATH'):
         env.pop(name, None)
-    env['PYTHONPATH'] = os.pathsep.join(
-        [HOME, *(p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p)])
+    env['PYTHONPATH'] = os.pathsep.join([HOME, *(p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p)])
     return env
 
 
@@ -167,23 +174,30 @@ def test_example(ex: Example, tmp_path):
     script.write_text(ex.code, encoding='utf-8')
     where = f'{ex.page} line {ex.line} ({ex.id})'
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, *ex.runner, str(script)], cwd=tmp_path, env=child_env(),
-                          capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, *ex.runner, str(script)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT,
+    )
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, (
         f'{where} exited with {proc.returncode} after {elapsed:.1f} s\n'
-        f'--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}')
+        f'--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}'
+    )
     if ex.expected is not None:
         assert proc.stdout == ex.expected, (
             f'{where}: stdout differs from the expected output at line {ex.expected_line}\n'
-            f'--- stdout\n{proc.stdout}--- expected\n{ex.expected}--- stderr\n{proc.stderr}')
+            f'--- stdout\n{proc.stdout}--- expected\n{ex.expected}--- stderr\n{proc.stderr}'
+        )
 
 
 def test_api_reference_covers_all_public_names():
     with open(os.path.join(DOCS, 'api.md'), encoding='utf-8') as f:
         text = f.read()
-    documented = set(re.findall(r'^\.\. auto(?:class|function|exception|data)::\s+mpserver\.(\w+)',
-                                text, re.M))
+    documented = set(re.findall(r'^\.\. auto(?:class|function|exception|data)::\s+mpserver\.(\w+)', text, re.M))
     missing = [n for n in mpserver.__all__ if n not in documented]
     assert not missing, f'api.md has no autodoc entry for {missing}'
     unknown = sorted(documented - set(mpserver.__all__))
@@ -211,16 +225,32 @@ def test_docs_conventions_self_check():
 
 @pytest.mark.skipif(
     importlib.util.find_spec('sphinx') is None or importlib.util.find_spec('myst_parser') is None,
-    reason="sphinx and myst-parser are not installed (pip install '.[docs]')")
+    reason="sphinx and myst-parser are not installed (pip install '.[docs]')",
+)
 def test_sphinx_build_without_warnings(tmp_path):
     out = tmp_path / 'html'
     proc = subprocess.run(
-        [sys.executable, '-m', 'sphinx', '-W', '--keep-going', '-q', '-b', 'html',
-         '-d', str(tmp_path / 'doctrees'), DOCS, str(out)],
-        env=child_env(), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            '-m',
+            'sphinx',
+            '-W',
+            '--keep-going',
+            '-q',
+            '-b',
+            'html',
+            '-d',
+            str(tmp_path / 'doctrees'),
+            DOCS,
+            str(out),
+        ],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f'sphinx-build failed\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}'
-    for page in ('index', 'quickstart', 'concepts', 'porting', 'semantics', 'architecture',
-                 'benchmarks', 'api'):
+    for page in ('index', 'quickstart', 'concepts', 'porting', 'semantics', 'architecture', 'benchmarks', 'api'):
         assert (out / f'{page}.html').is_file(), f'{page}.html was not built'
     api = (out / 'api.html').read_text(encoding='utf-8')
     for name in mpserver.__all__:

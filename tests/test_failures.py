@@ -27,9 +27,9 @@ def mps(backend):
     return backend, mpserver
 
 
-
-@pytest.mark.parametrize('how, code, sig', [('exit', 3, None), ('kill', None, signal.SIGKILL),
-                                            ('segv', None, signal.SIGSEGV)])
+@pytest.mark.parametrize(
+    'how, code, sig', [('exit', 3, None), ('kill', None, signal.SIGKILL), ('segv', None, signal.SIGSEGV)]
+)
 def test_dead_worker_fails_its_item_is_restarted_and_server_keeps_serving(mps, how, code, sig):
     b, mpserver = mps
     with b.Server(b.ProcessServlet(b.w.Crash, cpus=2)) as server:
@@ -58,7 +58,7 @@ def test_stream_with_a_crash_gives_one_outcome_per_input_in_order(mps):
     assert len(out) == len(data)
     crashed = [i for i, y in enumerate(out) if isinstance(y, mpserver.WorkerCrashedError)]
     assert 30 in crashed
-    for i, (x, y) in enumerate(zip(data, out)):
+    for i, (x, y) in enumerate(zip(data, out, strict=True)):
         if i not in crashed:
             assert y == 2 * x
     # Only items that worker held can fail with it (one at a time here, or a few
@@ -191,7 +191,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-PARENT_SCRIPT = '''
+PARENT_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from _backends import get_backend
@@ -201,7 +201,7 @@ if __name__ == '__main__':
         assert s.call(1) == 2
         print(' '.join(str(p) for p in s.servlet.workers), flush=True)
         time.sleep(120)
-'''
+"""
 
 
 def test_workers_exit_when_the_parent_is_killed(mps, tmp_path):
@@ -212,8 +212,12 @@ def test_workers_exit_when_the_parent_is_killed(mps, tmp_path):
     shm_before = set(os.listdir('/dev/shm')) if os.path.isdir('/dev/shm') else set()
     script = tmp_path / 'parent.py'
     script.write_text(PARENT_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(mpserver.__file__)), os.environ.get('PYTHONPATH', '')]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(mpserver.__file__)), os.environ.get('PYTHONPATH', '')]
+        ),
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]

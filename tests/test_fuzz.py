@@ -14,9 +14,14 @@ def test_frame_decoder_survives_fuzzing():
     import mpserver
 
     script = os.path.join(os.path.dirname(__file__), 'fuzz', 'fuzz_frames.py')
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(mpserver.__file__)), os.environ.get('PYTHONPATH', '')]))
-    proc = subprocess.run([sys.executable, script, '-atheris_runs=50000', '-seed=1'],
-                          capture_output=True, text=True, timeout=600, env=env)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(mpserver.__file__)), os.environ.get('PYTHONPATH', '')]
+        ),
+    )
+    proc = subprocess.run(
+        [sys.executable, script, '-atheris_runs=50000', '-seed=1'], capture_output=True, text=True, timeout=600, env=env
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert 'Done 50000' in proc.stderr, proc.stderr[-2000:]

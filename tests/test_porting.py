@@ -35,12 +35,15 @@ def run(*args: str, cwd: str, home: str = HOME, timeout: float = 120) -> subproc
     env = dict(os.environ)
     for name in ('MPSERVER_INSTALL', 'PYTHONSAFEPATH'):
         env.pop(name, None)
-    env['PYTHONPATH'] = os.pathsep.join(
-        [home, *(p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p)]
-    )
+    env['PYTHONPATH'] = os.pathsep.join([home, *(p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p)])
     return subprocess.run(
         [sys.executable, *args],
-        check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -264,8 +267,7 @@ def test_stub_packages_without_mpservice(no_mpservice):
 
 
 def test_aliasing_in_workers_without_mpservice(no_mpservice):
-    proc = run('-S', '-m', 'mpserver', os.path.join(SCRIPTS, 'worker_alias.py'),
-               cwd=no_mpservice, home=no_mpservice)
+    proc = run('-S', '-m', 'mpserver', os.path.join(SCRIPTS, 'worker_alias.py'), cwd=no_mpservice, home=no_mpservice)
     # Workers run with the interpreter's flags (-S), so they get the stubs too.
     for info in check_worker_alias(proc):
         assert info['mpservice_version'] == '0.16.8+mpserver'
@@ -282,7 +284,6 @@ def _has_cpus_0_and_1() -> bool:
 @pytest.mark.skipif(not _has_cpus_0_and_1(), reason='the example pins workers to CPUs 0 and 1')
 def test_seed001_hello_without_mpservice(no_mpservice):
     """The mpservice.mpserver documentation example, unchanged, on mpserver alone."""
-    proc = run('-S', '-m', 'mpserver', os.path.join(SCRIPTS, 'seed001_hello.py'),
-               cwd=no_mpservice, home=no_mpservice)
+    proc = run('-S', '-m', 'mpserver', os.path.join(SCRIPTS, 'seed001_hello.py'), cwd=no_mpservice, home=no_mpservice)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == 'Hello, wdwdwdwdwd!\nHello, 20!\n'

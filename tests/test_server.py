@@ -78,8 +78,7 @@ def test_stream_propagates_exception_without_return_exceptions(backend):
 
 def test_stream_over_generator(backend):
     def gen():
-        for i in range(25):
-            yield i
+        yield from range(25)
 
     with backend.Server(backend.ProcessServlet(backend.w.Square, cpus=2)) as server:
         assert list(server.stream(gen())) == [i * i for i in range(25)]
@@ -294,7 +293,7 @@ def test_concurrent_streams(backend):
     def consume(key):
         try:
             outputs[key] = list(server.stream(inputs[key]))
-        except BaseException as e:  # pragma: no cover - reported below
+        except BaseException as e:  # noqa: BLE001  # pragma: no cover - reported below
             errors.append(e)
 
     with backend.Server(backend.ProcessServlet(backend.w.SlowVarying, cpus=2)) as server:
@@ -374,7 +373,7 @@ def test_server_can_be_reused_sequentially(backend):
 # ---------------------------------------------------------------- __main__ workers
 
 
-_MAIN_SCRIPT = '''
+_MAIN_SCRIPT = """
 import os
 
 {import_line}
@@ -392,7 +391,7 @@ if __name__ == '__main__':
     print('CALL', [v[0] for v in calls])
     print('STREAM', [v[0] for v in streamed])
     print('REMOTE', all(v[1] != os.getpid() for v in calls + streamed))
-'''
+"""
 
 
 def test_worker_class_defined_in_main_script(backend, tmp_path):

@@ -85,9 +85,7 @@ def test_invalid_batch_wait_time_fails_at_start(backend, kwargs):
 
 def test_worker_name_with_custom_worker_name_and_indices(backend):
     with backend.Server(backend.ProcessServlet(backend.w.Info, cpus=2, worker_name='crunch')) as server:
-        infos = collect_until(
-            server, [0.02] * 20, lambda rs: {r['worker_index'] for r in rs} == {0, 1}
-        )
+        infos = collect_until(server, [0.02] * 20, lambda rs: {r['worker_index'] for r in rs} == {0, 1})
     by_index = {r['worker_index']: r for r in infos}
     assert set(by_index) == {0, 1}
     assert by_index[0]['name'] == 'crunch-0-MainThread'
@@ -99,9 +97,7 @@ def test_thread_servlet_worker_names_and_indices(backend):
     W = backend.w.Info
     proc_name = multiprocessing.current_process().name
     with backend.Server(backend.ThreadServlet(W, num_threads=2)) as server:
-        infos = collect_until(
-            server, [0.02] * 20, lambda rs: {r['worker_index'] for r in rs} == {0, 1}
-        )
+        infos = collect_until(server, [0.02] * 20, lambda rs: {r['worker_index'] for r in rs} == {0, 1})
     by_index = {r['worker_index']: r for r in infos}
     assert set(by_index) == {0, 1}
     for i in (0, 1):
@@ -159,7 +155,7 @@ def test_batched_call_exception_applies_to_whole_batch(backend):
     assert 2 in errs  # the batch containing -3 failed
     msg = str(errs[2])
     assert type(errs[2]) is ValueError and msg.startswith('negative item in batch ')
-    failed_batch = ast.literal_eval(msg[len('negative item in batch '):])
+    failed_batch = ast.literal_eval(msg[len('negative item in batch ') :])
     assert -3 in failed_batch
     assert len(failed_batch) >= 2  # several items arrived within the 0.5 s wait
     for i, x in enumerate(data):
@@ -179,7 +175,7 @@ def test_batched_call_exception_propagates_to_each_caller(backend):
         def go(x):
             try:
                 results[x] = server.call(x, timeout=60)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - each caller's outcome, checked below
                 results[x] = e
 
         threads = [threading.Thread(target=go, args=(x,)) for x in (10, -1, 11)]
@@ -188,7 +184,7 @@ def test_batched_call_exception_propagates_to_each_caller(backend):
         for t in threads:
             t.join(60)
     assert isinstance(results[-1], ValueError)
-    failed_batch = ast.literal_eval(str(results[-1])[len('negative item in batch '):])
+    failed_batch = ast.literal_eval(str(results[-1])[len('negative item in batch ') :])
     for x in (10, 11):
         if x in failed_batch:
             assert type(results[x]) is ValueError and str(results[x]) == str(results[-1])
@@ -232,7 +228,7 @@ def test_preprocess_with_batching(backend):
         with pytest.raises(ValueError, match='negative input -1'):
             server.call(-1)
         report = server.call('report')
-    for x, y in zip(data, out):
+    for x, y in zip(data, out, strict=False):
         if x < 0:
             assert type(y) is ValueError and str(y) == f'negative input {x}'
         else:
@@ -323,9 +319,7 @@ def test_cpus_one_worker_on_two_cpus(backend):
 
 def test_cpus_two_workers_pinned_differently(backend):
     with backend.Server(backend.ProcessServlet(backend.w.Info, cpus=[0, 1])) as server:
-        infos = collect_until(
-            server, [0.02] * 20, lambda rs: {r['worker_index'] for r in rs} == {0, 1}
-        )
+        infos = collect_until(server, [0.02] * 20, lambda rs: {r['worker_index'] for r in rs} == {0, 1})
     seen = {(r['worker_index'], tuple(r['affinity']), tuple(r['cpu_affinity'])) for r in infos}
     assert seen == {(0, (0,), (0,)), (1, (1,), (1,))}
 
@@ -333,9 +327,7 @@ def test_cpus_two_workers_pinned_differently(backend):
 def test_cpus_int_means_unpinned_workers(backend):
     all_cpus = sorted(os.sched_getaffinity(0))
     with backend.Server(backend.ProcessServlet(backend.w.Info, cpus=2)) as server:
-        infos = collect_until(
-            server, [0.02] * 20, lambda rs: {r['worker_index'] for r in rs} == {0, 1}
-        )
+        infos = collect_until(server, [0.02] * 20, lambda rs: {r['worker_index'] for r in rs} == {0, 1})
     assert {r['worker_index'] for r in infos} == {0, 1}
     assert len({r['pid'] for r in infos}) == 2
     for r in infos:
@@ -348,9 +340,7 @@ def test_cpus_int_means_unpinned_workers(backend):
 
 def test_thread_servlet_num_threads(backend):
     with backend.Server(backend.ThreadServlet(backend.w.Info, num_threads=3)) as server:
-        infos = collect_until(
-            server, [0.03] * 30, lambda rs: len({r['worker_index'] for r in rs}) == 3
-        )
+        infos = collect_until(server, [0.03] * 30, lambda rs: len({r['worker_index'] for r in rs}) == 3)
         assert [r['x'] for r in server.stream([0.01, 0, 0.02, 0])] == [0.01, 0, 0.02, 0]
     assert {r['worker_index'] for r in infos} == {0, 1, 2}
     assert len({r['thread'] for r in infos}) == 3

@@ -21,7 +21,6 @@ import struct
 import sys
 
 import atheris
-
 from mpserver import _core
 
 FIRST, LAST, ABORT = 1, 2, 4

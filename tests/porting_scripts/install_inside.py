@@ -17,7 +17,7 @@ from mpserver._install import install
 install()
 install()
 
-from mpservice.mpserver import ProcessServlet, Server, Worker
+from mpservice.mpserver import ProcessServlet, Server, Worker  # noqa: E402 - must come after install()
 
 
 def report(where):

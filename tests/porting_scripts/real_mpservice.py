@@ -24,8 +24,7 @@ def main():
     import mpserver
 
     out = {
-        'remote_module_is_ours': mpservice.multiprocessing.remote_exception.RemoteException
-        is mpserver.RemoteException,
+        'remote_module_is_ours': mpservice.multiprocessing.remote_exception.RemoteException is mpserver.RemoteException,
         'stream': mpservice.streamer.Stream(range(5)).map(lambda x: x * 2).collect(),
     }
     p = mpservice.multiprocessing.Process(target=fail, args=('from a real mpservice process',))
