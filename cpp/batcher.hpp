@@ -30,14 +30,13 @@
 namespace mps {
 
 struct BatchPolicy {
-  size_t max_items = 1;   // batch_size (0 and 1 both mean "one at a time")
-  int64_t wait_ns = 0;    // batch_wait_time, counted from the first item
-  int spin = 2000;        // busy-wait iterations before sleeping for the first item
-  int yields = 0;         // then sched_yield rounds before sleeping (see Ring::wait_data)
+  size_t max_items = 1;  // batch_size (0 and 1 both mean "one at a time")
+  int64_t wait_ns = 0;   // batch_wait_time, counted from the first item
+  int spin = 2000;       // busy-wait iterations before sleeping for the first item
+  int yields = 0;        // then sched_yield rounds before sleeping (see Ring::wait_data)
 };
 
-inline size_t gather(Ring& ring, MessageSink& sink, const BatchPolicy& policy,
-                     int64_t idle_deadline_ns) {
+inline size_t gather(Ring& ring, MessageSink& sink, const BatchPolicy& policy, int64_t idle_deadline_ns) {
   if (policy.max_items <= 1) {
     for (;;) {
       if (!ring.wait_data(idle_deadline_ns, policy.spin, policy.yields)) return 0;

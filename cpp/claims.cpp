@@ -3,6 +3,8 @@
 #include <new>
 #include <stdexcept>
 
+#include "wire.hpp"
+
 namespace mps {
 
 namespace {
@@ -13,6 +15,8 @@ struct ClaimHeader {
   uint32_t slots;
   uint64_t pad[6];
 };
+static_assert(sizeof(ClaimHeader) == 64, "sections start on a cache line");
+static_assert(kClaimSlots % 8 == 0, "sections of kClaimSlots entries keep the next one cache-line aligned");
 size_t section_bytes(uint32_t slots) { return sizeof(ClaimSection) + size_t(slots) * sizeof(ClaimEntry); }
 size_t table_bytes(uint32_t workers, uint32_t slots) {
   return sizeof(ClaimHeader) + size_t(workers) * section_bytes(slots);
@@ -48,7 +52,8 @@ std::unique_ptr<ClaimTable> ClaimTable::attach(int raw_fd) {
 
 ClaimSection* ClaimTable::section(uint32_t w) const {
   if (w >= workers_) throw std::out_of_range("claim table: no such worker");
-  return reinterpret_cast<ClaimSection*>(map_.data() + sizeof(ClaimHeader) + size_t(w) * section_bytes(slots_));
+  return reinterpret_cast<ClaimSection*>(map_.data() + sizeof(ClaimHeader) +
+                                         size_t(w) * section_bytes(slots_));
 }
 
 ClaimEntry* ClaimTable::entries(uint32_t w) const { return reinterpret_cast<ClaimEntry*>(section(w) + 1); }

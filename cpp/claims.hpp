@@ -11,7 +11,9 @@
 // Invariants
 //   * Only the worker owning a section writes it while that worker lives;
 //     the guardian reads and clears it only after the worker is gone (a
-//     reaped process, or a thread that has returned), so there is no race.
+//     reaped process), or on the worker's own thread (a thread worker
+//     reporting that it was stopped), so there is no race.
+//   * A zero-filled table is valid: every section empty.
 //   * A claim is written before the message leaves the ring, so a worker
 //     dying at any instant loses nothing: an item is either still in the
 //     ring, or claimed, or its result was pushed — and at worst both (the
@@ -31,6 +33,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -52,6 +55,12 @@ struct ClaimSection {
   uint32_t pad0;
   uint64_t pad[6];
 };
+
+static_assert(std::is_standard_layout_v<ClaimEntry> && sizeof(ClaimEntry) == 24,
+              "claim entries are shared memory: fixed, plain layout");
+static_assert(std::is_standard_layout_v<ClaimSection> && sizeof(ClaimSection) == 64,
+              "a section header fills exactly one cache line, so sections never share one");
+static_assert(std::atomic<uint32_t>::is_always_lock_free, "`used` is read across processes");
 
 class ClaimTable {
  public:

@@ -7,49 +7,48 @@
 namespace mps {
 
 void Collector::Sink::begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) {
-  slot_ = c_.ledger_.lookup(id);
+  result_ = c_.ledger_.open(id, &idx_);
   id_ = id;
-  if (!slot_) return;
-  slot_->flags = flags;
-  slot_->aux = aux;
-  slot_->payload.clear();
+  if (!result_) return;
+  result_->flags = flags;
+  result_->aux = aux;
   home_ = nullptr;
   filled_ = 0;
   if (c_.home_ && total >= kLargePayloadBytes)
-    home_ = c_.home_->acquire(flags, total, &slot_->flags, &slot_->payload);
-  if (!home_) slot_->payload.reserve(total);
+    home_ = c_.home_->acquire(flags, total, &result_->flags, &result_->payload);
+  if (!home_) result_->payload.reserve(total);
 }
 
 void Collector::Sink::append(const char* data, size_t len) {
-  if (!slot_) return;
+  if (!result_) return;
   if (home_) {
     std::memcpy(home_ + filled_, data, len);
     filled_ += len;
   } else {
-    slot_->payload.append(data, len);
+    result_->payload.append(data, len);
   }
 }
 
 void Collector::Sink::end() {
-  if (slot_) {
-    const bool notify = slot_->notify_async;  // read before finishing: the slot may be freed
-    if (c_.ledger_.finish_quietly(*slot_)) to_wake.push_back(slot_);
-    if (notify) async_done.push_back(id_);
+  if (result_) {
+    Ledger::Finished f = c_.ledger_.finish_quietly(idx_);
+    if (f.wake) to_wake.push_back(idx_);
+    if (f.async) async_done.push_back(id_);
     c_.delivered_.fetch_add(1, std::memory_order_relaxed);
   } else {
     c_.dropped_.fetch_add(1, std::memory_order_relaxed);
   }
-  slot_ = nullptr;
+  result_ = nullptr;
   home_ = nullptr;
 }
 
 void Collector::Sink::abort() {
-  if (slot_ && home_) {
-    c_.home_->abandon(slot_->flags, slot_->payload);
-    slot_->flags = 0;  // the slot stays pending; it names nothing now
-    slot_->payload.clear();
+  if (result_ && home_) {
+    c_.home_->abandon(result_->flags, result_->payload);
+    result_->flags = 0;  // the slot stays pending; it names nothing now
+    result_->payload.clear();
   }
-  slot_ = nullptr;
+  result_ = nullptr;
   home_ = nullptr;
   c_.dropped_.fetch_add(1, std::memory_order_relaxed);
 }
@@ -66,28 +65,26 @@ void Collector::run() {
       if (ring_.finished()) break;
       continue;
     }
-    size_t n;
     try {
-      n = ring_.try_consume(SIZE_MAX, sink);
+      ring_.try_consume(SIZE_MAX, sink);
     } catch (const std::exception&) {
       // A corrupt frame (RingCorrupt) or an impossible allocation: nothing
       // more can be trusted from this ring.  Fail every request in flight
       // (instead of letting callers wait for their timeouts) and stop.
       corrupt_.store(true, std::memory_order_release);
       ring_.abort();
-      for (Ledger::Slot* s : sink.to_wake) ledger_.wake(*s);
+      for (uint32_t idx : sink.to_wake) ledger_.wake(idx);
       sink.to_wake.clear();
       std::vector<uint64_t> tokens = ledger_.fail_pending(failure_flags_, failure_payload_);
       if (completions_) completions_->publish(tokens);
       break;
     }
-    for (Ledger::Slot* s : sink.to_wake) ledger_.wake(*s);
+    for (uint32_t idx : sink.to_wake) ledger_.wake(idx);
     sink.to_wake.clear();
     if (!sink.async_done.empty()) {
       if (completions_) completions_->publish(sink.async_done);
       sink.async_done.clear();
     }
-    if (n && on_batch_) on_batch_(n);
   }
   running_.store(false, std::memory_order_release);
 }

@@ -15,8 +15,6 @@
 //   * A corrupt ring never crashes the process: the collector aborts the
 //     ring, fails every request in flight with the preset failure result and
 //     stops (corrupt() tells).
-//   * on_batch, if set, runs on the collector thread after each drained batch
-//     (used by tests).
 //   * Tokens of finished slots flagged notify_async (done or abandoned) are
 //     published on the CompletionQueue once per batch, after the slots were
 //     finished, so the event loop sees each result already in its slot.
@@ -30,7 +28,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -47,7 +44,6 @@ class Collector {
   Collector(Ring& ring, Ledger& ledger) : ring_(ring), ledger_(ledger) {}
   ~Collector() { join(); }
 
-  void set_on_batch(std::function<void(size_t)> f) { on_batch_ = std::move(f); }
   // Must be set before start().
   void set_completions(CompletionQueue* q) { completions_ = q; }
   // The result given to every request in flight if the ring turns out corrupt.
@@ -83,14 +79,15 @@ class Collector {
 
    private:
     Collector& c_;
-    Ledger::Slot* slot_ = nullptr;
+    Ledger::Result* result_ = nullptr;  // the current message's slot, if it expects one
+    uint32_t idx_ = 0;
     uint64_t id_ = 0;
     char* home_ = nullptr;  // the current message's PayloadHome memory, if any
     uint64_t filled_ = 0;
 
    public:
-    std::vector<Ledger::Slot*> to_wake;  // owners to wake after the batch
-    std::vector<uint64_t> async_done;     // tokens for the CompletionQueue
+    std::vector<uint32_t> to_wake;     // slots whose owners to wake after the batch
+    std::vector<uint64_t> async_done;  // tokens for the CompletionQueue
   };
 
   void run();
@@ -98,7 +95,6 @@ class Collector {
   Ring& ring_;
   Ledger& ledger_;
   std::thread thread_;
-  std::function<void(size_t)> on_batch_;
   CompletionQueue* completions_ = nullptr;
   PayloadHome* home_ = nullptr;
   uint32_t failure_flags_ = 0;

@@ -25,8 +25,8 @@ namespace mps {
 inline constexpr uint32_t kCompositeMagic = 0x4553504d;  // "MPSE"
 inline constexpr uint32_t kPartMissing = 0xffffffffu;
 
-inline std::string compose(const std::vector<uint32_t>& part_flags,
-                           const std::vector<std::string>& parts, uint32_t finished) {
+inline std::string compose(const std::vector<uint32_t>& part_flags, const std::vector<std::string>& parts,
+                           uint32_t finished) {
   auto put32 = [](std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); };
   size_t total = 16;
   for (const auto& p : parts) total += 16 + ((p.size() + 7) & ~size_t(7));

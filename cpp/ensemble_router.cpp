@@ -6,11 +6,9 @@
 
 namespace mps {
 
-
 EnsembleRouter::EnsembleRouter(Ring& input, std::vector<Ring*> members, Ring& join, Ring& output,
                                bool fail_fast)
-    : input_(input), members_(std::move(members)), join_(join), output_(output),
-      fail_fast_(fail_fast) {
+    : input_(input), members_(std::move(members)), join_(join), output_(output), fail_fast_(fail_fast) {
   if (members_.empty() || members_.size() > kMaxEnsembleMembers)
     throw std::invalid_argument("an ensemble needs 1..255 members");
 }

@@ -54,20 +54,17 @@
 #include <vector>
 
 #include "composite.hpp"
-#include "flags.hpp"
 #include "message_buffer.hpp"
 #include "ring.hpp"
+#include "wire.hpp"
 
 namespace mps {
-
-inline constexpr size_t kMaxEnsembleMembers = 255;
 
 class EnsembleRouter {
  public:
   // members: each member's input ring.  join: where members write results.
   // output: where the ensemble's results go.  The rings must outlive the router.
-  EnsembleRouter(Ring& input, std::vector<Ring*> members, Ring& join, Ring& output,
-                 bool fail_fast);
+  EnsembleRouter(Ring& input, std::vector<Ring*> members, Ring& join, Ring& output, bool fail_fast);
   ~EnsembleRouter();
   EnsembleRouter(const EnsembleRouter&) = delete;
   EnsembleRouter& operator=(const EnsembleRouter&) = delete;
@@ -109,8 +106,7 @@ class EnsembleRouter {
   uint64_t open_entry(const OwnedMessage& m);
   // Files one member result; appends the composite to `out` when the entry
   // is done, or the message to `dropped` when nobody expects it.
-  void file_result(OwnedMessage& m, std::vector<OwnedMessage>& out,
-                   std::vector<OwnedMessage>& dropped);
+  void file_result(OwnedMessage& m, std::vector<OwnedMessage>& out, std::vector<OwnedMessage>& dropped);
   void push_all(Ring& ring, std::vector<OwnedMessage>& msgs);
   void dispose(const OwnedMessage& m, int count) {
     if (disposer_ && count > 0) disposer_(m, count);

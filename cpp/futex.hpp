@@ -16,14 +16,14 @@
 // acquire after waking; see ring.hpp and ledger.hpp for the pairings.
 #pragma once
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
 #include <ctime>
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 namespace mps {
 
@@ -42,14 +42,13 @@ inline int64_t deadline_after(double seconds) {
   return now_ns() + int64_t(seconds * 1e9);
 }
 
-static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t),
-              "futex words must be plain 32-bit integers");
+static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex words must be plain 32-bit integers");
 
 // Sleeps while *word == expected, until woken or the deadline passes.
 // Returns false only when the deadline has passed; spurious wake-ups and
 // value changes return true (callers re-check their condition).
-inline bool futex_wait_until(std::atomic<uint32_t>* word, uint32_t expected,
-                             int64_t deadline_ns, bool shared) {
+inline bool futex_wait_until(std::atomic<uint32_t>* word, uint32_t expected, int64_t deadline_ns,
+                             bool shared) {
   int op = FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG);
   timespec ts;
   timespec* tsp = nullptr;
@@ -59,16 +58,15 @@ inline bool futex_wait_until(std::atomic<uint32_t>* word, uint32_t expected,
     ts.tv_nsec = deadline_ns % 1000000000LL;
     tsp = &ts;
   }
-  long rc = syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, expected,
-                    tsp, nullptr, FUTEX_BITSET_MATCH_ANY);
+  long rc = syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, expected, tsp, nullptr,
+                    FUTEX_BITSET_MATCH_ANY);
   if (rc == -1 && errno == ETIMEDOUT) return false;
   return true;
 }
 
 inline void futex_wake(std::atomic<uint32_t>* word, int count, bool shared) {
   int op = FUTEX_WAKE | (shared ? 0 : FUTEX_PRIVATE_FLAG);
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, count, nullptr,
-          nullptr, 0);
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, count, nullptr, nullptr, 0);
 }
 
 // One step of a bounded busy-wait: cheap on the sibling hyper-thread.

@@ -2,10 +2,10 @@
 
 #include <sys/wait.h>
 
-#include "flags.hpp"
 #include "futex.hpp"
 #include "message_buffer.hpp"
 #include "quiet_thread.hpp"
+#include "wire.hpp"
 
 namespace mps {
 
@@ -19,7 +19,7 @@ void push_errors(Ring& out, const std::vector<std::pair<uint64_t, uint64_t>>& it
   std::vector<OutMessage> msgs;
   msgs.reserve(items.size());
   for (auto [id, aux] : items) msgs.push_back(OutMessage{id, kFlagError | kFlagCrash, aux, &sl, 1});
-  out.push(msgs.data(), msgs.size(), kForever);  // closed ring: the server is going away
+  (void)out.push(msgs.data(), msgs.size(), kForever);  // closed ring: the server is going away
 }
 }  // namespace
 
@@ -46,6 +46,7 @@ Guardian::~Guardian() {
 uint32_t Guardian::add(GuardedServlet s) {
   auto e = std::make_unique<Entry>();
   e->live = 0;
+  if (s.kind == WorkerKind::thread) e->live = uint32_t(s.names.size());
   for (pid_t p : s.pids) e->live += p > 0;
   e->s = std::move(s);
   std::lock_guard<std::mutex> lk(mu_);
@@ -97,9 +98,11 @@ Guardian::Info Guardian::info(uint32_t servlet) const {
   return i;
 }
 
-std::string Guardian::crash_payload(const GuardedServlet& s, uint32_t index, pid_t pid, int status,
-                                    const std::string& note) {
-  std::string p = s.label;
+std::string Guardian::crash_payload(const char* kind, const GuardedServlet& s, uint32_t index, pid_t pid,
+                                    int status, const std::string& note) {
+  std::string p = kind;
+  p += kSep;
+  p += s.label;
   p += kSep;
   p += index < s.names.size() ? s.names[index] : std::string();
   p += kSep;
@@ -131,18 +134,42 @@ void Guardian::run() {
   }
 }
 
-void Guardian::fail_claims(Entry& e, uint32_t index, pid_t pid, int status) {
+void Guardian::fail_claims(Entry& e, uint32_t index, const std::string& payload) {
   auto held = e.s.claims ? e.s.claims->take(index) : std::vector<std::pair<uint64_t, uint64_t>>{};
-  push_errors(*e.s.output, held, crash_payload(e.s, index, pid, status, "died while processing this item"));
+  push_errors(*e.s.output, held, payload);
+}
+
+bool Guardian::spend_restart_locked(Entry& e) {
+  e.crashes += 1;
+  const int64_t now = now_ns();
+  while (!e.restart_times.empty() && now - e.restart_times.front() > e.s.window_ns)
+    e.restart_times.pop_front();
+  if (stopping_ || e.s.input->closed() || e.restart_times.size() >= e.s.max_restarts) return false;
+  e.restart_times.push_back(now);
+  e.restarts += 1;
+  return true;
+}
+
+bool Guardian::lose_worker_locked(Entry& e) {
+  e.live -= 1;
+  if (e.live == 0 && !e.failed && !stopping_ && !e.s.input->closed()) {
+    e.failed = true;
+    return true;
+  }
+  return false;
+}
+
+void Guardian::start_failer(Entry* e) {
+  e->failer = start_quiet_thread([this, e] { run_failer(e); });
 }
 
 void Guardian::handle(pid_t pid, int status) {
   Entry* e = nullptr;
   uint32_t index = 0;
-  bool stopping;
   {
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& cand : entries_) {
+      if (cand->s.kind != WorkerKind::process) continue;
       for (uint32_t i = 0; i < cand->s.pids.size(); ++i) {
         if (cand->s.pids[i] == pid) {
           e = cand.get();
@@ -152,7 +179,6 @@ void Guardian::handle(pid_t pid, int status) {
     }
     if (!e) return;  // not ours, or already handled
     e->s.pids[index] = 0;
-    stopping = stopping_;
   }
   // 1. Locks it held.
   e->s.input->recover_consumer(pid);
@@ -160,25 +186,18 @@ void Guardian::handle(pid_t pid, int status) {
   if (e->s.control) e->s.control->recover_producer(pid);
   const bool orderly = e->s.input->closed() && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   // 2. Items it held.
-  fail_claims(*e, index, pid, status);
+  fail_claims(*e, index,
+              crash_payload("process", e->s, index, pid, status, "died while processing this item"));
   if (orderly) {
     std::lock_guard<std::mutex> lk(mu_);
     e->live -= 1;
     return;
   }
   // 3. Respawn, within budget.
-  bool respawn = false;
+  bool respawn;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    e->crashes += 1;
-    const int64_t now = now_ns();
-    while (!e->restart_times.empty() && now - e->restart_times.front() > e->s.window_ns)
-      e->restart_times.pop_front();
-    respawn = !stopping && !e->s.input->closed() && e->restart_times.size() < e->s.max_restarts;
-    if (respawn) {
-      e->restart_times.push_back(now);
-      e->restarts += 1;
-    }
+    respawn = spend_restart_locked(*e);
   }
   pid_t fresh = 0;
   if (respawn) {
@@ -192,38 +211,72 @@ void Guardian::handle(pid_t pid, int status) {
       e->s.control->try_consume(SIZE_MAX, sink);
     }
   }
-  bool start_failer = false;
+  bool failer = false;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (fresh > 0) {
       e->s.pids[index] = fresh;
     } else {
-      e->live -= 1;
-      if (e->live == 0 && !e->failed && !stopping_) {
-        e->failed = true;
-        start_failer = true;
-      }
+      failer = lose_worker_locked(*e);
     }
   }
   if (fresh > 0) {
     int st = 0;
     if (sup_.has_exited(fresh, &st)) handle(fresh, st);  // died before we recorded it
   }
-  if (start_failer) e->failer = start_quiet_thread([this, e] { run_failer(e); });
+  if (failer) start_failer(e);
+}
+
+bool Guardian::thread_stopped(uint32_t servlet, uint32_t index, const std::string& cause) {
+  Entry* e;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (servlet >= entries_.size() || entries_[servlet]->s.kind != WorkerKind::thread)
+      throw std::out_of_range("no such thread servlet");
+    e = entries_[servlet].get();
+  }
+  fail_claims(
+      *e, index,
+      crash_payload("thread", e->s, index, 0, -1, "was stopped by " + cause + " while processing this item"));
+  bool again, failer = false;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    again = spend_restart_locked(*e);
+    if (!again) failer = lose_worker_locked(*e);
+  }
+  if (failer) start_failer(e);
+  return again;
+}
+
+void Guardian::thread_lost(uint32_t servlet, uint32_t index) {
+  (void)index;
+  Entry* e;
+  bool failer;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (servlet >= entries_.size() || entries_[servlet]->s.kind != WorkerKind::thread)
+      throw std::out_of_range("no such thread servlet");
+    e = entries_[servlet].get();
+    failer = lose_worker_locked(*e);
+  }
+  if (failer) start_failer(e);
 }
 
 void Guardian::run_failer(Entry* e) {
   const std::string payload =
-      crash_payload(e->s, 0, 0, -1, "has no live worker left (restart budget spent)");
+      crash_payload("servlet", e->s, 0, 0, -1, "has no live worker left (restart budget spent)");
   std::vector<std::pair<uint64_t, uint64_t>> items;
+  MessageRelay* relay = e->s.relay;
   for_each_batch(*e->s.input, 256, [&](std::vector<OwnedMessage>& msgs) {
     items.clear();
     for (auto& m : msgs) {
       if (m.flags & kFlagError) {  // an upstream error goes on unchanged
+        if (relay) relay->pass_on(m);
         Slice sl{m.payload.data(), m.payload.size()};
         OutMessage om{m.id, m.flags, m.aux, &sl, 1};
-        e->s.output->push(&om, 1, kForever);
+        (void)e->s.output->push(&om, 1, kForever);
       } else {
+        if (relay) relay->drop(m);
         items.emplace_back(m.id, m.aux);
       }
     }

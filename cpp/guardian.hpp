@@ -1,7 +1,10 @@
-// guardian.hpp — heals a running server when a worker process dies.
+// guardian.hpp — heals a running server when a worker dies: a worker
+// process that exits (killed, segfault, out of memory, os._exit) or a worker
+// thread stopped by an exception it does not survive (SystemExit, ...).
 //
-// The supervisor reaps every worker; the guardian learns of each exit (a
-// queue fed from the supervisor's exit hook) and, on its own thread:
+// Process workers: the supervisor reaps every worker; the guardian learns of
+// each exit (a queue fed from the supervisor's exit hook) and, on its own
+// thread:
 //   1. frees the ring locks the dead process held (its input ring's consumer
 //      lock, its output and control rings' producer locks), ending a message
 //      it left half-written;
@@ -15,20 +18,27 @@
 //   4. when a servlet has no live worker left and will get none, starts a
 //      failer thread that answers every item reaching that servlet with an
 //      error result at once, so nothing queues forever.
+// Thread workers report their own end through thread_stopped(): steps 2 and
+// 4 are the same, and the budget decides whether the thread builds a fresh
+// worker and goes on (step 3 for a thread).
 // No Python runs here; Python turns crash payloads into WorkerCrashedError.
+// What only the embedding can do for messages holding object references
+// (release them, re-encode an upstream error for a cross-process output) it
+// does through the servlet's MessageRelay.
 //
 // Invariants
 //   * Each exit is handled once, in the order the supervisor reaped them.
-//   * A servlet's rings and claim table outlive the guardian (the owner keeps
-//     them alive until after the guardian is destroyed).
-//   * Restarts of a servlet within any `window` never exceed max_restarts.
+//   * A servlet's rings, claim table and relay outlive the guardian (the
+//     owner keeps them alive until after the guardian is destroyed).
+//   * Restarts of a servlet within any `window` never exceed max_restarts,
+//     whatever kind its workers are.
 //   * After stop(), no worker is respawned and no new failer starts; claims of
 //     workers that die are still failed (rings permitting).
 //
 // Threading and memory ordering: the servlet table and the event queue are
-// guarded by one std::mutex; the guardian thread holds it only for
-// bookkeeping, never across a ring push or a spawn.  Counters read by info()
-// are copied under the same mutex.
+// guarded by one std::mutex; the guardian holds it only for bookkeeping,
+// never across a ring push or a spawn.  Counters read by info() are copied
+// under the same mutex.
 #pragma once
 
 #include <sys/types.h>
@@ -43,22 +53,39 @@
 #include <vector>
 
 #include "claims.hpp"
+#include "message_buffer.hpp"
 #include "ring.hpp"
 #include "supervisor.hpp"
 
 namespace mps {
 
+enum class WorkerKind { process, thread };
+
+// Done by the embedding for messages whose payload holds object references
+// (a thread servlet's input in the main process).  Called on guardian
+// threads, never under the guardian's lock.
+class MessageRelay {
+ public:
+  virtual ~MessageRelay() = default;
+  // Makes an upstream error message fit for the servlet's output, in place.
+  virtual void pass_on(OwnedMessage& m) = 0;
+  // Releases what a message nobody will read refers to.
+  virtual void drop(const OwnedMessage& m) = 0;
+};
+
 struct GuardedServlet {
-  std::string label;        // e.g. "ProcessServlet(Square)", used in error messages
+  std::string label;               // e.g. "ProcessServlet(Square)", used in error messages
   std::vector<std::string> names;  // per worker index, e.g. "Square-process-0"
-  uint32_t max_restarts = 0;       // 0: never restart
+  WorkerKind kind = WorkerKind::process;
+  uint32_t max_restarts = 0;  // 0: never restart
   int64_t window_ns = 0;
   Ring* input = nullptr;
   Ring* output = nullptr;
-  Ring* control = nullptr;
+  Ring* control = nullptr;  // processes only
   ClaimTable* claims = nullptr;
-  std::vector<SpawnSpec> specs;    // per worker index
-  std::vector<pid_t> pids;         // current pid per worker index, 0 when none
+  std::vector<SpawnSpec> specs;   // processes: per worker index
+  std::vector<pid_t> pids;        // processes: current pid per worker index, 0 when none
+  MessageRelay* relay = nullptr;  // null when the input holds no object references
 };
 
 class Guardian {
@@ -70,6 +97,14 @@ class Guardian {
 
   // Registers a servlet whose workers are running (ready); returns its number.
   uint32_t add(GuardedServlet s);
+  // A thread worker of `servlet` was stopped by `cause` (e.g. "SystemExit(3)")
+  // while serving: fails the items it held, counts a crash, and returns true
+  // if the thread may build a fresh worker and go on (budget left, server
+  // not stopping), false if it must end.  Called by that thread.
+  bool thread_stopped(uint32_t servlet, uint32_t index, const std::string& cause);
+  // A thread worker that was allowed to restart could not (its fresh
+  // worker's __init__ raised): it is gone.
+  void thread_lost(uint32_t servlet, uint32_t index);
   // Starts handling exits (including any that happened before).
   void start();
   // The server is stopping: no more respawns or failers.
@@ -83,10 +118,11 @@ class Guardian {
   };
   Info info(uint32_t servlet) const;
 
-  // The crash payload: fields separated by '\x1f' (unit separator):
-  // label, worker name, worker index, pid, wait status, note.
-  static std::string crash_payload(const GuardedServlet& s, uint32_t index, pid_t pid, int status,
-                                   const std::string& note);
+  // The crash payload: fields separated by '\x1f' (unit separator): kind
+  // ("process", "thread", or "servlet" when no single worker is to blame),
+  // servlet label, worker name, worker index, pid, wait status, note.
+  static std::string crash_payload(const char* kind, const GuardedServlet& s, uint32_t index, pid_t pid,
+                                   int status, const std::string& note);
 
  private:
   struct Entry {
@@ -101,7 +137,13 @@ class Guardian {
 
   void run();
   void handle(pid_t pid, int status);
-  void fail_claims(Entry& e, uint32_t index, pid_t pid, int status);
+  void fail_claims(Entry& e, uint32_t index, const std::string& payload);
+  // Counts a crash; true if the servlet may restart a worker now (under mu_).
+  bool spend_restart_locked(Entry& e);
+  // A worker is gone for good: starts the failer if it was the last (under mu_;
+  // returns whether the caller must start it, outside the lock).
+  bool lose_worker_locked(Entry& e);
+  void start_failer(Entry* e);
   void run_failer(Entry* e);
 
   Supervisor& sup_;

@@ -9,57 +9,66 @@ Ledger::Ledger(uint32_t capacity) : capacity_(capacity), slots_(new Slot[capacit
   for (uint32_t i = capacity; i > 0; --i) free_.push_back(i - 1);
 }
 
-Ledger::AcquireStatus Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx) {
+Status Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx, bool notify_async) {
   std::unique_lock<std::mutex> lk(mu_);
   while (free_.empty()) {
-    if (closed_.load(std::memory_order_relaxed)) return AcquireStatus::closed;
-    if (!wait) return AcquireStatus::full;
+    if (closed_.load(std::memory_order_relaxed)) return Status::closed;
+    if (!wait) return Status::backlog_full;
     const int64_t left = deadline_ns == kForever ? INT64_MAX / 2 : deadline_ns - now_ns();
-    if (left <= 0) return AcquireStatus::timeout;
+    if (left <= 0) return Status::backlog_timeout;
     ++acquire_waiters_;
     cv_.wait_for(lk, std::chrono::nanoseconds(left));
     --acquire_waiters_;
   }
-  if (closed_.load(std::memory_order_relaxed)) return AcquireStatus::closed;
+  if (closed_.load(std::memory_order_relaxed)) return Status::closed;
   uint32_t i = free_.back();
   free_.pop_back();
   in_use_.fetch_add(1, std::memory_order_relaxed);
   lk.unlock();
   Slot& s = slots_[i];
   s.gen += 1;
-  s.flags = 0;
-  s.aux = 0;
-  s.payload.clear();
+  s.result.flags = 0;
+  s.result.aux = 0;
+  s.result.payload.clear();
   s.t_start_ns = now_ns();
-  s.notify_async = false;
+  s.notify_async = notify_async;
   s.state.store(kPending, std::memory_order_release);
   *idx = i;
-  return AcquireStatus::ok;
+  return Status::ok;
 }
 
-Ledger::Slot* Ledger::lookup(uint64_t token) {
+uint32_t Ledger::slot_of(uint64_t token) const {
   const uint32_t idx = uint32_t(token & 0xffffffffu);
-  if (idx >= capacity_) return nullptr;
-  Slot& s = slots_[idx];
+  if (idx >= capacity_) throw std::invalid_argument("bad request token");
+  if (this->token(idx) != token) throw std::invalid_argument("stale request token");
+  return idx;
+}
+
+Ledger::Result* Ledger::open(uint64_t token, uint32_t* idx) {
+  const uint32_t i = uint32_t(token & 0xffffffffu);
+  if (i >= capacity_) return nullptr;
+  Slot& s = slots_[i];
   uint32_t st = s.state.load(std::memory_order_acquire);
   if ((st != kPending && st != kAbandoned) || s.gen != uint32_t(token >> 32)) return nullptr;
-  return &s;
+  s.result.flags = 0;
+  s.result.aux = 0;
+  s.result.payload.clear();
+  *idx = i;
+  return &s.result;
 }
 
-void Ledger::finish(Slot& s) {
-  if (finish_quietly(s)) wake(s);
-}
-
-bool Ledger::finish_quietly(Slot& s) {
+Ledger::Finished Ledger::finish_quietly(uint32_t idx) {
+  Slot& s = slots_[idx];
+  const bool async = s.notify_async;  // read first: an abandoned slot is freed below
   uint32_t expected = kPending;
   if (s.state.compare_exchange_strong(expected, kDone, std::memory_order_seq_cst)) {
-    return s.sleeping.load(std::memory_order_seq_cst) != 0;
+    return {s.sleeping.load(std::memory_order_seq_cst) != 0, async};
   }
   if (expected == kAbandoned) {
-    if (disposer_) disposer_(s.flags, s.payload);
-    free_slot(s, uint32_t(&s - slots_.get()));
+    if (disposer_) disposer_(s.result.flags, s.result.payload);
+    free_slot(idx);
   }
-  return false;
+  return {false, async};
 }
 
 bool Ledger::wait(uint32_t idx, int64_t deadline_ns, int spin) {
@@ -82,9 +91,12 @@ bool Ledger::wait(uint32_t idx, int64_t deadline_ns, int spin) {
   }
 }
 
-void Ledger::free_slot(Slot& s, uint32_t idx) {
-  s.payload.clear();
-  if (s.payload.capacity() > (1u << 20)) s.payload.shrink_to_fit();  // don't hoard big buffers
+void Ledger::free_slot(uint32_t idx) {
+  Slot& s = slots_[idx];
+  s.result.payload.clear();
+  // Keep the buffer for the next result, but do not hoard big ones.
+  if (s.result.payload.capacity() > (1u << 20)) s.result.payload.shrink_to_fit();
+  s.notify_async = false;
   s.state.store(kFree, std::memory_order_release);
   std::lock_guard<std::mutex> lk(mu_);
   free_.push_back(idx);
@@ -92,20 +104,15 @@ void Ledger::free_slot(Slot& s, uint32_t idx) {
   if (acquire_waiters_) cv_.notify_one();
 }
 
-void Ledger::release(uint32_t idx) { free_slot(slots_[idx], idx); }
-
 bool Ledger::abandon(uint32_t idx) {
   uint32_t expected = kPending;
-  if (slots_[idx].state.compare_exchange_strong(expected, kAbandoned, std::memory_order_seq_cst)) {
-    return true;
-  }
-  return false;  // already done
+  return slots_[idx].state.compare_exchange_strong(expected, kAbandoned, std::memory_order_seq_cst);
 }
 
 void Ledger::discard(uint32_t idx) {
   Slot& s = slots_[idx];
-  if (disposer_) disposer_(s.flags, s.payload);
-  free_slot(s, idx);
+  if (disposer_) disposer_(s.result.flags, s.result.payload);
+  free_slot(idx);
 }
 
 void Ledger::close() {
@@ -120,11 +127,13 @@ std::vector<uint64_t> Ledger::fail_pending(uint32_t flags, const std::string& pa
     Slot& s = slots_[i];
     uint32_t st = s.state.load(std::memory_order_acquire);
     if (st == kPending || st == kAbandoned) {
-      s.flags = flags;
-      s.aux = 0;
-      s.payload = payload;
-      if (s.notify_async) async_tokens.push_back(token(i));
-      finish(s);
+      const uint64_t tok = token(i);
+      s.result.flags = flags;
+      s.result.aux = 0;
+      s.result.payload = payload;
+      Finished f = finish_quietly(i);
+      if (f.async) async_tokens.push_back(tok);
+      if (f.wake) wake(i);
     }
   }
   return async_tokens;

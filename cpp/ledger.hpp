@@ -6,7 +6,8 @@
 // is freed when the caller takes the result, or, if the caller gave up
 // (timeout, cancellation, early exit from a stream), when the result arrives.
 // So backlog() counts an abandoned request until it leaves the pipeline, as
-// mpservice does.
+// mpservice does.  Only the ledger touches its slots: the collector writes a
+// result through open()/finish_quietly(), callers read it through take().
 //
 // Invariants
 //   * A slot is in exactly one of: free (on the free list), pending (owned by
@@ -17,17 +18,19 @@
 //     transitions out of pending are CASes, so exactly one side wins.
 //   * A token whose generation does not match the slot is stale and its
 //     result is dropped (cannot happen unless a worker replays a message).
-//   * payload/flags/aux of a slot are written only by the collector while the
-//     slot is pending or abandoned, and read by the caller only after it saw
-//     `done`.
+//   * A slot's Result is written only by the collector while the slot is
+//     pending or abandoned, and read by the caller only after it saw `done`.
 //
 // Memory ordering
-//   * collector: write payload -> CAS state pending->done (seq_cst, includes
+//   * collector: write result -> CAS state pending->done (seq_cst, includes
 //     release) -> load `sleeping` (seq_cst) -> futex_wake if set.
 //   * caller: store sleeping=1 (seq_cst) -> load state (seq_cst) -> futex_wait
 //     on state.  Dekker's pattern: at least one side sees the other, so a wait
-//     never misses the completion.  The caller reads the payload after an
+//     never misses the completion.  The caller reads the result after an
 //     acquire load of `done`.
+//   * notify_async is written by the caller before the request is pushed and
+//     read by the collector after the result arrived: the rings'
+//     release/acquire chain from that push to the result orders it.
 //   * The free list is guarded by a std::mutex; backlog is a relaxed counter
 //     (a snapshot for reporting, never used for admission).
 #pragma once
@@ -39,10 +42,12 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "futex.hpp"
+#include "wire.hpp"
 
 namespace mps {
 
@@ -50,21 +55,12 @@ class Ledger {
  public:
   enum State : uint32_t { kFree = 0, kPending = 1, kDone = 2, kAbandoned = 3 };
 
-  struct Slot {
-    std::atomic<uint32_t> state{kFree};
-    std::atomic<uint32_t> sleeping{0};
-    uint32_t gen = 0;
+  // A request's result: what the collector wrote, what the caller takes.
+  struct Result {
     uint32_t flags = 0;
     uint64_t aux = 0;
     std::string payload;
-    int64_t t_start_ns = 0;
-    // Set by an async caller between acquire() and pushing the request: the
-    // collector then reports the slot's completion on the CompletionQueue.
-    // Ordered by the rings' release/acquire chain from that push to the result.
-    bool notify_async = false;
   };
-
-  enum class AcquireStatus { ok, full, timeout, closed };
 
   // Called (from the collector thread) with the flags and payload of a result
   // that nobody will take, so that the owner can release what it refers to.
@@ -75,34 +71,44 @@ class Ledger {
   uint32_t capacity() const { return capacity_; }
   uint32_t backlog() const { return in_use_.load(std::memory_order_relaxed); }
 
-  // Takes a free slot.  wait=false: returns `full` at once when none is free.
-  AcquireStatus acquire(bool wait, int64_t deadline_ns, uint32_t* idx);
+  // Takes a free slot: ok, backlog_full (none free and !wait),
+  // backlog_timeout (waited until the deadline) or closed.  With
+  // notify_async, the collector reports the slot's completion on the
+  // server's CompletionQueue.
+  Status acquire(bool wait, int64_t deadline_ns, uint32_t* idx, bool notify_async = false);
   uint64_t token(uint32_t idx) const { return (uint64_t(slots_[idx].gen) << 32) | idx; }
-  Slot& slot(uint32_t idx) { return slots_[idx]; }
+  // The slot a token names; throws std::invalid_argument if the token is
+  // out of range or stale (its slot was reused).
+  uint32_t slot_of(uint64_t token) const;
 
   // ---- collector side
-  // Returns the slot a token refers to if it still expects a result.
-  Slot* lookup(uint64_t token);
-  // The result is in the slot: hand it to its caller (or drop it).
-  void finish(Slot& s);
-  // Like finish(), but leaves the wake-up to the caller: returns true if the
-  // slot's owner sleeps and must be woken with wake(s).  Lets the collector
-  // publish a whole batch of results before waking anybody, so a stream
-  // wakes once for the batch instead of once per result.
-  bool finish_quietly(Slot& s);
-  void wake(Slot& s) { futex_wake(&s.state, INT_MAX, false); }
+  // The result record of the request `token` names, cleared, if it still
+  // expects a result; null otherwise.  *idx receives the slot.
+  Result* open(uint64_t token, uint32_t* idx);
+  // The result is written: hand it to its caller (or drop it).  Leaves the
+  // wake-up to the collector, so that it can publish a whole batch of
+  // results before waking anybody (a stream then wakes once per batch).
+  struct Finished {
+    bool wake;   // the owner sleeps: call wake(idx) after the batch
+    bool async;  // the request was submitted with notify_async
+  };
+  Finished finish_quietly(uint32_t idx);
+  void wake(uint32_t idx) { futex_wake(&slots_[idx].state, INT_MAX, false); }
 
   // ---- caller side
-  bool is_done(uint32_t idx) const {
-    return slots_[idx].state.load(std::memory_order_acquire) == kDone;
-  }
+  bool is_done(uint32_t idx) const { return slots_[idx].state.load(std::memory_order_acquire) == kDone; }
   // Spins `spin` rounds, then sleeps until done or the deadline.
   bool wait(uint32_t idx, int64_t deadline_ns, int spin);
-  // Frees a done slot after its result was taken, or a pending slot whose
-  // request never left the main process (e.g. its payload could not be sent).
-  void release(uint32_t idx);
+  // Calls consume(Result&) on a done slot, then frees it (also if consume
+  // throws).  consume may move the payload out.  Throws std::logic_error if
+  // the slot is not done.
+  template <class Consume>
+  decltype(auto) take(uint32_t idx, Consume&& consume);
+  // Frees a pending slot whose request never left the main process (e.g.
+  // its payload could not be sent).
+  void withdraw(uint32_t idx) { free_slot(idx); }
   // The caller gives up: true if the result will be dropped on arrival,
-  // false if it is already done (the caller must then release()).
+  // false if it is already done (the caller must then take() or discard()).
   bool abandon(uint32_t idx);
   // Drops the result of a done slot (through the disposer) and frees it.
   void discard(uint32_t idx);
@@ -126,7 +132,17 @@ class Ledger {
   std::vector<Entry> snapshot() const;
 
  private:
-  void free_slot(Slot& s, uint32_t idx);
+  struct Slot {
+    std::atomic<uint32_t> state{kFree};
+    std::atomic<uint32_t> sleeping{0};
+    uint32_t gen = 0;
+    bool notify_async = false;
+    Result result;
+    int64_t t_start_ns = 0;
+  };
+  static_assert(std::atomic<uint32_t>::is_always_lock_free, "slot states are futex words");
+
+  void free_slot(uint32_t idx);
 
   const uint32_t capacity_;
   std::unique_ptr<Slot[]> slots_;
@@ -138,5 +154,16 @@ class Ledger {
   std::atomic<bool> closed_{false};
   Disposer disposer_;
 };
+
+template <class Consume>
+decltype(auto) Ledger::take(uint32_t idx, Consume&& consume) {
+  if (idx >= capacity_ || !is_done(idx)) throw std::logic_error("take() on a request that is not done");
+  struct Free {
+    Ledger* l;
+    uint32_t i;
+    ~Free() { l->free_slot(i); }
+  } free_after{this, idx};
+  return consume(slots_[idx].result);
+}
 
 }  // namespace mps

@@ -25,21 +25,16 @@
 #include <cstdint>
 #include <string>
 
-namespace mps {
+#include "wire.hpp"
 
-// A payload at least this large is "large": it gets a home of its own (a
-// worker copies it straight into its Python object; the collector offers it
-// to the PayloadHome), and the Python codec sends buffers this large out of
-// band.  Below it, the extra bookkeeping costs more than the copy it saves.
-inline constexpr uint64_t kLargePayloadBytes = 64 << 10;
+namespace mps {
 
 class PayloadHome {
  public:
   virtual ~PayloadHome() = default;
   // Destination for a `total`-byte message with `flags`, or null.  On success
   // *slot_flags and *slot_payload are what the ledger slot will hold.
-  virtual char* acquire(uint32_t flags, uint64_t total, uint32_t* slot_flags,
-                        std::string* slot_payload) = 0;
+  virtual char* acquire(uint32_t flags, uint64_t total, uint32_t* slot_flags, std::string* slot_payload) = 0;
   virtual void abandon(uint32_t slot_flags, const std::string& slot_payload) = 0;
 };
 

@@ -124,8 +124,8 @@ PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns
       const size_t need = frame_bytes(len);
       // Before the first frame the caller's deadline applies; in the middle
       // of a message we must finish it, so we wait without a deadline.
-      PushStatus st = wait_space(head, need, first ? deadline_ns : kForever,
-                                 first ? may_sleep : true, &published, &pending);
+      PushStatus st = wait_space(head, need, first ? deadline_ns : kForever, first ? may_sleep : true,
+                                 &published, &pending);
       if (st != PushStatus::ok) {
         if (published != head) publish(head, pending);
         return st;
@@ -133,8 +133,8 @@ PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns
       char* dst = data_ + (head & mask);
       FrameHeader fh;
       fh.len = uint32_t(len);
-      fh.flags = (msg.flags & ~kFramingMask) | (first ? kFrameFirst : 0) |
-                 (remaining == len ? kFrameLast : 0);
+      fh.flags =
+          (msg.flags & ~kFramingMask) | (first ? kFrameFirst : 0) | (remaining == len ? kFrameLast : 0);
       fh.id = msg.id;
       fh.total = total;
       fh.aux = msg.aux;

@@ -52,6 +52,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "shm.hpp"
 #include "shm_mutex.hpp"
@@ -96,6 +97,25 @@ struct RingHeader {
   uint32_t resync;
 };
 
+// Layout promises of the shared header (every process maps the same bytes,
+// and a zero-filled memfd must be a valid empty ring).
+inline constexpr size_t kCacheLine = 64;
+static_assert(std::is_standard_layout_v<RingHeader>, "RingHeader is shared memory: plain layout only");
+static_assert(std::is_trivially_destructible_v<RingHeader>, "nobody destroys a shared header");
+static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free,
+              "atomics shared across processes must be lock-free");
+static_assert(offsetof(RingHeader, head) % kCacheLine == 0 && offsetof(RingHeader, tail) % kCacheLine == 0,
+              "head and tail each start a cache line");
+static_assert(offsetof(RingHeader, tail) - offsetof(RingHeader, head) >= kCacheLine,
+              "the producer's and the consumer's positions never share a cache line");
+static_assert(offsetof(RingHeader, data_seq) % kCacheLine == 0 &&
+                  offsetof(RingHeader, space_seq) % kCacheLine == 0,
+              "the two futex words live on cache lines of their own");
+static_assert(offsetof(RingHeader, producer) % kCacheLine == 0 &&
+                  offsetof(RingHeader, consumer) % kCacheLine == 0,
+              "each side's lock starts a cache line");
+static_assert(sizeof(FrameHeader) % 8 == 0, "frames are padded to 8 bytes: headers must keep that alignment");
+
 struct RingCorrupt : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -126,7 +146,7 @@ class MessageSink {
   virtual void abort() {}
 };
 
-enum class PushStatus { ok, timeout, closed };
+enum class [[nodiscard]] PushStatus { ok, timeout, closed };
 
 class Ring {
  public:
@@ -189,8 +209,7 @@ class Ring {
     return h_->head.load(std::memory_order_acquire) == h_->tail.load(std::memory_order_acquire);
   }
   size_t bytes_used() const {
-    return size_t(h_->head.load(std::memory_order_acquire) -
-                  h_->tail.load(std::memory_order_acquire));
+    return size_t(h_->head.load(std::memory_order_acquire) - h_->tail.load(std::memory_order_acquire));
   }
 
  private:
@@ -199,8 +218,8 @@ class Ring {
   PushStatus push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns, bool may_sleep,
                        size_t* written);
   // Waits until `need` bytes are free.  Returns ok, timeout or closed.
-  PushStatus wait_space(uint64_t head, size_t need, int64_t deadline_ns, bool may_sleep,
-                        uint64_t* published, size_t* pending_msgs);
+  PushStatus wait_space(uint64_t head, size_t need, int64_t deadline_ns, bool may_sleep, uint64_t* published,
+                        size_t* pending_msgs);
   void publish(uint64_t head, size_t msgs);
   void release_space(uint64_t tail);
   const FrameHeader* frame_at(uint64_t pos, uint64_t head) const;

@@ -11,9 +11,7 @@
 namespace mps {
 
 namespace {
-[[noreturn]] void fail(const char* what) {
-  throw std::system_error(errno, std::generic_category(), what);
-}
+[[noreturn]] void fail(const char* what) { throw std::system_error(errno, std::generic_category(), what); }
 }  // namespace
 
 size_t page_size() {
@@ -82,8 +80,8 @@ Mapping map_mirrored(int fd, size_t header_bytes, size_t data_bytes) {
       MAP_FAILED) {
     fail("mmap ring");
   }
-  if (mmap(b + header_bytes + data_bytes, data_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
-           fd, off_t(header_bytes)) == MAP_FAILED) {
+  if (mmap(b + header_bytes + data_bytes, data_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+           off_t(header_bytes)) == MAP_FAILED) {
     fail("mmap ring mirror");
   }
   return m;

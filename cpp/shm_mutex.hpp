@@ -16,10 +16,11 @@
 // visible to the next holder, in this or another process.
 #pragma once
 
-#include <atomic>
-#include <cstdint>
 #include <pthread.h>
 #include <unistd.h>
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
 
 #include "futex.hpp"
 
@@ -48,8 +49,7 @@ struct ShmMutex {
 
   bool try_lock() {
     uint32_t c = 0;
-    if (state.compare_exchange_strong(c, 1, std::memory_order_acquire,
-                                      std::memory_order_relaxed)) {
+    if (state.compare_exchange_strong(c, 1, std::memory_order_acquire, std::memory_order_relaxed)) {
       owner.store(self_pid(), std::memory_order_relaxed);
       return true;
     }
@@ -94,6 +94,12 @@ struct ShmMutex {
     }
   }
 };
+
+static_assert(std::is_standard_layout_v<ShmMutex> && std::is_trivially_destructible_v<ShmMutex>,
+              "ShmMutex lives in shared memory");
+static_assert(sizeof(ShmMutex) == 8, "state and owner, nothing else: zero bytes are a free lock");
+static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<int32_t>::is_always_lock_free,
+              "futex words must be lock-free atomics");
 
 // RAII holder; `owns()` tells whether a timed lock succeeded.
 class ShmLockGuard {

@@ -5,18 +5,16 @@
 
 namespace mps {
 
-size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns,
-                            SubmitStatus* st, bool may_block) {
+size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns, Status* st,
+                            bool may_block) {
   if (!may_block) wait = false;
-  *st = SubmitStatus::ok;
+  *st = Status::ok;
   scratch_.clear();
   for (size_t i = 0; i < n; ++i) {
     uint32_t idx;
-    auto a = ledger_.acquire(wait && i == 0, deadline_ns, &idx);
-    if (a != Ledger::AcquireStatus::ok) {
-      *st = a == Ledger::AcquireStatus::full      ? SubmitStatus::full
-            : a == Ledger::AcquireStatus::timeout ? SubmitStatus::timeout
-                                                  : SubmitStatus::closed;
+    Status a = ledger_.acquire(wait && i == 0, deadline_ns, &idx);
+    if (a != Status::ok) {
+      *st = a;
       break;
     }
     msgs[i].id = ledger_.token(idx);
@@ -27,16 +25,16 @@ size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadl
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (closed_) {
-      for (uint32_t idx : scratch_) ledger_.release(idx);
-      *st = SubmitStatus::closed;
+      for (uint32_t idx : scratch_) ledger_.withdraw(idx);
+      *st = Status::closed;
       return 0;
     }
   }
   size_t written = 0;
-  PushStatus ps = may_block ? entry_.push(msgs, k, deadline_ns, &written)
-                            : entry_.try_push(msgs, k, &written);
-  for (size_t i = written; i < k; ++i) ledger_.release(scratch_[i]);
-  if (ps != PushStatus::ok) *st = ps == PushStatus::closed ? SubmitStatus::closed : SubmitStatus::timeout;
+  PushStatus ps =
+      may_block ? entry_.push(msgs, k, deadline_ns, &written) : entry_.try_push(msgs, k, &written);
+  for (size_t i = written; i < k; ++i) ledger_.withdraw(scratch_[i]);
+  if (ps != PushStatus::ok) *st = ps == PushStatus::closed ? Status::closed : Status::push_timeout;
   const int64_t deadline = item_timeout_ns_ == kForever ? kForever : now_ns() + item_timeout_ns_;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -47,7 +45,7 @@ size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadl
       for (size_t i = 0; i < written; ++i) {
         if (!ledger_.abandon(scratch_[i])) ledger_.discard(scratch_[i]);
       }
-      *st = SubmitStatus::closed;
+      *st = Status::closed;
     }
   }
   cv_.notify_one();
@@ -70,30 +68,30 @@ size_t StreamWindow::drain(size_t max, int spin, int64_t wake_by_ns, std::vector
     if (wake_by_ns == kForever) {
       cv_.wait(lk, ready);
     } else if (!cv_.wait_for(lk, std::chrono::nanoseconds(wake_by_ns - now_ns()), ready)) {
-      out.push_back({kPending, 0});
+      out.push_back({Outcome::pending, 0});
       return 0;
     }
     if (entries_.empty()) {
-      out.push_back({kEnd, 0});
+      out.push_back({Outcome::end, 0});
       return 0;
     }
     head = entries_.front();
   }
   const int64_t until = head.deadline_ns < wake_by_ns ? head.deadline_ns : wake_by_ns;
   if (head.slot != kNoSlot && !ledger_.wait(head.slot, until, spin) && until < head.deadline_ns) {
-    out.push_back({kPending, 0});
+    out.push_back({Outcome::pending, 0});
     return 0;
   }
   if (head.slot != kNoSlot && !ledger_.is_done(head.slot)) {
     // This item ran out of time: its result will be dropped when it comes.
     if (!ledger_.abandon(head.slot)) {
       // It completed at the last moment after all.
-      out.push_back({kReady, head.slot});
+      out.push_back({Outcome::ready, head.slot});
     } else {
-      out.push_back({kTimedOut, 0});
+      out.push_back({Outcome::timed_out, 0});
     }
   } else {
-    out.push_back({head.slot == kNoSlot ? kLocal : kReady, head.slot});
+    out.push_back({head.slot == kNoSlot ? Outcome::local : Outcome::ready, head.slot});
   }
   std::lock_guard<std::mutex> lk(mu_);
   entries_.pop_front();
@@ -101,9 +99,9 @@ size_t StreamWindow::drain(size_t max, int spin, int64_t wake_by_ns, std::vector
   while (n < max && !entries_.empty()) {
     const Entry& e = entries_.front();
     if (e.slot == kNoSlot) {
-      out.push_back({kLocal, 0});
+      out.push_back({Outcome::local, 0});
     } else if (ledger_.is_done(e.slot)) {
-      out.push_back({kReady, e.slot});
+      out.push_back({Outcome::ready, e.slot});
     } else {
       break;
     }

@@ -31,17 +31,15 @@
 
 #include "ledger.hpp"
 #include "ring.hpp"
+#include "wire.hpp"
 
 namespace mps {
 
 class StreamWindow {
  public:
-  enum Outcome : int { kReady = 0, kLocal = 1, kTimedOut = 2, kEnd = 3, kPending = 4 };
-  enum class SubmitStatus { ok, full, timeout, closed };
-
   struct Drained {
     Outcome outcome;
-    uint32_t slot;  // valid for kReady: the caller must take() and release it
+    uint32_t slot;  // valid for Outcome::ready: the caller must take() it from the ledger
   };
 
   StreamWindow(Ledger& ledger, Ring& entry, int64_t item_timeout_ns)
@@ -50,21 +48,32 @@ class StreamWindow {
 
   // Sends msgs[0..n) in order (their ids are filled in here).  Takes a ledger
   // slot per message; when none is free, waits only if `wait` (until
-  // deadline).  Returns how many were accepted; *st tells why it stopped.
+  // deadline), and only for the first message.  Returns how many were
+  // accepted; *st tells why it stopped (ok, backlog_full, backlog_timeout,
+  // push_timeout, closed).
   // With may_block false, nothing waits: no slot wait, no ring-space wait
-  // (a full ring gives SubmitStatus::timeout for the rest), so a caller can
-  // try first without giving up what it holds (the GIL) and wait only if needed.
-  size_t submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns, SubmitStatus* st,
+  // (a full ring gives push_timeout for the rest), so a caller can try first
+  // without giving up what it holds (the GIL) and wait only if needed.
+  size_t submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns, Status* st,
                 bool may_block = true);
+
+  // After submit(..., may_block=false) accepted k of n messages with status
+  // st: whether a blocking submit of the rest would have waited where the
+  // non-blocking one gave up (for a slot for the first message, when the
+  // caller waits; or for ring space), so that the caller should retry the
+  // rest with may_block=true.
+  static bool worth_blocking(size_t k, size_t n, Status st, bool wait) {
+    return k < n && ((st == Status::backlog_full && wait && k == 0) || st == Status::push_timeout);
+  }
 
   // Appends an entry for an input that failed before it could be sent.
   void add_local();
 
   // Waits for the head (until its deadline; forever while the window is
   // empty and not finished), then moves the done prefix, up to max entries,
-  // into out.  Returns the number appended (>= 1), or 0 with kEnd in out
-  // when the window is empty and finished, or 0 with kPending when wake_by
-  // came first (the caller checks for signals and calls again).
+  // into out.  Returns the number appended (>= 1), or 0 with Outcome::end in
+  // out when the window is empty and finished, or 0 with Outcome::pending
+  // when wake_by came first (the caller checks for signals and calls again).
   size_t drain(size_t max, int spin, int64_t wake_by_ns, std::vector<Drained>& out);
 
   // The feeder will add nothing more.

@@ -127,8 +127,7 @@ void Supervisor::do_spawn(SpawnJob& job) {
     for (const auto& e : spec.env) envp.push_back(const_cast<char*>(e.c_str()));
     envp.push_back(nullptr);
     pid_t pid = -1;
-    int rc = posix_spawn(&pid, argv[0], &fa, &attr, argv.data(),
-                         spec.env.empty() ? environ : envp.data());
+    int rc = posix_spawn(&pid, argv[0], &fa, &attr, argv.data(), spec.env.empty() ? environ : envp.data());
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     for (int t : temps) close(t);

@@ -36,10 +36,10 @@
 namespace mps {
 
 struct SpawnSpec {
-  std::vector<std::string> argv;            // argv[0] is the executable path
-  std::vector<std::pair<int, int>> fds;     // (fd in this process, fd number in the child)
-  std::vector<int> cpus;                    // empty: no pinning
-  std::vector<std::string> env;             // "KEY=VALUE"; empty: this process's environment
+  std::vector<std::string> argv;         // argv[0] is the executable path
+  std::vector<std::pair<int, int>> fds;  // (fd in this process, fd number in the child)
+  std::vector<int> cpus;                 // empty: no pinning
+  std::vector<std::string> env;          // "KEY=VALUE"; empty: this process's environment
 };
 
 class Supervisor {

@@ -11,16 +11,15 @@ import importlib
 import multiprocessing
 import os
 
-import pytest
-
 import _backends
+import pytest
 
 
 @pytest.fixture
 def mpserver():
     try:
         mod = importlib.import_module('mpserver')
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any import failure is reported as the test's failure
         pytest.fail(f'mpserver cannot be imported: {type(e).__name__}: {e}', pytrace=False)
     return mod
 
@@ -125,17 +124,17 @@ def test_ensemble_composite_roundtrip_and_corruption(mpserver):
     # malformed one is a ValueError, never a crash or an out-of-bounds read.
     import pickle
 
-    from mpserver import _codec, _core
+    from mpserver import _core, _wire
 
     parts = [pickle.dumps(1), pickle.dumps('two'), b'']
     flags = [0, 0, _core.PART_MISSING]
     blob = _core.compose_ensemble(flags, parts, 2)
-    assert _codec.decode(_codec.FLAG_ENSEMBLE, blob) == [1, 'two', None]
-    err = _codec.decode(_codec.FLAG_ENSEMBLE | _codec.FLAG_ERROR, blob)
+    assert _wire.decode(_wire.FLAG_ENSEMBLE, blob) == [1, 'two', None]
+    err = _wire.decode(_wire.FLAG_ENSEMBLE | _wire.FLAG_ERROR, blob)
     assert isinstance(err, mpserver.EnsembleError) and err.args[1] == {'y': [1, 'two', None], 'n': 2}
     for bad in (b'', blob[:10], b'XXXX' + blob[4:], blob[:-8], blob[:20]):
         with pytest.raises(ValueError):
-            _codec.decode(_codec.FLAG_ENSEMBLE, bad)
+            _wire.decode(_wire.FLAG_ENSEMBLE, bad)
 
 
 def test_frame_decoder_rejects_corrupt_frames(mpserver):
@@ -151,11 +150,13 @@ def test_frame_decoder_rejects_corrupt_frames(mpserver):
     assert _core._fuzz_frames(frame(3, 3, 3, b'abc')) == 1
     assert _core._fuzz_frames(frame(3, 1, 6, b'abc') + frame(3, 2, 6, b'def')) == 1  # two frames, one message
     assert _core._fuzz_frames(frame(3, 1, 6, b'abc')) == 0  # cut short, ring closed: dropped
-    for bad in (frame(3, 2, 3, b'abc'),          # continuation without a first frame
-                frame(50000, 3, 50000),          # longer than a ring chunk
-                frame(3, 3, 2, b'abc'),          # frame longer than its message
-                frame(3, 3, 2**62, b'abc'),      # absurd message size
-                frame(3, 1, 6, b'abc') + frame(3, 3, 3, b'xyz'),  # a new message inside one
-                b'\x01' * 20):                   # not even a header
+    for bad in (
+        frame(3, 2, 3, b'abc'),  # continuation without a first frame
+        frame(50000, 3, 50000),  # longer than a ring chunk
+        frame(3, 3, 2, b'abc'),  # frame longer than its message
+        frame(3, 3, 2**62, b'abc'),  # absurd message size
+        frame(3, 1, 6, b'abc') + frame(3, 3, 3, b'xyz'),  # a new message inside one
+        b'\x01' * 20,  # not even a header
+    ):
         with pytest.raises(_core.RingCorrupt):
             _core._fuzz_frames(bad)

@@ -1,6 +1,7 @@
 """The older mpservice API names that mpserver keeps (see ../shared/seeds/000_*):
-``ProcessWorker``, ``ThreadWorker``, ``make_threadworker``, ``CpuAffinity``
-and ``Server.async_call``.
+``ProcessWorker``, ``ThreadWorker``, ``make_threadworker``, ``CpuAffinity``,
+``Server.async_call``, and the ``Server`` keywords of mpservice <= 0.12
+(``main_cpu``, ``backlog``, ``sys_info_log_cadence``).
 
 mpservice 0.16.8 no longer has any of these, so these tests run on mpserver
 only (there is nothing to compare against).
@@ -9,9 +10,9 @@ only (there is nothing to compare against).
 import asyncio
 import os
 
-import pytest
-
+import _older_workers as ow
 import mpserver
+import pytest
 from mpserver import (
     ConfigError,
     CpuAffinity,
@@ -25,8 +26,6 @@ from mpserver import (
     Worker,
     make_threadworker,
 )
-
-import _older_workers as ow
 
 
 def test_older_worker_classes_are_workers():
@@ -46,8 +45,7 @@ def test_older_workers_serve_in_a_pipeline():
 
 def test_cpu_affinity_entries_pin_workers():
     cpus = sorted(os.sched_getaffinity(0))
-    for entry, expected in ((CpuAffinity(cpus[0]), [cpus[0]]), (CpuAffinity(cpus), cpus),
-                            (CpuAffinity(None), cpus)):
+    for entry, expected in ((CpuAffinity(cpus[0]), [cpus[0]]), (CpuAffinity(cpus), cpus), (CpuAffinity(None), cpus)):
         with Server(ProcessServlet(ow.Affinity, cpus=[entry])) as server:
             assert server.call(0) == expected, entry
 
@@ -78,8 +76,9 @@ def test_server_async_call():
 
 def test_server_async_call_backpressure_and_stopped_server():
     async def flood(server):
-        return await asyncio.gather(*(server.async_call(i, backpressure=True) for i in range(200)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(server.async_call(i, backpressure=True) for i in range(200)), return_exceptions=True
+        )
 
     with Server(ProcessServlet(ow.Triple), capacity=4) as server:
         results = asyncio.run(flood(server))
@@ -118,4 +117,60 @@ def test_server_async_call_from_several_event_loops():
         assert server.backlog == 0
         # Ports of finished loops are dropped when a new loop comes along.
         asyncio.run(server.async_call(1))
-        assert len(server._async_ports) == 1
+        assert len(server._async_ports()._ports) == 1
+
+
+# ---------------------------------------------------------------- Server keywords of mpservice <= 0.12
+
+
+def test_server_backlog_keyword_is_the_old_name_of_capacity():
+    with pytest.warns(DeprecationWarning, match='backlog.*capacity'):
+        server = Server(ProcessServlet(ow.Triple), backlog=3)
+    assert server.capacity == 3
+    with server:
+        assert server.call(2) == 6
+        assert server.backlog == 0  # the 0.16.8 property: requests in the server now
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match='capacity'):
+        Server(ProcessServlet(ow.Triple), backlog=0)
+
+
+def test_server_sys_info_log_cadence_is_accepted_and_deprecated():
+    with pytest.warns(DeprecationWarning, match='sys_info_log_cadence'):
+        server = Server(ProcessServlet(ow.Triple), sys_info_log_cadence=100)
+    with server:
+        assert server.call(1) == 3
+
+
+def test_server_main_cpu_pins_the_main_process():
+    before = os.sched_getaffinity(0)
+    try:
+        server = Server(ProcessServlet(ow.Affinity), main_cpu=0)
+        assert os.sched_getaffinity(0) == {0}
+        with server:
+            # Workers without cpus of their own inherit the main process's CPUs.
+            assert server.call(None) == [0]
+        if os.cpu_count() > 1:
+            Server(ProcessServlet(ow.Triple), main_cpu=[0, 1])
+            assert os.sched_getaffinity(0) == {0, 1}
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@pytest.mark.parametrize('bad', [-1, 'x', [], 10_000, True])
+def test_server_main_cpu_is_checked(bad):
+    before = os.sched_getaffinity(0)
+    with pytest.raises(ConfigError, match='main_cpu'):
+        Server(ProcessServlet(ow.Triple), main_cpu=bad)
+    assert os.sched_getaffinity(0) == before
+
+
+def test_server_all_three_older_keywords_at_once():
+    before = os.sched_getaffinity(0)
+    try:
+        with pytest.warns(DeprecationWarning):
+            server = Server(ProcessServlet(ow.Triple), main_cpu=0, backlog=1024, sys_info_log_cadence=None)
+        assert server.capacity == 1024
+        with server:
+            assert list(server.stream(range(4))) == [0, 3, 6, 9]
+    finally:
+        os.sched_setaffinity(0, before)

@@ -1,6 +1,6 @@
 """Payloads between processes: bytes, numpy arrays, bytearrays, containers.
 
-mpserver chooses one of three encodings per value (``mpserver._codec``): a
+mpserver chooses one of three encodings per value (``mpserver._wire``): a
 value that is exactly ``bytes`` travels raw (FLAG_RAW); a value whose
 protocol-5 pickle has out-of-band buffers of at least 64 KiB (numpy arrays,
 PickleBuffers) travels as a directory + the pickle + the buffers
@@ -117,7 +117,7 @@ def assert_same(got, want, path='value'):
             assert got.__dict__ == want.__dict__, f'{path}: attributes {got.__dict__} != {want.__dict__}'
     elif isinstance(want, (list, tuple)):
         assert len(got) == len(want), f'{path}: length {len(got)} != {len(want)}'
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_same(g, w, f'{path}[{i}]')
     elif isinstance(want, dict):
         assert list(got) == list(want), f'{path}: keys {list(got)} != {list(want)}'
@@ -178,7 +178,7 @@ def test_bytes_echo_call_and_stream(servers, backend, n):
         assert_bytes(y, items[0], 'call')
         out = list(server.stream(items, timeout=T))
     assert len(out) == len(items)
-    for i, (y, x) in enumerate(zip(out, items)):
+    for i, (y, x) in enumerate(zip(out, items, strict=True)):
         assert_bytes(y, x, f'stream[{i}]')  # equal, type bytes, in input order
 
 
@@ -233,13 +233,20 @@ def test_payloads_around_the_ring_size(servers, backend):
     raw and out-of-band, arrive whole."""
     b = backend
     ring = 8 << 20
-    items = [pattern(ring - 1, 1), pattern(ring, 2), pattern(ring + 1, 3), pattern(2 * ring + 7, 4),
-             build_payload('array', ring - 256, 5), build_payload('array', ring, 6),
-             build_payload('array', ring + 1, 7), bytearray(pattern(ring, 8))]
+    items = [
+        pattern(ring - 1, 1),
+        pattern(ring, 2),
+        pattern(ring + 1, 3),
+        pattern(2 * ring + 7, 4),
+        build_payload('array', ring - 256, 5),
+        build_payload('array', ring, 6),
+        build_payload('array', ring + 1, 7),
+        bytearray(pattern(ring, 8)),
+    ]
     with servers.use(b, 'Echo') as server:
         out = list(server.stream(items, timeout=T))
     assert len(out) == len(items)
-    for i, (x, y) in enumerate(zip(items, out)):
+    for i, (x, y) in enumerate(zip(items, out, strict=True)):
         assert_same(y, x, f'item {i} ({len(x)} bytes)')
 
 
@@ -256,9 +263,9 @@ def test_numpy_arrays_round_trip(servers, backend, n):
         y = server.call(arrays[0], timeout=T)
     assert_array(y, arrays[0], 'call')
     assert len(out) == len(arrays)
-    for name, x, y in zip(names, arrays, out):
+    for name, x, y in zip(names, arrays, out, strict=True):
         assert_array(y, x, name)
-    for name, x in zip(names, arrays):  # sending does not touch the caller's arrays
+    for name, x in zip(names, arrays, strict=True):  # sending does not touch the caller's arrays
         assert_array(x, array_cases(n)[name], f'input {name}')
 
 
@@ -269,12 +276,12 @@ def test_numpy_arrays_arrive_writable_and_can_be_modified_in_place(servers, back
     names, arrays = list(cases), list(cases.values())
     with servers.use(b, 'Inspect') as server:
         seen = list(server.stream(arrays, timeout=T))
-    for name, x, d in zip(names, arrays, seen):
+    for name, x, d in zip(names, arrays, seen, strict=False):
         # dtype, shape, order, writable=True, checksum, as seen in the worker
         assert d == describe_payload(as_received(x)), name
     with servers.use(b, 'AddOneInPlace') as server:
         out = list(server.stream(arrays, timeout=T))
-    for name, x, y in zip(names, arrays, out):
+    for name, x, y in zip(names, arrays, out, strict=False):
         assert_array(y, plus(x, 1), name)
         y += 1  # the caller may modify the result in place, too
         assert_array(y, plus(plus(x, 1), 1), f'{name} modified by the caller')
@@ -308,13 +315,13 @@ def test_numpy_special_arrays(servers, backend):
     names, arrays = list(cases), list(cases.values())
     with servers.use(b, 'InspectEcho') as server:
         out = list(server.stream(arrays, timeout=T))
-    for name, x, (seen, y) in zip(names, arrays, out):
+    for name, x, (seen, y) in zip(names, arrays, out, strict=False):
         assert seen == describe_payload(as_received(x)), name
         assert_array(y, x, name)
     numeric = [n for n in names if not n.startswith(('record', 'bool'))]
     with servers.use(b, 'AddOneInPlace') as server:
         out = list(server.stream([cases[n] for n in numeric], timeout=T))
-    for name, y in zip(numeric, out):
+    for name, y in zip(numeric, out, strict=False):
         assert_array(y, plus(cases[name], 1), name)
 
 
@@ -353,7 +360,7 @@ def test_bytearray_and_mixed_containers(servers, backend, n):
     with servers.use(b, 'InspectEcho') as server:
         out = list(server.stream(items, timeout=T))
     assert len(out) == len(items)
-    for i, (x, (seen, y)) in enumerate(zip(items, out)):
+    for i, (x, (seen, y)) in enumerate(zip(items, out, strict=True)):
         assert seen == describe_payload(x), f'item {i} as seen by the worker'
         assert_same(y, x, f'item {i}')
 
@@ -412,7 +419,7 @@ def test_bytes_subclass_keeps_its_type(servers, backend, n):
         out = list(server.stream(items, timeout=T))
         y = server.call(x, timeout=T)
     assert_same(y[1], x, 'call')
-    for i, (x_, (seen, y_)) in enumerate(zip(items, out)):
+    for i, (x_, (seen, y_)) in enumerate(zip(items, out, strict=False)):
         assert seen == describe_payload(x_), f'item {i} as seen by the worker'
         assert_same(y_, x_, f'item {i}')
     assert y[1].note == x.note
@@ -447,7 +454,7 @@ def test_sequential_pipeline_with_large_payloads(backend, shape):
         assert_same(y, items[0], 'call')
         out = list(server.stream(items, timeout=T))
     assert len(out) == len(items)
-    for i, (w, (seen, y)) in enumerate(zip(want, out)):
+    for i, (w, (seen, y)) in enumerate(zip(want, out, strict=True)):
         assert seen == describe_payload(w), f'item {i} as seen by the last stage'
         assert_same(y, w, f'item {i}')
 
@@ -477,7 +484,7 @@ def test_ensemble_of_processes_with_large_payloads(backend):
     assert_same(y[0], items[1], 'call[0]')
     assert_same(y[1], plus(items[1], 1), 'call[1]')
     assert len(out) == len(items)
-    for i, (x, r) in enumerate(zip(items, out)):
+    for i, (x, r) in enumerate(zip(items, out, strict=True)):
         assert isinstance(r, list) and len(r) == 2, f'item {i}: {type(r).__name__}'
         assert_same(r[0], x, f'item {i}, member 0')
         assert_same(r[1], add_one(x), f'item {i}, member 1')
@@ -488,12 +495,19 @@ def test_ensemble_of_processes_with_large_payloads(backend):
 
 def test_ensemble_members_build_large_results(backend):
     b = backend
-    reqs = [('bytes', MB, 1), ('array', MB, 2), ('mixed', MB, 3), ('bytes', 20 * MB, 4), ('array', 20 * MB, 5),
-            ('mixed', 100, 6), ('bytes', 64 * KiB - 1, 7)]
+    reqs = [
+        ('bytes', MB, 1),
+        ('array', MB, 2),
+        ('mixed', MB, 3),
+        ('bytes', 20 * MB, 4),
+        ('array', 20 * MB, 5),
+        ('mixed', 100, 6),
+        ('bytes', 64 * KiB - 1, 7),
+    ]
     ens = b.EnsembleServlet(b.ProcessServlet(b.w.Build), b.ProcessServlet(b.w.Build))
     with b.Server(ens) as server:
         out = list(server.stream(reqs, timeout=T))
-    for r, ys in zip(reqs, out):
+    for r, ys in zip(reqs, out, strict=False):
         want = build_payload(*r)
         assert isinstance(ys, list) and len(ys) == 2
         assert_same(ys[0], want, f'{r} member 0')
@@ -508,13 +522,11 @@ def test_ensemble_result_passed_to_a_next_stage(backend, after):
     b = backend
     items = ensemble_items()
     nxt = b.ProcessServlet(b.w.InspectEcho) if after == 'P' else b.ThreadServlet(b.w.InspectEcho)
-    seq = b.SequentialServlet(
-        b.EnsembleServlet(b.ProcessServlet(b.w.Echo), b.ProcessServlet(b.w.AddOneInPlace)), nxt
-    )
+    seq = b.SequentialServlet(b.EnsembleServlet(b.ProcessServlet(b.w.Echo), b.ProcessServlet(b.w.AddOneInPlace)), nxt)
     with b.Server(seq) as server:
         out = list(server.stream(items, timeout=T))
     assert len(out) == len(items)
-    for i, (x, (seen, y)) in enumerate(zip(items, out)):
+    for i, (x, (seen, y)) in enumerate(zip(items, out, strict=True)):
         want = [x, add_one(x)]
         assert seen == describe_payload(want), f'item {i} as seen by the next stage'
         assert_same(y, want, f'item {i}')
@@ -534,7 +546,7 @@ def test_batching_with_large_items(backend):
     assert blen == 1 and seen == describe_payload(items[1])
     assert_same(y, items[1], 'call')
     assert len(out) == len(items)
-    for i, (x, (blen, seen, y)) in enumerate(zip(items, out)):
+    for i, (x, (blen, seen, y)) in enumerate(zip(items, out, strict=True)):
         assert 1 <= blen <= 4, f'item {i}: batch of {blen}'
         assert seen == describe_payload(x), f'item {i} as seen by the worker'
         assert_same(y, x, f'item {i}')
@@ -568,8 +580,14 @@ def test_unpicklable_result_does_not_affect_the_next_large_item(backend):
             "mpservice's worker process dies when a result cannot be pickled (TypeError in its "
             'result thread): that item and every later one time out, even with return_exceptions'
         )
-    items = [pattern(MB, 1), b'lock', pattern(20 * MB, 2), build_payload('array', MB, 3), b'lock',
-             build_payload('mixed', MB, 4)]
+    items = [
+        pattern(MB, 1),
+        b'lock',
+        pattern(20 * MB, 2),
+        build_payload('array', MB, 3),
+        b'lock',
+        build_payload('mixed', MB, 4),
+    ]
     with b.Server(b.ProcessServlet(b.w.LockOnMarker)) as server:
         out = list(server.stream(items, return_exceptions=True, timeout=T))
         with pytest.raises(pickle.PicklingError, match='lock'):
@@ -596,11 +614,13 @@ def test_many_large_arrays_in_flight(servers, backend):
     with servers.use(b, 'AddOneInPlace') as server:
         out = list(server.stream(items, timeout=T))
     assert len(out) == n
-    bad = [i for i, y in enumerate(out)
-           if not (type(y) is np.ndarray and y.shape == (256 * KiB // 8,) and y.flags.writeable
-                   and (y == i + 1).all())]
+    bad = [
+        i
+        for i, y in enumerate(out)
+        if not (type(y) is np.ndarray and y.shape == (256 * KiB // 8,) and y.flags.writeable and (y == i + 1).all())
+    ]
     assert not bad, f'{len(bad)} wrong results, first at index {bad[0]}'
-    assert all((x == i).all() for i, x in enumerate(items)), 'the caller\'s arrays were modified'
+    assert all((x == i).all() for i, x in enumerate(items)), "the caller's arrays were modified"
 
 
 def test_many_large_bytes_in_flight(servers, backend):
@@ -610,7 +630,7 @@ def test_many_large_bytes_in_flight(servers, backend):
     with servers.use(b, 'Echo') as server:
         out = list(server.stream(items, timeout=T))
     assert len(out) == n
-    bad = [i for i, (x, y) in enumerate(zip(items, out)) if type(y) is not bytes or y != x]
+    bad = [i for i, (x, y) in enumerate(zip(items, out, strict=True)) if type(y) is not bytes or y != x]
     assert not bad, f'{len(bad)} wrong results, first at index {bad[0]}'
 
 
@@ -625,7 +645,7 @@ def test_large_results_built_in_the_worker(servers, backend, n):
         y = server.call(('array', n, 9), timeout=T)
     assert_same(y, build_payload('array', n, 9), 'call')
     assert len(out) == len(reqs)
-    for r, y in zip(reqs, out):
+    for r, y in zip(reqs, out, strict=True):
         assert_same(y, build_payload(*r), str(r))
 
 
@@ -634,7 +654,7 @@ def test_large_results_built_in_the_worker(servers, backend, n):
 
 @pytest.fixture(scope='module')
 def codec():
-    import mpserver._codec as codec
+    import mpserver._wire as codec
 
     return codec
 
@@ -657,21 +677,32 @@ def test_codec_pickle_chooses_the_encoding(codec):
     FLAG_RAW, FLAG_OOB = codec.FLAG_RAW, codec.FLAG_OOB
     assert codec.OOB_MIN_BYTES == 64 * KiB
     for x in (b'', b'abc', pattern(MB)):
-        enc = codec._pickle(x)
-        assert type(enc) is tuple and len(enc) == 2 and enc[0] == FLAG_RAW and enc[1] == x
+        flags, payload = codec.PickleCodec.encode(x)
+        assert flags == FLAG_RAW and payload is x
     # bytes subclasses, bytearrays and small arrays, scalars: a plain pickle
-    for x in (MyBytes(b'abc'), MyBytes(pattern(MB)), bytearray(100), np.arange(10), np.zeros(64 * KiB - 1, np.uint8),
-              12345, 'text', None, 1.5, [b'abc', 1], (pattern(MB), 'bytes in a container are in-band'),
-              np.arange(2 * MB, dtype=np.uint8)[::2]):  # a non-contiguous array: numpy pickles a copy in-band
-        enc = codec._pickle(x)
-        assert type(enc) is bytes, f'{type(x).__name__}: {type(enc).__name__}'
-        assert_same(pickle.loads(enc), x)
+    for x in (
+        MyBytes(b'abc'),
+        MyBytes(pattern(MB)),
+        bytearray(100),
+        np.arange(10),
+        np.zeros(64 * KiB - 1, np.uint8),
+        12345,
+        'text',
+        None,
+        1.5,
+        [b'abc', 1],
+        (pattern(MB), 'bytes in a container are in-band'),
+        np.arange(2 * MB, dtype=np.uint8)[::2],  # a non-contiguous array: numpy pickles a copy in-band
+    ):
+        flags, payload = codec.PickleCodec.encode(x)
+        assert flags == 0 and type(payload) is bytes, f'{type(x).__name__}: {flags}, {type(payload).__name__}'
+        assert_same(pickle.loads(payload), x)
     # A bare PickleBuffer over bytes/bytearray stays in-band, so that it still
     # arrives as bytes/bytearray (out of band it would arrive as a memoryview).
     for wrapped in (pattern(MB), bytearray(pattern(MB))):
-        enc = codec._pickle([pickle.PickleBuffer(wrapped)])
-        assert type(enc) is bytes
-        (got,) = pickle.loads(enc)
+        flags, payload = codec.PickleCodec.encode([pickle.PickleBuffer(wrapped)])
+        assert flags == 0 and type(payload) is bytes
+        (got,) = pickle.loads(payload)
         assert type(got) is type(wrapped) and got == wrapped
     # out-of-band: the pickle, then one PickleBuffer per large buffer
     a = build_payload('array', MB, 1)
@@ -681,21 +712,27 @@ def test_codec_pickle_chooses_the_encoding(codec):
     # (Not asserted: a bytearray.  CPython's pickler writes a bytearray in-band
     # itself (BYTEARRAY8), without offering it to buffer_callback, so even a
     # large one is a plain pickle today; the server tests check its round trip.)
-    for x, nbuf in ((a, 1), (np.zeros(64 * KiB, np.uint8), 1), (f, 1), (ro, 1),
-                    ((a, b'raw', np.arange(10), {'k': f}), 2)):
-        enc = codec._pickle(x)
-        assert type(enc) is tuple and enc[0] == FLAG_OOB, type(x).__name__
-        assert type(enc[1]) is bytes and len(enc[1]) < 4 * KiB
-        assert len(enc) == 2 + nbuf
-        assert all(isinstance(buf, pickle.PickleBuffer) and buf.raw().nbytes >= 64 * KiB for buf in enc[2:])
-    assert codec._pickle(ro)[2].raw().readonly
-    assert not codec._pickle(a)[2].raw().readonly
+    for x, nbuf in (
+        (a, 1),
+        (np.zeros(64 * KiB, np.uint8), 1),
+        (f, 1),
+        (ro, 1),
+        ((a, b'raw', np.arange(10), {'k': f}), 2),
+    ):
+        flags, sections = codec.PickleCodec.encode(x)
+        assert flags == FLAG_OOB and type(sections) is tuple, type(x).__name__
+        assert type(sections[0]) is bytes and len(sections[0]) < 4 * KiB
+        assert len(sections) == 1 + nbuf
+        assert all(isinstance(buf, pickle.PickleBuffer) and buf.raw().nbytes >= 64 * KiB for buf in sections[1:])
+    assert codec.PickleCodec.encode(ro)[1][1].raw().readonly
+    assert not codec.PickleCodec.encode(a)[1][1].raw().readonly
 
 
 def test_codec_decode_of_an_oob_message(codec):
-    """The layout of cpp/oob_message.hpp, built here, decodes to the value, with
-    writable arrays both from a writable payload and from a read-only view (an
-    ensemble part)."""
+    """The layout of cpp/oob_message.hpp, built here, is received as one tuple
+    of aligned sections (a single crossing into the core) and decodes to the
+    value, with writable arrays, from a writable copy or from a read-only
+    source (an ensemble part)."""
     values = [
         build_payload('array', MB, 1),
         (build_payload('array', MB, 2), b'raw', bytearray(pattern(MB, 3)), np.arange(10), {'k': 'v'}),
@@ -703,16 +740,18 @@ def test_codec_decode_of_an_oob_message(codec):
         build_payload('mixed', MB, 4),
     ]
     for i, x in enumerate(values):
-        enc = codec._pickle(x)
-        assert enc[0] == codec.FLAG_OOB
-        msg = oob_message(enc[1], *(buf.raw() for buf in enc[2:]))
+        flags, sent = codec.PickleCodec.encode(x)
+        assert flags == codec.FLAG_OOB
+        msg = oob_message(sent[0], *(buf.raw() for buf in sent[1:]))
         secs = codec._core.oob_sections(msg)
-        assert [len(s) for s in secs] == [len(enc[1])] + [buf.raw().nbytes for buf in enc[2:]]
-        assert bytes(secs[0]) == enc[1]
+        assert [len(s) for s in secs] == [len(sent[0])] + [buf.raw().nbytes for buf in sent[1:]]
+        assert bytes(secs[0]) == sent[0]
         base = np.frombuffer(msg, np.uint8).ctypes.data
         assert all((np.frombuffer(s, np.uint8).ctypes.data - base) % 16 == 0 for s in secs if len(s))
-        for payload in (bytearray(msg), memoryview(msg)):
-            assert_same(codec.decode(codec.FLAG_OOB, payload), x, f'value {i} from {type(payload).__name__}')
+        received = codec._core.receive(flags, msg)  # what a worker or a caller is handed
+        assert type(received) is tuple and [len(s) for s in received] == [len(s) for s in secs]
+        assert all(isinstance(s, memoryview) and not s.readonly for s in received)
+        assert_same(codec.decode(flags, received), x, f'value {i}')
 
 
 def test_oob_sections_accepts_the_largest_section_count(codec):
@@ -746,8 +785,12 @@ def test_oob_sections_rejects_corrupt_payloads(codec, name):
     payload = _corrupt_cases()[name]
     with pytest.raises(ValueError):
         codec._core.oob_sections(payload)
-    with pytest.raises(ValueError):
-        codec.decode(codec.FLAG_OOB, bytearray(payload))
+    # The receive path does not raise: it hands the bytes on, and the decoder
+    # refuses them, so a corrupt message fails its own item only.
+    received = codec._core.receive(codec.FLAG_OOB, payload)
+    assert type(received) is not tuple
+    with pytest.raises(ValueError, match='corrupt out-of-band message'):
+        codec.decode(codec.FLAG_OOB, received)
 
 
 def test_oob_sections_rejects_unsuitable_buffers(codec):
@@ -764,15 +807,15 @@ def test_oob_sections_on_every_truncation_and_random_garbage(codec):
     """Never reads outside the payload: every prefix of a valid message that
     cuts into a section is refused; random payloads are refused or give
     sections of exactly the declared lengths."""
-    enc = codec._pickle(np.zeros(64 * KiB, np.uint8))
-    msg = oob_message(enc[1], b'x' * 5, b'y' * 21)  # a real pickle head, then 2 short sections
+    head = codec.PickleCodec.encode(np.zeros(64 * KiB, np.uint8))[1][0]
+    msg = oob_message(head, b'x' * 5, b'y' * 21)  # a real pickle head, then 2 short sections
     end = len(msg) - ((16 - 21 % 16) % 16)  # the last section ends here; only padding follows
     for cut in range(len(msg)):
         if cut < end:
             with pytest.raises(ValueError):
                 codec._core.oob_sections(msg[:cut])
         else:
-            assert [len(s) for s in codec._core.oob_sections(msg[:cut])] == [len(enc[1]), 5, 21]
+            assert [len(s) for s in codec._core.oob_sections(msg[:cut])] == [len(head), 5, 21]
     rng = random.Random(1234)
     accepted = 0
     for _ in range(5000):

@@ -16,7 +16,13 @@ of the main process), and serve requests through a :class:`Server`::
             print(list(server.stream(range(5))))     # [0, 1, 4, 9, 16]
 """
 
+from typing import TYPE_CHECKING
+
+from ._compose import EnsembleServlet, SequentialServlet, SwitchServlet
+from ._config import CpuAffinity
+from ._core import __version__ as __version__
 from ._errors import ConfigError, ServerBacklogFull, TimeoutError, WorkerCrashedError, WorkerStartupError
+from ._install import install
 from ._remote import (
     EnsembleError,
     RemoteException,
@@ -24,17 +30,8 @@ from ._remote import (
     get_remote_traceback,
     is_remote_exception,
 )
-from ._install import install
 from ._server import Server
-from ._servlet import (
-    CpuAffinity,
-    EnsembleServlet,
-    ProcessServlet,
-    SequentialServlet,
-    Servlet,
-    SwitchServlet,
-    ThreadServlet,
-)
+from ._servlet import ProcessServlet, Servlet, ThreadServlet
 from ._worker import (
     PassThrough,
     ProcessWorker,
@@ -44,11 +41,12 @@ from ._worker import (
     make_worker,
 )
 
-__version__ = '0.1.0'
+if TYPE_CHECKING:  # at run time AsyncServer is imported on first use (see __getattr__)
+    from ._async import AsyncServer as AsyncServer
 
 
-def __getattr__(name):
-    # AsyncServer pulls in asyncio (~30 ms): imported on first use, so that
+def __getattr__(name: str) -> object:
+    # AsyncServer pulls in asyncio, which is slow to import: imported on first use, so that
     # worker processes and thread-only users do not pay for it at start-up.
     if name == 'AsyncServer':
         from ._async import AsyncServer
@@ -57,8 +55,9 @@ def __getattr__(name):
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     'Worker',

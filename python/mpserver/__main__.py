@@ -71,12 +71,11 @@ def main(argv: list[str]) -> None:
     script = first
     if not os.path.exists(script):
         sys.stderr.write(
-            f"{sys.executable}: can't open file {os.path.abspath(script)!r}: "
-            '[Errno 2] No such file or directory\n'
+            f"{sys.executable}: can't open file {os.path.abspath(script)!r}: [Errno 2] No such file or directory\n"
         )
         sys.exit(2)
     sys.argv = list(argv)
-    if not sys.flags.safe_path:
+    if not getattr(sys.flags, 'safe_path', False):  # -P (Python 3.11+)
         # ``python -m`` put the current directory first; ``python SCRIPT``
         # puts the script's directory there (run_path inserts a directory or
         # zip file itself).

@@ -1,219 +1,29 @@
-"""asyncio front end: AsyncServer, and Server.async_call.
+"""asyncio front end: AsyncServer.
 
-An async request takes a ledger slot and is pushed into the servlet graph
-like a sync one, but nobody blocks on it: its slot is flagged so that the
-C++ collector, when the result lands, publishes the request's token on the
-engine's completion queue and writes the queue's eventfd (once per drained
-batch).  That eventfd is registered as a reader on the event loop; its
-callback drains every finished token at once and resolves the futures.  So
-a burst of results costs one loop wake-up, with no helper thread and no
-``call_soon_threadsafe`` per item.
-
-Cancellation and timeouts: the awaiting caller gets its exception at once;
-the request is abandoned in the ledger and keeps its place in ``backlog``
-until its result leaves the pipeline (then it is dropped), as mpservice does.
+An AsyncServer runs a :class:`Server` and serves it to one event loop
+through the server's asyncio side (``_async_port``): requests are pushed
+without blocking the loop and resolved in batches from an eventfd the loop
+watches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import threading
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from time import perf_counter
+from typing import Any
 
-from . import _core
-from ._codec import FLAG_ERROR, decode
+from ._async_port import Expired
 from ._errors import ServerBacklogFull, TimeoutError, check_timeout
+from ._server import Server
 from ._servlet import Servlet
+from ._wire import FLAG_ERROR, decode
 
 __all__ = ['AsyncServer']
 
-_OK = _core.OK
-_BACKLOG_FULL = _core.BACKLOG_FULL
 
-# How long a caller waiting for capacity sleeps before retrying on its own:
-# slots freed by async requests wake it at once; this bounds the wait when a
-# sync caller of the same server frees the slot.
-_SPACE_RECHECK = 0.05
-
-
-class _Expired(Exception):
-    """Set on a request's future when its timeout passes."""
-
-
-def _resolve(fut: asyncio.Future, result) -> None:
-    if not fut.done():
-        fut.set_result(result)
-
-
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(_Expired())
-
-
-class _AsyncPort:
-    """Connects one running Server's engine to one event loop."""
-
-    def __init__(self, server, loop: asyncio.AbstractEventLoop):
-        self.server = server
-        self.loop = loop
-        self.engine = server._engine
-        self.entry = server._entry
-        self.codec = server._codec
-        # Shared by every loop's port: whichever loop drains the completion
-        # queue resolves futures of other loops through their own loop.
-        # A request is registered there in the same critical section that
-        # pushes it, so a loop on another thread cannot drain its result
-        # before its future exists.
-        self.pending: dict[int, asyncio.Future] = server._async_pending
-        self.lock: threading.Lock = server._async_lock
-        self.space_waiters: collections.deque = collections.deque()  # FIFO of futures
-        self.fd = self.engine.async_fd
-        loop.add_reader(self.fd, self._on_completions)
-        self.closed = False
-
-    def _on_completions(self) -> None:
-        engine = self.engine
-        tokens = engine.drain_async()
-        pending = self.pending
-        with self.lock:
-            owned = [(token, pending.pop(token, None)) for token in tokens]
-        for token, fut in owned:
-            if fut is None:
-                continue  # its caller gave up; the collector already dropped the result
-            result = engine.take_token(token)
-            owner = fut.get_loop()
-            if owner is self.loop:
-                _resolve(fut, result)
-            elif not owner.is_closed():
-                owner.call_soon_threadsafe(_resolve, fut, result)
-        # Each token freed one slot: let that many callers waiting for room retry.
-        self._wake_space_waiters(len(tokens))
-
-    def _wake_space_waiters(self, n: int) -> None:
-        waiters = self.space_waiters
-        while n > 0 and waiters:
-            w = waiters.popleft()
-            if not w.done():
-                w.set_result(None)
-                n -= 1
-
-    async def submit(self, payload, flags: int, backpressure: bool, t0: float, deadline: float):
-        """Pushes one request; returns ``(token, future)``, or raises
-        ServerBacklogFull etc."""
-        while True:
-            if self.closed:
-                raise RuntimeError('the Server has been stopped')
-            with self.lock:
-                status, token = self.engine.submit_async(self.entry, payload, flags)
-                if status == _OK:
-                    fut = self.pending[token] = self.loop.create_future()
-                    return token, fut
-            if status != _BACKLOG_FULL:
-                raise self.server._failure(status, t0)
-            if backpressure:
-                raise ServerBacklogFull(self.server.capacity)
-            left = deadline - perf_counter()
-            if left <= 0:
-                raise ServerBacklogFull(self.server.capacity, perf_counter() - t0)
-            w = self.loop.create_future()
-            self.space_waiters.append(w)
-            recheck = self.loop.call_later(min(left, _SPACE_RECHECK), _resolve, w, None)
-            try:
-                await w
-            finally:
-                recheck.cancel()
-
-    async def result(self, token: int, fut: asyncio.Future, deadline: float):
-        """Waits for a request's (flags, payload).  Raises _Expired after the
-        deadline; on cancellation or timeout the request is abandoned."""
-        handle = self.loop.call_at(self.loop.time() + max(0.0, deadline - perf_counter()), _expire, fut)
-        try:
-            return await fut
-        except BaseException:
-            self.abandon(token)
-            raise
-        finally:
-            handle.cancel()
-
-    def abandon(self, token: int) -> None:
-        with self.lock:
-            mine = self.pending.pop(token, None) is not None
-        if mine and not self.closed:
-            self.engine.abandon_token(token)
-
-    def close(self) -> None:
-        """After the server stopped: resolve what is left, unregister the eventfd."""
-        if self.closed:
-            return
-        if not self.loop.is_closed():
-            self._on_completions()
-            self.loop.remove_reader(self.fd)
-        self.closed = True
-        err = RuntimeError('the server stopped before this request finished')
-        with self.lock:
-            mine = [(t, f) for t, f in self.pending.items() if f.get_loop() is self.loop]
-            for token, _ in mine:
-                del self.pending[token]
-        for _, fut in mine:
-            if not fut.done():
-                fut.set_exception(err)
-        self._wake_space_waiters(len(self.space_waiters))
-
-
-def port_for(server) -> _AsyncPort:
-    """The running loop's port into ``server`` (created on first use)."""
-    loop = asyncio.get_running_loop()
-    server._require_running()
-    ports = server._async_ports
-    port = ports.get(loop)
-    if port is None:
-        for old in [lp for lp in ports if lp.is_closed()]:  # loops gone (e.g. after asyncio.run)
-            del ports[old]
-        port = ports[loop] = _AsyncPort(server, loop)
-    return port
-
-
-def close_ports(server) -> None:
-    """Called by Server.__exit__ once no result can arrive any more."""
-    ports, server._async_ports = server._async_ports, {}
-    for loop, port in ports.items():
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            port.close()
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(port.close)
-
-
-def _timeout_message(t0: float, t_enqueued: float) -> str:
-    now = perf_counter()
-    return f'{t_enqueued - t0:.3f} seconds enqueue, {now - t0:.3f} seconds total'
-
-
-async def async_call(server, x, timeout, backpressure):
-    """``Server.async_call`` and ``AsyncServer.call``."""
-    check_timeout(timeout)
-    port = port_for(server)
-    t0 = perf_counter()
-    deadline = t0 + timeout
-    flags, payload = port.codec.encode(x)
-    token, fut = await port.submit(payload, flags, backpressure, t0, deadline)
-    t_enqueued = perf_counter()
-    try:
-        rflags, result = await port.result(token, fut, deadline)
-    except _Expired:
-        raise TimeoutError(_timeout_message(t0, t_enqueued)) from None
-    y = decode(rflags, result)
-    if rflags & FLAG_ERROR:
-        raise y
-    return y
-
-
-async def _aiter(data):
+async def _aiter(data: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
     if isinstance(data, AsyncIterable):
         async for x in data:
             yield x
@@ -239,13 +49,11 @@ class AsyncServer:
         cancelled or timed out keeps its place until its result comes out.
     """
 
-    def __init__(self, servlet: Servlet, *, capacity: int = 256):
-        from ._server import Server
-
+    def __init__(self, servlet: Servlet, *, capacity: int = 256) -> None:
         self._server = Server(servlet, capacity=capacity)
         self.servlet = servlet
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         raise TypeError(f"cannot pickle '{type(self).__name__}' object")
 
     @property
@@ -258,15 +66,16 @@ class AsyncServer:
         """Requests now in the server, including abandoned ones still in the pipeline."""
         return self._server.backlog
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> AsyncServer:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._server.__enter__)
-        port_for(self._server)
+        self._server._async_ports().port()
         return self
 
-    async def __aexit__(self, exc_type, exc, tb):
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         loop = asyncio.get_running_loop()
-        port = self._server._async_ports.get(loop)
+        ports = self._server._ports
+        port = ports.get(loop) if ports is not None else None
         # Workers finish what they hold while the loop keeps delivering results.
         try:
             await loop.run_in_executor(None, self._server.__exit__, exc_type, exc, tb)
@@ -274,13 +83,13 @@ class AsyncServer:
             if port is not None:
                 port.close()
 
-    def debug_info(self) -> dict:
+    def debug_info(self) -> dict[str, Any]:
         """Like :meth:`Server.debug_info`."""
         info = self._server.debug_info()
         info['type'] = type(self).__name__
         return info
 
-    async def call(self, x, /, *, timeout: int | float = 60, backpressure: bool = True):
+    async def call(self, x: Any, /, *, timeout: int | float = 60, backpressure: bool = True) -> Any:
         """Serve one input and return its result (or raise the worker's exception).
 
         ``timeout`` and ``backpressure`` mean what they mean for
@@ -289,18 +98,18 @@ class AsyncServer:
         its result leaves the pipeline.
         """
         check_timeout(timeout)
-        return await async_call(self._server, x, timeout, backpressure)
+        return await self._server._async_ports().call(x, timeout, backpressure)
 
     async def stream(
         self,
-        data_stream: AsyncIterable | Iterable,
+        data_stream: AsyncIterable[Any] | Iterable[Any],
         /,
         *,
         return_x: bool = False,
         return_exceptions: bool = False,
         timeout: int | float = 3600,
-        preprocessor: Callable | None = None,
-    ):
+        preprocessor: Callable[[Any], Any] | None = None,
+    ) -> AsyncIterator[Any]:
         """Serve every input of ``data_stream`` (an async iterable, or a plain
         iterable); yield results in input order.
 
@@ -309,17 +118,18 @@ class AsyncServer:
         ``timeout`` applies to each item from the moment it was fed.
         """
         check_timeout(timeout)
-        port = port_for(self._server)
+        port = self._server._async_ports().port()
         loop = port.loop
         cap = self._server.capacity
         # (x, local error, token, future, deadline) in input order; the feeder
-        # waits while `cap` items are in the window.
-        window: collections.deque = collections.deque()
+        # waits while `cap` items are in the window.  Token (an int) and future
+        # (an asyncio.Future[tuple[int, Any]]) are None when there is a local error.
+        window: collections.deque[tuple[Any, BaseException | None, Any, Any, float]] = collections.deque()
         room = asyncio.Semaphore(cap)
         arrived = asyncio.Event()
-        feed_done = []  # [exception or None] once the feeder is finished
+        feed_done: list[BaseException | None] = []  # [exception or None] once the feeder is finished
 
-        async def feed():
+        async def feed() -> None:
             try:
                 async for x in _aiter(data_stream):
                     await room.acquire()
@@ -327,7 +137,7 @@ class AsyncServer:
                     try:
                         x1 = preprocessor(x) if preprocessor is not None else x
                         flags, payload = port.codec.encode(x1)
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - a preprocess or encode failure is this item's result
                         window.append((x, e, None, None, 0.0))
                     else:
                         try:
@@ -353,16 +163,17 @@ class AsyncServer:
                     await arrived.wait()
                     continue
                 x, err, token, fut, deadline = window[0]
+                y: Any
                 if err is None:
                     try:
                         rflags, result = await port.result(token, fut, deadline)
-                    except _Expired:
+                    except Expired:
                         y, failed = TimeoutError(f'item not done within its timeout of {timeout} seconds'), True
                     else:
                         try:
                             y = decode(rflags, result)
                             failed = bool(rflags & FLAG_ERROR)
-                        except Exception as e:
+                        except Exception as e:  # noqa: BLE001 - an undecodable result is this item's error
                             y, failed = e, True
                 else:
                     y, failed = err, True

@@ -1,9 +1,10 @@
-"""Entry point of a worker process: ``python -m mpserver._child PPID INDEX KEY``.
+"""Entry point of a worker process: ``python -m mpserver._child PPID INDEX KEY SPIN YIELDS``.
 
-The supervisor hands the process five fds: 3 = bootstrap data (memfd),
-4 = the server's control ring, 5 = the servlet's input ring, 6 = its output
-ring, 7 = the servlet's claim table (items each worker holds).  The process binds its life to the parent, prepares ``__main__`` the
-way multiprocessing's spawn does (so classes defined in the user's script
+The supervisor hands the process the fds of ``_core.ChildFd``: the
+bootstrap data (a memfd), the server's control ring, the servlet's input
+ring, its output ring and its claim table (items each worker holds).  The
+process binds its life to the parent, prepares ``__main__`` the way
+multiprocessing's spawn does (so classes defined in the user's script
 resolve), builds the worker, reports ready (or its ``__init__`` error) on the
 control ring, and serves until the input ring is closed and drained.
 """
@@ -25,8 +26,8 @@ def main(argv: list[str]) -> int:
 
     if not _core.bind_to_parent(ppid):
         return 0  # the parent is already gone
-    # How to wait before sleeping: the parent's choice (argv[3:5]); the
-    # environment can override the spin.
+    # How to wait before sleeping: the parent's choice (argv[3:5], see
+    # _launch.worker_spin); the environment can override the spin.
     spin, yields = (int(argv[3]), int(argv[4])) if len(argv) > 4 else (None, 0)
     if os.environ.get('MPSERVER_WORKER_SPIN'):
         spin = int(os.environ['MPSERVER_WORKER_SPIN'])
@@ -36,30 +37,29 @@ def main(argv: list[str]) -> int:
     # handles it and stops the workers, so workers ignore it (no traceback spam).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _core.set_signal_checks(False)
-    from ._codec import keep_heap
+    from . import _process
 
-    keep_heap()
+    _process.keep_heap()
 
     import pickle
 
-    size = os.fstat(3).st_size
-    boot = pickle.loads(os.pread(3, size, 0))
-    os.close(3)
-    control = _core.Ring.attach(4)
-    inp = _core.Ring.attach(5)
-    out = _core.Ring.attach(6)
-    claims = _core.ClaimTable.attach(7)  # what this worker holds, for the guardian
+    fd = _core.ChildFd
+    size = os.fstat(fd.BOOT).st_size
+    boot = pickle.loads(os.pread(fd.BOOT, size, 0))
+    os.close(fd.BOOT)
+    control = _core.Ring.attach(fd.CONTROL)
+    inp = _core.Ring.attach(fd.INPUT)
+    out = _core.Ring.attach(fd.OUTPUT)
+    claims = _core.ClaimTable.attach(fd.CLAIMS)  # what this worker holds, for the guardian
     _core.bind_claims(claims, index)
 
     name = boot['names'][index]
     prep = dict(boot['prep'], name=name)
+    _process.set_worker_name(name)
 
-    from . import _remote, _worker
-    from ._codec import FLAG_CONTROL, PickleCodec
-    from ._servlet import CTL_INIT_FAILED, CTL_READY
+    from ._wire import FLAG_CONTROL, PickleCodec
 
-    _worker._process_name = name
-    _remote._process_label = name
+    ready, init_failed = int(_core.Control.READY), int(_core.Control.INIT_FAILED)
 
     try:
         # Import the user's main module as __mp_main__ (like multiprocessing's
@@ -67,25 +67,25 @@ def main(argv: list[str]) -> int:
         # recursively: Server.__enter__ refuses while this flag is set.
         import multiprocessing.spawn
 
-        _worker._bootstrapping = True
+        _process.set_bootstrapping(True)
         try:
             multiprocessing.spawn.prepare(prep)
         finally:
-            _worker._bootstrapping = False
+            _process.set_bootstrapping(False)
         worker_cls, kwargs = pickle.loads(boot['body'])
         worker = worker_cls(worker_index=index, cpu_affinity=boot['cpus'][index], **kwargs)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         flags, payload = PickleCodec.encode_error(e)
-        control.push(key, flags | FLAG_CONTROL, payload, CTL_INIT_FAILED)
+        control.push(key, flags | FLAG_CONTROL, payload, init_failed)
         return 1
-    control.push(key, FLAG_CONTROL, pickle.dumps(worker.name), CTL_READY)
+    control.push(key, FLAG_CONTROL, pickle.dumps(worker.name), ready)
     sole = len(boot['names']) == 1
     del boot
 
-    from ._worker import _serve
+    from ._serve import serve
 
     try:
-        _serve(worker, inp, out, PickleCodec, sole=sole)
+        serve(worker, inp, out, PickleCodec, sole=sole)
     except BaseException as e:
         worker.cleanup(e)
         raise

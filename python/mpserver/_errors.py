@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import builtins
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ['ServerBacklogFull', 'TimeoutError', 'WorkerStartupError', 'WorkerCrashedError', 'ConfigError']
 
@@ -14,10 +18,10 @@ class TimeoutError(builtins.TimeoutError):
 class ServerBacklogFull(RuntimeError):
     """The server holds ``capacity`` requests already; this one was turned away."""
 
-    def __init__(self, n, x=None):
+    def __init__(self, n: int, x: float | None = None) -> None:
         super().__init__(n, x)
 
-    def __str__(self):
+    def __str__(self) -> str:
         n, x = self.args
         if x is None:
             return (
@@ -25,8 +29,7 @@ class ServerBacklogFull(RuntimeError):
                 'new request is rejected immediately due to back-pressure'
             )
         return (
-            f'Server is at capacity with {n} items in proces; '
-            f'new request is rejected after waiting for {x:.3f} seconds'
+            f'Server is at capacity with {n} items in proces; new request is rejected after waiting for {x:.3f} seconds'
         )
 
 
@@ -46,8 +49,16 @@ class WorkerCrashedError(RuntimeError):
     within its servlet's ``max_restarts`` budget.
     """
 
-    def __init__(self, message: str, servlet: str = '', worker: str = '', worker_index=None,
-                 pid=None, exit_code=None, signal=None):
+    def __init__(
+        self,
+        message: str,
+        servlet: str = '',
+        worker: str = '',
+        worker_index: int | None = None,
+        pid: int | None = None,
+        exit_code: int | None = None,
+        signal: int | None = None,
+    ) -> None:
         super().__init__(message, servlet, worker, worker_index, pid, exit_code, signal)
         self.servlet = servlet
         self.worker = worker
@@ -56,34 +67,42 @@ class WorkerCrashedError(RuntimeError):
         self.exit_code = exit_code
         self.signal = signal
 
-    def __str__(self):
-        return self.args[0]
+    def __str__(self) -> str:
+        message: str = self.args[0]
+        return message
 
 
-def crash_error(payload) -> WorkerCrashedError:
-    """The WorkerCrashedError for a crash report written by the C++ guardian
-    (fields separated by 0x1f: servlet, worker name, index, pid, wait status, note)."""
+def describe_wait_status(status: int) -> tuple[str, int | None, int | None]:
+    """How a process ended, from its raw wait status: ``(text, exit code,
+    signal number)``, e.g. ``('was killed by SIGKILL', None, 9)``; a
+    negative status (unknown) gives ``('exited', None, None)``."""
     import os
     import signal as _signal
 
-    label, name, index, pid, status, note = bytes(payload).decode('utf-8', 'replace').split('\x1f', 5)
-    pid, status = int(pid), int(status)
-    if pid <= 0:
-        return WorkerCrashedError(f'{label} {note}; this item was not processed', label)
-    code = sig = None
     if status >= 0 and os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
-            how = f'was killed by {_signal.Signals(sig).name}'
+            return f'was killed by {_signal.Signals(sig).name}', None, sig
         except ValueError:
-            how = f'was killed by signal {sig}'
-    elif status >= 0 and os.WIFEXITED(status):
+            return f'was killed by signal {sig}', None, sig
+    if status >= 0 and os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
-        how = f'exited with code {code}'
-    else:
-        how = 'exited'
+        return f'exited with code {code}', code, None
+    return 'exited', None, None
+
+
+def crash_error(payload: Buffer) -> WorkerCrashedError:
+    """The WorkerCrashedError for a crash report written by the C++ guardian
+    (cpp/guardian.hpp: fields separated by 0x1f — kind, servlet, worker name,
+    index, pid, wait status, note)."""
+    kind, label, name, index, pid, status, note = bytes(payload).decode('utf-8', 'replace').split('\x1f', 6)
+    if kind == 'servlet':
+        return WorkerCrashedError(f'{label} {note}; this item was not processed', label)
+    if kind == 'thread':
+        return WorkerCrashedError(f'worker thread {name} of {label} {note}', label, name, int(index))
+    how, code, sig = describe_wait_status(int(status))
     msg = f'worker process {name} (pid {pid}) of {label} {how}; it {note}'
-    return WorkerCrashedError(msg, label, name, int(index), pid, code, sig)
+    return WorkerCrashedError(msg, label, name, int(index), int(pid), code, sig)
 
 
 class ConfigError(ValueError, AssertionError):
@@ -95,7 +114,7 @@ class ConfigError(ValueError, AssertionError):
     """
 
 
-def check_timeout(timeout) -> None:
+def check_timeout(timeout: object) -> None:
     """Timeouts are seconds: a number > 0."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ConfigError(f'timeout must be a number of seconds > 0, got {timeout!r}')

@@ -36,6 +36,7 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+from collections.abc import Callable, Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
@@ -53,44 +54,44 @@ def _remote_exception_module() -> ModuleType:
     """The module served as ``mpservice.multiprocessing.remote_exception``."""
     from . import _remote
 
-    mod = ModuleType(_REMOTE, 'mpserver\'s remote exceptions, under the name used by mpservice.')
-    for name in ('RemoteException', 'RemoteTraceback', 'EnsembleError',
-                 'is_remote_exception', 'get_remote_traceback'):
+    mod = ModuleType(_REMOTE, "mpserver's remote exceptions, under the name used by mpservice.")
+    for name in ('RemoteException', 'RemoteTraceback', 'EnsembleError', 'is_remote_exception', 'get_remote_traceback'):
         setattr(mod, name, getattr(_remote, name))
-    mod._rebuild_exception = _remote._rebuild  # target of the real module's pickles
-    mod.__all__ = ['RemoteException', 'get_remote_traceback', 'is_remote_exception']
+    mod.__dict__['_rebuild_exception'] = _remote._rebuild  # target of the real module's pickles
+    mod.__dict__['__all__'] = ['RemoteException', 'get_remote_traceback', 'is_remote_exception']
     return mod
 
 
 class _Loader(importlib.abc.Loader):
     """Gives an existing or freshly made module for a spec of :class:`_Finder`."""
 
-    def __init__(self, make):
+    def __init__(self, make: Callable[[], ModuleType]) -> None:
         self._make = make
-        self._spec = None
+        self._spec: ModuleSpec | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return 'mpserver.install()'
 
-    def create_module(self, spec):
+    def create_module(self, spec: ModuleSpec) -> ModuleType:
         module = self._make()
         # The import system sets ``__spec__`` to the alias' spec; put back a
         # module's own spec (mpserver's) in exec_module.
         self._spec = getattr(module, '__spec__', None)
         return module
 
-    def exec_module(self, module):
+    def exec_module(self, module: ModuleType) -> None:
         if self._spec is not None:
             module.__spec__ = self._spec
         if getattr(module, '__mpserver_stub__', False) and module.__name__ == 'mpservice.multiprocessing':
             importlib.import_module(_REMOTE)  # like the real package does
 
 
-def _stub(name: str):
-    def make():
+def _stub(name: str) -> Callable[[], ModuleType]:
+    def make() -> ModuleType:
         mod = ModuleType(name, f'Stand-in for {name!r} (not installed), made by mpserver.install().')
-        mod.__version__ = STUB_VERSION
-        mod.__mpserver_stub__ = True
+        # Through __dict__: a ModuleType has no such attributes for the type checker.
+        mod.__dict__['__version__'] = STUB_VERSION
+        mod.__dict__['__mpserver_stub__'] = True
         return mod
 
     return make
@@ -99,11 +100,13 @@ def _stub(name: str):
 class _Finder(importlib.abc.MetaPathFinder):
     """Serves the mpservice names that mpserver replaces, and nothing else."""
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
         if fullname == _SERVER:
             return ModuleSpec(fullname, _Loader(lambda: importlib.import_module('mpserver')))
         if fullname.startswith(_SERVER + '.'):
-            target_name = 'mpserver' + fullname[len(_SERVER):]
+            target_name = 'mpserver' + fullname[len(_SERVER) :]
             try:
                 found = importlib.util.find_spec(target_name)
             except ImportError:
@@ -117,7 +120,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             return ModuleSpec(fullname, _Loader(_stub(fullname)), is_package=True)
         return None
 
-    def _found_elsewhere(self, fullname, path, target) -> bool:
+    def _found_elsewhere(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None) -> bool:
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, 'find_spec'):
                 continue

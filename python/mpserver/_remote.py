@@ -12,7 +12,9 @@ came from.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, cast
 
 __all__ = [
     'RemoteException',
@@ -22,16 +24,7 @@ __all__ = [
     'EnsembleError',
 ]
 
-# Set by a worker process at start-up; used to label remote tracebacks.
-_process_label: str | None = None
-
-
-def _label() -> str:
-    if _process_label is not None:
-        return _process_label
-    import multiprocessing
-
-    return multiprocessing.current_process().name
+from ._process import name as _label
 
 
 class RemoteTraceback(Exception):
@@ -41,11 +34,11 @@ class RemoteTraceback(Exception):
     default error display shows the remote frames above the local ones.
     """
 
-    def __init__(self, tb: str):
+    def __init__(self, tb: str) -> None:
         super().__init__(tb)
         self.tb = tb
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.tb
 
 
@@ -54,14 +47,14 @@ def _rebuild(exc: BaseException, tb: str) -> BaseException:
     return exc
 
 
-def is_remote_exception(e) -> bool:
+def is_remote_exception(e: object) -> bool:
     """True if ``e`` came out of a :class:`RemoteException` (it carries a remote traceback)."""
     return isinstance(e, BaseException) and isinstance(e.__cause__, RemoteTraceback)
 
 
-def get_remote_traceback(e) -> str:
+def get_remote_traceback(e: BaseException) -> str:
     """The remote traceback text of an exception for which :func:`is_remote_exception` is true."""
-    return e.__cause__.tb
+    return cast(RemoteTraceback, e.__cause__).tb  # that precondition: the cause is a RemoteTraceback
 
 
 class RemoteException:
@@ -73,14 +66,12 @@ class RemoteException:
     cannot be raised; use its ``exc`` attribute before pickling.
     """
 
-    def __init__(self, exc: BaseException, tb: TracebackType | str | None = None):
+    def __init__(self, exc: BaseException, tb: TracebackType | str | None = None) -> None:
         if isinstance(tb, TracebackType):
             tb = f'[{_label()}] ' + ''.join(traceback.format_exception(type(exc), exc, tb))
         elif tb is None:
             if exc.__traceback__ is not None:
-                tb = f'[{_label()}] ' + ''.join(
-                    traceback.format_exception(type(exc), exc, exc.__traceback__)
-                )
+                tb = f'[{_label()}] ' + ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             elif is_remote_exception(exc):
                 tb = get_remote_traceback(exc)
             else:
@@ -95,13 +86,13 @@ class RemoteException:
         self.exc = exc
         self.tb = tb
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'{type(self).__name__}({self.exc!r})'
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{type(self).__name__}('{self.exc}')"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[BaseException, str], BaseException], tuple[BaseException, str]]:
         return _rebuild, (self.exc, self.tb)
 
 
@@ -115,22 +106,24 @@ class EnsembleError(RuntimeError):
     ``args[1]`` is ``{'y': [member results or exceptions], 'n': members finished}``.
     """
 
-    def __init__(self, results: dict):
+    def __init__(self, results: dict[str, Any]) -> None:
         ys = results['y']
         errors = [v for v in ys if isinstance(v, (BaseException, RemoteException))]
         first = repr(errors[0]) if errors else None
         n = len(errors)
         msg = (
-            f"{results['n']}/{len(ys)} ensemble members finished, "
-            f"with {n} error{'s' if n > 1 else ''}; first error: {first}"
+            f'{results["n"]}/{len(ys)} ensemble members finished, '
+            f'with {n} error{"s" if n > 1 else ""}; first error: {first}'
         )
         super().__init__(msg, results)
 
-    def __str__(self):
-        return self.args[0]
+    def __str__(self) -> str:
+        message: str = self.args[0]
+        return message
 
-    def __repr__(self):
-        return self.args[0]
+    def __repr__(self) -> str:
+        message: str = self.args[0]
+        return message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[EnsembleError], tuple[dict[str, Any]]]:
         return type(self), (self.args[1],)

@@ -2,9 +2,10 @@
 
 ``call`` and ``stream`` encode inputs (pickle for process workers, object
 references for thread workers), hand them to the C++ engine, which takes a
-slot in its ledger (the capacity bound), pushes the request into the entry
-ring, and blocks with the GIL released until the collector thread delivers
-the result into that slot.
+slot in its request book (the capacity bound), pushes the request into the
+entry ring, and blocks with the GIL released until the collector thread
+delivers the result into that slot.  The asyncio front (``_async``) submits
+through the same request path.
 """
 
 from __future__ import annotations
@@ -12,35 +13,37 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from time import perf_counter
-from typing import final
+from typing import TYPE_CHECKING, Any, TypeAlias, cast, final
 
-from . import _core
-from ._codec import PickleCodec, ObjectCodec, decode, keep_heap, FLAG_ERROR
-from ._errors import ConfigError, ServerBacklogFull, TimeoutError, check_timeout
-from . import _worker
-from ._servlet import Servlet, _Launch
+from . import _core, _process
+from ._config import normalize_cpus
+from ._errors import ConfigError, TimeoutError, check_timeout
+from ._launch import Launch
+from ._requests import BACKLOG_FULL, OK, RESULT_TIMEOUT, RequestPath, failure, result
+from ._servlet import Servlet
+from ._wire import FLAG_ERROR, Codec, ObjectCodec, PickleCodec, decode
+
+if TYPE_CHECKING:
+    from ._async_port import Ports
+
+    #: An input in a stream's window: ``(x, its local error or None)``; a fed
+    #: stream queues a list, whose error its feeder may set after queueing it.
+    _InWindow: TypeAlias = tuple[Any, BaseException | None] | list[Any]
 
 __all__ = ['Server']
 
-#: Data bytes of the ring that carries every result back to the main process.
-OUTPUT_RING_BYTES = 8 << 20
-CONTROL_RING_BYTES = 256 << 10
 #: Seconds a busy worker gets to finish its item when the server is
 #: interrupted (Ctrl-C) before it is killed.
 STOP_GRACE = 2.0
 
-_OK = _core.OK
-_BACKLOG_FULL = _core.BACKLOG_FULL
-_BACKLOG_TIMEOUT = _core.BACKLOG_TIMEOUT
-_RESULT_TIMEOUT = _core.RESULT_TIMEOUT
-_CLOSED = _core.CLOSED
-_PUSH_TIMEOUT = _core.PUSH_TIMEOUT
-_FLAG_OBJECT = _core.FLAG_OBJECT
-_READY, _LOCAL, _TIMED_OUT = 0, 1, 2
+_READY = int(_core.Outcome.READY)
+_LOCAL = int(_core.Outcome.LOCAL)
 
 # A stream sends inputs in runs of up to _CHUNK (one ring push, one wake-up)
 # and takes up to _DRAIN_MAX ready results per crossing into the core.
@@ -53,6 +56,17 @@ _DRAIN_MAX = 256
 #: queues, sockets, ...) is pulled by a feeder thread, because pulling the
 #: next input may block while results are ready to be yielded.
 _NON_BLOCKING_INPUTS = (list, tuple, range, str, bytes, bytearray, dict, set, frozenset)
+
+
+def _main_cpus(main_cpu: object) -> list[int] | None:
+    """The CPUs of the older ``main_cpu`` keyword: None, an int or a list of ints."""
+    if main_cpu is None:
+        return None
+    try:
+        cpus = normalize_cpus([main_cpu])[0]
+    except ConfigError as e:
+        raise ConfigError(f'main_cpu must be a CPU number or a list of them, got {main_cpu!r} ({e})') from None
+    return [cpus] if isinstance(cpus, int) else cpus
 
 
 class Server:
@@ -76,7 +90,7 @@ class Server:
 
     @final
     @classmethod
-    def get_mp_context(cls):
+    def get_mp_context(cls) -> multiprocessing.context.SpawnContext:
         """A multiprocessing *spawn* context, for queues, locks etc. that workers share.
 
         mpserver does not use multiprocessing to run workers; this is for
@@ -84,22 +98,51 @@ class Server:
         """
         return multiprocessing.get_context('spawn')
 
-    def __init__(self, servlet: Servlet, *, capacity: int = 256):
+    def __init__(
+        self,
+        servlet: Servlet,
+        *,
+        capacity: int = 256,
+        main_cpu: int | list[int] | None = None,
+        backlog: int | None = None,
+        sys_info_log_cadence: int | None = None,
+    ) -> None:
         if not isinstance(servlet, Servlet):
             raise ConfigError(f'servlet must be a Servlet, got {type(servlet).__name__}')
+        if backlog is not None:
+            warnings.warn(
+                'the parameter `backlog` is deprecated (mpservice 0.12.7): use `capacity` instead',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            capacity = backlog
+        if sys_info_log_cadence is not None:
+            warnings.warn(
+                'the parameter `sys_info_log_cadence` is deprecated (mpservice 0.12.1) and has no effect',
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
             raise ConfigError(f'capacity must be an int > 0, got {capacity!r}')
+        cpus = _main_cpus(main_cpu)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)  # as mpservice did: the whole main process, from here on
         self.servlet = servlet
         self._capacity = capacity
-        self._engine = None
-        self._entry = None
-        self._guardian = None
+        self._main_cpus = cpus
+        self._engine: Any = None
+        self._entry: Any = None
+        self._codec: Codec = PickleCodec
+        self._path: RequestPath | None = None
+        self._guardian: Any = None
+        self._supervisor: Any = None
+        self._output: Any = None
+        self._control: Any = None
         self._state = 'new'
-        self._async_ports: dict = {}  # event loop -> _AsyncPort (see _async.py)
-        self._async_pending: dict = {}  # token -> future, across loops
-        self._async_lock = threading.Lock()
+        self._ports: Ports | None = None  # the asyncio side, made on first use (_async_port.py)
+        self._ports_lock = threading.Lock()
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         raise TypeError(f"cannot pickle '{type(self).__name__}' object")
 
     @property
@@ -115,20 +158,20 @@ class Server:
 
     # ------------------------------------------------------------ lifecycle
 
-    def __enter__(self):
+    def __enter__(self) -> Server:
         if self._state == 'running':
             raise RuntimeError('this Server is already running')
-        if _worker._bootstrapping:
+        if _process.bootstrapping():
             raise RuntimeError(
                 'a Server was started while a worker process was importing your main module: '
                 "start servers under `if __name__ == '__main__':` in the main script, "
                 'otherwise every worker process would start the server again'
             )
-        keep_heap()
-        self._output = _core.Ring.create(OUTPUT_RING_BYTES, 'mpserver-out')
-        self._control = _core.Ring.create(CONTROL_RING_BYTES, 'mpserver-ctl')
+        _process.keep_heap()
+        self._output = _core.Ring.create(_core.OUTPUT_RING_BYTES, 'mpserver-out')
+        self._control = _core.Ring.create(_core.CONTROL_RING_BYTES, 'mpserver-ctl')
         self._supervisor = _core.Supervisor()
-        launch = _Launch(self._supervisor, self._control)
+        launch = Launch(self._supervisor, self._control)
         engine = _core.Engine(self._output, self._capacity)
         try:
             entry, local = self.servlet._start(launch, self._output, True)
@@ -140,18 +183,19 @@ class Server:
             raise
         self._entry = entry
         self._codec = ObjectCodec if local else PickleCodec
-        # From now on a worker process that dies is noticed and replaced.
+        # From now on a worker that dies is noticed and replaced.
         self._guardian = _core.Guardian(self._supervisor)
         self.servlet._guard(self._guardian)
         self._guardian.start()
-        msg = 'the server\'s output ring was found corrupt; this request was lost'
+        msg = "the server's output ring was found corrupt; this request was lost"
         engine.set_failure(*PickleCodec.encode_error(RuntimeError(msg), f'RuntimeError: {msg}\n'))
         engine.start()
         self._engine = engine
+        self._path = RequestPath(engine, entry, self._codec, self._capacity)
         self._state = 'running'
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if self._state != 'running':
             return
         self._state = 'stopping'
@@ -176,21 +220,31 @@ class Server:
             engine.stop()
             engine.close()
             msg = 'the server stopped before this request finished'
-            flags, payload = PickleCodec.encode_error(RuntimeError(msg), f'RuntimeError: {msg}\n')
-            engine.fail_pending(flags, payload)
+            engine.fail_pending(*PickleCodec.encode_error(RuntimeError(msg), f'RuntimeError: {msg}\n'))
             del engine
-            if self._async_ports:
-                from . import _async
-
-                _async.close_ports(self)
+            with self._ports_lock:
+                ports, self._ports = self._ports, None
+            if ports is not None:
+                ports.close()
             self._state = 'stopped'
             # Drop the rings, the engine and the supervisor thread now (a
             # stream window still open keeps the engine alive on its own).
-            self._engine = self._entry = self._output = self._control = None
+            self._engine = self._entry = self._output = self._control = self._path = None
             self._guardian = guardian = None  # before the supervisor it watches
             self._supervisor = None
 
-    def _require_running(self):
+    def _async_ports(self) -> Ports:
+        """The asyncio side of this running server (made on first use)."""
+        self._require_running()
+        with self._ports_lock:
+            if self._ports is None:
+                from ._async_port import Ports
+
+                assert self._path is not None
+                self._ports = Ports(self._path)
+            return self._ports
+
+    def _require_running(self) -> None:
         if self._state != 'running':
             if self._state == 'new':
                 raise RuntimeError('the Server is not started: use it in a `with` block')
@@ -198,7 +252,7 @@ class Server:
 
     # ------------------------------------------------------------ call
 
-    def call(self, x, /, *, timeout: int | float = 60, backpressure: bool = True):
+    def call(self, x: Any, /, *, timeout: int | float = 60, backpressure: bool = True) -> Any:
         """Serve one input and return its result (or raise the worker's exception).
 
         Parameters
@@ -219,49 +273,32 @@ class Server:
             check_timeout(timeout)
         t0 = perf_counter()
         flags, payload = self._codec.encode(x)
-        status, rflags, result = engine.call(entry, payload, flags, timeout, backpressure)
-        if status == _OK:
-            y = decode(rflags, result)
-            if rflags & FLAG_ERROR:
-                raise y
-            return y
-        raise self._failure(status, t0, result if status == _RESULT_TIMEOUT else None)
+        status, rflags, out = engine.call(entry, payload, flags, timeout, backpressure)
+        if status == OK:
+            return result(rflags, out)
+        raise failure(status, self._capacity, t0, out if status == RESULT_TIMEOUT else None)
 
-    async def async_call(self, x, /, *, timeout: int | float = 60, backpressure: bool = True):
+    async def async_call(self, x: Any, /, *, timeout: int | float = 60, backpressure: bool = True) -> Any:
         """``await server.async_call(x)``: :meth:`call` for asyncio code (older mpservice API).
 
         The calling coroutine awaits the result without blocking its event
         loop; cancellation behaves as in :meth:`AsyncServer.call`.
         """
-        from . import _async
-
-        return await _async.async_call(self, x, timeout, backpressure)
-
-    def _failure(self, status, t0, enqueue_seconds=None) -> BaseException:
-        now = perf_counter()
-        if status == _BACKLOG_FULL:
-            return ServerBacklogFull(self._capacity)
-        if status == _BACKLOG_TIMEOUT:
-            return ServerBacklogFull(self._capacity, now - t0)
-        if status in (_RESULT_TIMEOUT, _PUSH_TIMEOUT):
-            enq = now - t0 if enqueue_seconds is None else enqueue_seconds
-            return TimeoutError(f'{enq:.3f} seconds enqueue, {now - t0:.3f} seconds total')
-        if status == _CLOSED:
-            return RuntimeError('the Server has been stopped')
-        return RuntimeError(f'unexpected engine status {status}')
+        check_timeout(timeout)
+        return await self._async_ports().call(x, timeout, backpressure)
 
     # ------------------------------------------------------------ stream
 
     def stream(
         self,
-        data_stream: Iterable,
+        data_stream: Iterable[Any],
         /,
         *,
         return_x: bool = False,
         return_exceptions: bool = False,
         timeout: int | float = 3600,
-        preprocessor: Callable | None = None,
-    ) -> Iterator:
+        preprocessor: Callable[[Any], Any] | None = None,
+    ) -> Iterator[Any]:
         """Serve every input of ``data_stream``; yield results in input order.
 
         Inputs are fed ahead of the results (up to ``capacity`` in flight) so
@@ -289,50 +326,65 @@ class Server:
             return self._stream_inline(data_stream, timeout, preprocessor, return_x, return_exceptions)
         return self._stream_fed(data_stream, timeout, preprocessor, return_x, return_exceptions)
 
-    def _window(self, timeout):
+    def _window(self, timeout: float) -> Any:
         engine, entry = self._engine, self._entry
         if engine is None:
             self._require_running()
         return _core.StreamWindow(engine, entry, timeout)
 
-    def _encode_for_stream(self, x, preprocessor):
-        """(payload, None) or (None, exception) for one input."""
+    def _encode_for_stream(self, x: Any, preprocessor: Callable[[Any], Any] | None) -> tuple[Any, Exception | None]:
+        """((flags, payload), None) or (None, exception) for one input."""
         try:
             if preprocessor is not None:
                 x = preprocessor(x)
-            return self._codec.encode(x)[1], None
-        except Exception as e:
+            return self._codec.encode(x), None
+        except Exception as e:  # noqa: BLE001 - a preprocess or encode failure is this item's result
             return None, e
 
-    def _outcomes(self, win, xs, timeout, return_x, return_exceptions, wait=True):
+    def _outcomes(
+        self,
+        win: Any,
+        xs: collections.deque[_InWindow],
+        timeout: float,
+        return_x: bool,
+        return_exceptions: bool,
+        wait: bool = True,
+    ) -> Iterator[Any]:
         """Yields what the stream's consumer sees for the window's ready prefix
         (waiting for its head, unless ``wait`` is false)."""
-        for outcome, flags, payload in win.drain(_DRAIN_MAX, 0, wait):
+        for outcome, flags, payload in win.drain(_DRAIN_MAX, wait):
             x, err = xs.popleft()
             if outcome == _READY:
                 try:
                     y = decode(flags, payload)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - an undecodable result is this item's error
                     y, flags = e, FLAG_ERROR
                 if flags & FLAG_ERROR and not return_exceptions:
                     raise y
             elif outcome == _LOCAL:
                 y = err
                 if not return_exceptions:
-                    raise y
+                    raise cast(BaseException, y)  # an entry the window counts as local has its error set
             else:  # timed out
                 y = TimeoutError(f'item not done within its timeout of {timeout} seconds')
                 if not return_exceptions:
                     raise y
             yield (x, y) if return_x else y
 
-    def _stream_inline(self, data, timeout, preprocessor, return_x, return_exceptions):
+    def _stream_inline(
+        self,
+        data: Iterable[Any],
+        timeout: float,
+        preprocessor: Callable[[Any], Any] | None,
+        return_x: bool,
+        return_exceptions: bool,
+    ) -> Iterator[Any]:
         """Feeds and drains in the caller's thread: for inputs that never block."""
         win = self._window(timeout)
-        flags = _FLAG_OBJECT if self._codec.local else 0
         cap = self._capacity
-        xs: collections.deque = collections.deque()  # inputs in the window: (x, local error)
-        todo: collections.deque = collections.deque()  # pulled and encoded, not yet sent
+        xs: collections.deque[_InWindow] = collections.deque()  # inputs in the window: (x, local error)
+        # pulled and encoded, not yet sent: (x, (flags, payload), None) or (x, None, local error)
+        todo: collections.deque[tuple[Any, Any, Exception | None]] = collections.deque()
         it = iter(data)
         exhausted = False
         encode = self._encode_for_stream
@@ -353,20 +405,20 @@ class Server:
                         xs.append((x, err))
                         win.add_local()
                         continue
-                    run = []
+                    run: list[tuple[int, Any]] = []  # (flags, payload) of each input
                     for item in todo:
                         if item[2] is not None:
                             break
                         run.append(item[1])
-                    k, status = win.submit(run, flags, not xs, timeout)
+                    k, status = win.submit(run, not xs, timeout)
                     for _ in range(k):
                         xs.append((todo.popleft()[0], None))
                     if k < len(run):
-                        if status == _BACKLOG_FULL and xs:
+                        if status == BACKLOG_FULL and xs:
                             stalled = True
                             break  # other callers hold the capacity: drain ours first
                         x = todo.popleft()[0]
-                        xs.append((x, self._failure(status, perf_counter())))
+                        xs.append((x, failure(status, cap, perf_counter())))
                         win.add_local()
                 if not xs:
                     if exhausted and not todo:
@@ -380,31 +432,37 @@ class Server:
         finally:
             win.close()
 
-    def _stream_fed(self, data, timeout, preprocessor, return_x, return_exceptions):
+    def _stream_fed(
+        self,
+        data: Iterable[Any],
+        timeout: float,
+        preprocessor: Callable[[Any], Any] | None,
+        return_x: bool,
+        return_exceptions: bool,
+    ) -> Iterator[Any]:
         """A feeder thread pulls from the iterable (which may block); this thread drains."""
         win = self._window(timeout)
-        flags = _FLAG_OBJECT if self._codec.local else 0
-        xs: collections.deque = collections.deque()
+        xs: collections.deque[_InWindow] = collections.deque()
         stop = threading.Event()
-        feed_error = []
+        feed_error: list[BaseException] = []
 
-        def feed():
+        def feed() -> None:
             try:
                 for x in data:
                     if stop.is_set():
                         break
-                    payload, err = self._encode_for_stream(x, preprocessor)
+                    encoded, err = self._encode_for_stream(x, preprocessor)
                     if err is not None:
                         xs.append((x, err))
                         win.add_local()
                         continue
                     entry = [x, None]
                     xs.append(entry)
-                    k, status = win.submit([payload], flags, True, timeout)
+                    k, status = win.submit([encoded], True, timeout)
                     if k == 0:
                         if stop.is_set():
                             break
-                        entry[1] = self._failure(status, perf_counter())
+                        entry[1] = failure(status, self._capacity, perf_counter())
                         win.add_local()
             except BaseException as e:  # noqa: BLE001 - the iterable failed: end the stream with it
                 feed_error.append(e)
@@ -429,10 +487,10 @@ class Server:
 
     # ------------------------------------------------------------ introspection
 
-    def debug_info(self) -> dict:
+    def debug_info(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: backlog entries, workers, their liveness."""
         eng = self._engine
-        backlog = []
+        backlog: list[dict[str, Any]] = []
         if eng is not None:
             backlog = [{'slot': s, 'state': st, 'age': age} for s, st, age in eng.snapshot()]
         return {

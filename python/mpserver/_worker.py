@@ -1,42 +1,26 @@
-"""Worker: the user's code for one item or one batch, and the loop that feeds it.
+"""Worker: the user's code for one item or one batch (the API users subclass).
 
-The loop (``_serve``) takes work from the worker's input ring through the C++
-batcher (the GIL is released while it waits), runs ``preprocess`` and
-``call`` (or the user's ``stream``), and pushes each item's result or error
-to the output ring.  It is the only Python on a worker's hot path.
+The loops that feed a worker from its rings are in ``_serve``.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar, cast
 
-from ._codec import FLAG_ERROR, decode, pass_error
+from . import _process
 from ._errors import ConfigError
 
 __all__ = ['Worker', 'make_worker', 'PassThrough', 'ProcessWorker', 'ThreadWorker', 'make_threadworker']
 
-# Name of the current worker process, set by mpserver._child; in the main
-# process it stays None and multiprocessing's process name is used.
-_process_name: str | None = None
-# True while a worker process imports the user's main module (see _child).
-_bootstrapping = False
+_W = TypeVar('_W', bound='Worker')
 
 
-def _current_process_name() -> str:
-    if _process_name is not None:
-        return _process_name
-    import multiprocessing
-
-    return multiprocessing.current_process().name
-
-
-def _normalize_batching(batch_size, batch_wait_time):
+def _normalize_batching(batch_size: int | None, batch_wait_time: float | None) -> tuple[int, float]:
     if batch_size is None:
         batch_size = 0
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
@@ -59,12 +43,13 @@ def _normalize_batching(batch_size, batch_wait_time):
     return batch_size, batch_wait_time
 
 
-def _normalize_cpu_affinity(cpu_affinity):
+def _normalize_cpu_affinity(cpu_affinity: int | Iterable[int] | None) -> list[int] | None:
     if cpu_affinity is None:
         return None
     if isinstance(cpu_affinity, int) and not isinstance(cpu_affinity, bool):
         return [cpu_affinity]
-    return sorted(set(cpu_affinity))
+    # A bool is no CPU number (nor iterable): set() rejects it with a TypeError.
+    return sorted(set(cast('Iterable[int]', cpu_affinity)))
 
 
 class Worker:
@@ -100,14 +85,14 @@ class Worker:
         batch_size: int | None = None,
         batch_wait_time: float | None = None,
         cpu_affinity: int | list[int] | None = None,
-    ):
+    ) -> None:
         batch_size, batch_wait_time = _normalize_batching(batch_size, batch_wait_time)
         self.worker_index = worker_index
         self.batch_size = batch_size
         self.batch_wait_time = batch_wait_time
         #: Kept for compatibility with mpservice; mpserver does not log batch statistics.
         self.batch_size_log_cadence = 1_000_000
-        self.name = f'{_current_process_name()}-{threading.current_thread().name}'
+        self.name = f'{_process.name()}-{threading.current_thread().name}'
         cpu_affinity = _normalize_cpu_affinity(cpu_affinity)
         if cpu_affinity is not None:
             os.sched_setaffinity(0, cpu_affinity)
@@ -120,7 +105,7 @@ class Worker:
         # raises, that exception becomes the item's result and ``call`` never
         # sees the item.
 
-    def call(self, x):
+    def call(self, x: Any) -> Any:
         """Process one item (``batch_size`` 0) or a list of items (``batch_size >= 1``).
 
         With batching, return a sequence with one result per input, in order.
@@ -131,7 +116,7 @@ class Worker:
         """
         raise NotImplementedError
 
-    def stream(self, xx: Iterable) -> Iterator:
+    def stream(self, xx: Iterable[Any]) -> Iterator[Any]:
         """Yield the result of :meth:`call` for each input of ``xx``, in order.
 
         An exception raised by :meth:`call` is yielded in place of the result.
@@ -145,28 +130,28 @@ class Worker:
             for x in xx:
                 try:
                     y = call(x)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - the exception is yielded in place of the result
                     y = e
                 yield y
         else:
-            yield from _threaded_ordered_map(self.call, xx, self.num_stream_threads,
-                                             f'{type(self).__name__}.stream')
+            yield from _threaded_ordered_map(self.call, xx, self.num_stream_threads, f'{type(self).__name__}.stream')
 
-    def cleanup(self, exc=None):
+    def cleanup(self, exc: BaseException | None = None) -> None:
         """Called once when the worker stops; ``exc`` is the exception that stopped it, if any."""
         pass
 
 
-def _threaded_ordered_map(func, xx, n, name) -> Iterator:
+def _threaded_ordered_map(func: Callable[[Any], Any], xx: Iterable[Any], n: int, name: str) -> Iterator[Any]:
     """``func`` over ``xx`` on ``n`` threads; results (or exceptions) in input order.
 
     A feeder thread pulls from ``xx`` so that a result is yielded as soon as
     it is ready even while ``xx`` is waiting for its next input.
     """
-    futures: queue.Queue = queue.Queue(maxsize=2 * n)
+    # Futures in input order; then the feeder's own exception, if any; then None.
+    futures: queue.Queue[concurrent.futures.Future[Any] | BaseException | None] = queue.Queue(maxsize=2 * n)
     stop = threading.Event()
 
-    def feed(pool):
+    def feed(pool: concurrent.futures.ThreadPoolExecutor) -> None:
         try:
             for x in xx:
                 if stop.is_set():
@@ -189,7 +174,7 @@ def _threaded_ordered_map(func, xx, n, name) -> Iterator:
                     raise f
                 try:
                     yield f.result()
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - the exception is yielded in place of the result
                     yield e
         finally:
             stop.set()
@@ -212,11 +197,11 @@ def make_worker(func: Callable[[Any], Any]) -> type[Worker]:
     return _func_worker(func, Worker)
 
 
-def _func_worker(func, base: type) -> type:
+def _func_worker(func: Callable[[Any], Any], base: type[_W]) -> type[_W]:
     """A subclass of ``base`` whose ``call`` is ``func``, named after both."""
 
-    class FuncWorker(base):
-        def call(self, x):
+    class FuncWorker(base):  # type: ignore[valid-type,misc]  # mypy cannot check a base chosen at run time
+        def call(self, x: Any) -> Any:
             return func(x)
 
     FuncWorker.__name__ = f'{base.__name__}-{getattr(func, "__name__", "func")}'
@@ -248,158 +233,5 @@ def make_threadworker(func: Callable[[Any], Any]) -> type[ThreadWorker]:
 class PassThrough(Worker):
     """Returns its input unchanged; handy as an ensemble member that carries the input along."""
 
-    def call(self, x):
+    def call(self, x: Any) -> Any:
         return x
-
-
-# --------------------------------------------------------------------- serving
-
-
-def _serve(worker: Worker, inp, out, codec, sole: bool = False) -> None:
-    """Run ``worker`` on items from ring ``inp`` until it is closed and drained.
-
-    ``codec`` encodes results for ``out`` (pickles across processes, object
-    references inside the main process).  ``sole``: this is the only worker
-    reading ``inp``, so it may take every queued item in one crossing (each
-    result is still pushed as soon as it is ready).
-    """
-    customised = type(worker).stream is not Worker.stream or worker.num_stream_threads > 0
-    if customised:
-        _serve_via_stream(worker, inp, out, codec)
-    elif worker.batch_size > 1:
-        _serve_batches(worker, inp, out, codec)
-    else:
-        _serve_items(worker, inp, out, codec, 64 if sole else 1)
-
-
-def _serve_items(worker, inp, out, codec, take=1):
-    # The hot loop for one-at-a-time workers: it inlines what _admit() does
-    # for batches, to keep per-item Python work to the minimum.
-    preprocess = getattr(worker, 'preprocess', None)
-    call = worker.call
-    wrap = worker.batch_size == 1  # batches of one: call takes [x]
-    gather = inp.gather
-    push = out.push
-    encode_result = codec.encode_result
-    encode_error = codec.encode_error
-    while True:
-        items = gather(take, 0.0, None)
-        if items is None:
-            return
-        for mid, flags, aux, payload in items:
-            if flags & FLAG_ERROR:  # an upstream error: pass it through
-                push(mid, *pass_error(flags, payload, codec), aux)
-                continue
-            try:
-                x = decode(flags, payload)
-                if preprocess is not None:
-                    x = preprocess(x)
-                y = call([x])[0] if wrap else call(x)
-            except Exception as e:
-                f, p = encode_error(e)
-            else:
-                f, p = encode_result(y)
-            push(mid, f, p, aux)
-
-
-def _admit(items, preprocess, codec, reject):
-    """Decode (and preprocess) a gathered batch of messages.
-
-    Returns ``(ids, xs)`` of the items that go on to ``call``; every other
-    item is handed to ``reject(id, flags, payload, aux)`` at once: upstream
-    errors as they came (see _codec.pass_error), decode and ``preprocess``
-    failures as that item's error.
-    """
-    ids, xs = [], []
-    for mid, flags, aux, payload in items:
-        if flags & FLAG_ERROR:
-            reject(mid, *pass_error(flags, payload, codec), aux)
-            continue
-        try:
-            x = decode(flags, payload)
-            if preprocess is not None:
-                x = preprocess(x)
-        except Exception as e:
-            reject(mid, *codec.encode_error(e), aux)
-            continue
-        ids.append(mid)
-        xs.append(x)
-    return ids, xs
-
-
-def _batch_outcome(worker, ids, xs, ys, codec) -> list:
-    """The (id, flags, payload) messages for a batch's results, or its error.
-
-    ``ys`` is what ``call`` returned for ``xs``, or the exception it raised.
-    """
-    tb = None
-    if not isinstance(ys, Exception) and len(ys) != len(xs):
-        msg = f'{type(worker).__name__}.call returned {len(ys)} results for a batch of {len(xs)} items'
-        ys, tb = ValueError(msg), f'ValueError: {msg}\n'
-    if isinstance(ys, Exception):
-        err = codec.encode_error(ys, tb)
-        return [(mid, *err) for mid in ids]
-    encode_result = codec.encode_result
-    return [(mid, *encode_result(y)) for mid, y in zip(ids, ys)]
-
-
-def _serve_batches(worker, inp, out, codec):
-    preprocess = getattr(worker, 'preprocess', None)
-    call = worker.call
-    size, wait = worker.batch_size, float(worker.batch_wait_time)
-    gather = inp.gather
-    push_many = out.push_many
-    while True:
-        items = gather(size, wait, None)
-        if items is None:
-            return
-        rejected = []
-        ids, xs = _admit(items, preprocess, codec, lambda *m: rejected.append(m[:3]))
-        results = rejected
-        if xs:
-            try:
-                ys = call(xs)
-            except Exception as e:
-                ys = e
-            results += _batch_outcome(worker, ids, xs, ys, codec)
-        push_many(results, 0)
-
-
-def _serve_via_stream(worker, inp, out, codec):
-    """The general loop, for workers that customise ``stream`` or use stream threads.
-
-    Items go into ``worker.stream`` as a generator; results come out in the
-    same order, and are paired with their ids through a FIFO.
-    """
-    preprocess = getattr(worker, 'preprocess', None)
-    size, wait = worker.batch_size, float(worker.batch_wait_time)
-    batched = size > 1
-    wrap = size == 1
-    pending: collections.deque = collections.deque()  # ids, or (ids, xs) per batch
-    push = out.push
-
-    def inputs():
-        while True:
-            items = inp.gather(size if batched else 1, wait if batched else 0.0, None)
-            if items is None:
-                return
-            ids, xs = _admit(items, preprocess, codec, push)
-            if batched:
-                if xs:
-                    pending.append((ids, xs))
-                    yield xs
-            else:
-                for mid, x in zip(ids, xs):
-                    pending.append(mid)
-                    yield [x] if wrap else x
-
-    for y in worker.stream(inputs()):
-        if batched:
-            ids, xs = pending.popleft()
-            out.push_many(_batch_outcome(worker, ids, xs, y, codec), 0)
-        else:
-            mid = pending.popleft()
-            if isinstance(y, Exception):
-                push(mid, *codec.encode_error(y), 0)
-            else:
-                push(mid, *codec.encode_result(y[0] if wrap else y), 0)

@@ -1,4 +1,4 @@
 // Catch2's runner, in a translation unit of its own so that it compiles once
-// per build, in parallel with the tests (see run_sanitizers.sh).
+// per build variant, in parallel with the tests (see CMakeLists.txt here).
 #define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>

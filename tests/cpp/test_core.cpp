@@ -1,11 +1,11 @@
 // Unit and stress tests of the engine (Catch2), built plain, with ASan+UBSan
-// and with TSan by tests/cpp/run_sanitizers.sh (which the suite runs).
+// and with TSan by tests/cpp/CMakeLists.txt (which the suite runs via CTest).
 //
 // Catch2's assertion macros are not thread-safe, so code running on helper
 // threads (or in forked children) checks with ENSURE, which prints what
 // failed and aborts the run; the test body's own checks use REQUIRE.
-#include <catch2/catch.hpp>  // the runner is in catch_main.cpp
 #include <poll.h>
+#include <catch2/catch.hpp>  // the runner is in catch_main.cpp
 
 #include <algorithm>
 #include <atomic>
@@ -22,25 +22,25 @@
 
 #include "batcher.hpp"
 #include "claims.hpp"
-#include "flags.hpp"
-#include "guardian.hpp"
-#include "oob_message.hpp"
-#include "supervisor.hpp"
 #include "collector.hpp"
 #include "completion_queue.hpp"
 #include "ensemble_router.hpp"
+#include "guardian.hpp"
 #include "ledger.hpp"
+#include "oob_message.hpp"
 #include "ring.hpp"
 #include "stream_window.hpp"
+#include "supervisor.hpp"
+#include "wire.hpp"
 
 using namespace mps;
 
-#define ENSURE(cond)                                                       \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
+#define ENSURE(cond)                                                                 \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
       std::fprintf(stderr, "%s:%d: ENSURE failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::_Exit(1);                                                       \
-    }                                                                      \
+      std::_Exit(1);                                                                 \
+    }                                                                                \
   } while (0)
 
 namespace {
@@ -159,7 +159,7 @@ void test_window_collector() {
         std::string s = std::to_string(i);
         Slice sl{s.data(), s.size()};
         OutMessage m{0, 0, 0, &sl, 1};
-        StreamWindow::SubmitStatus st;
+        Status st;
         ENSURE(win.submit(&m, 1, true, kForever, &st) == 1);
       }
       win.finish();
@@ -170,9 +170,8 @@ void test_window_collector() {
       out.clear();
       if (win.drain(64, 0, kForever, out) == 0) break;
       for (auto& d : out) {
-        ENSURE(d.outcome == StreamWindow::kReady);
-        ENSURE(ledger.slot(d.slot).payload == std::to_string(next));
-        ledger.release(d.slot);
+        ENSURE(d.outcome == Outcome::ready);
+        ENSURE(ledger.take(d.slot, [](Ledger::Result& r) { return r.payload; }) == std::to_string(next));
         ++next;
       }
     }
@@ -186,7 +185,7 @@ void test_window_collector() {
       std::string s = "x";
       Slice sl{s.data(), 1};
       OutMessage m{0, 0, 0, &sl, 1};
-      StreamWindow::SubmitStatus st;
+      Status st;
       ENSURE(win.submit(&m, 1, true, kForever, &st) == 1);
     }
     win.close();
@@ -209,10 +208,10 @@ void test_timeouts() {
   ENSURE(now_ns() - t0 >= 20000000);
   Ledger ledger(1);
   uint32_t idx;
-  ENSURE(ledger.acquire(false, 0, &idx) == Ledger::AcquireStatus::ok);
+  ENSURE(ledger.acquire(false, 0, &idx) == Status::ok);
   uint32_t idx2;
-  ENSURE(ledger.acquire(false, 0, &idx2) == Ledger::AcquireStatus::full);
-  ENSURE(ledger.acquire(true, now_ns() + 10000000, &idx2) == Ledger::AcquireStatus::timeout);
+  ENSURE(ledger.acquire(false, 0, &idx2) == Status::backlog_full);
+  ENSURE(ledger.acquire(true, now_ns() + 10000000, &idx2) == Status::backlog_timeout);
   ENSURE(!ledger.wait(idx, now_ns() + 10000000, 0));
   ENSURE(ledger.abandon(idx));
   std::puts("timeouts: ok");
@@ -429,7 +428,7 @@ void test_recover_producer() {
     std::string big(1 << 20, 'x');  // far larger than the ring: blocks mid-message
     Slice sl{big.data(), big.size()};
     OutMessage m{7, 0, 0, &sl, 1};
-    ring->push(&m, 1, kForever);
+    (void)ring->push(&m, 1, kForever);
     _exit(0);
   }
   while (ring->bytes_used() < ring->capacity() / 2) usleep(1000);
@@ -495,14 +494,15 @@ void test_collector_on_corrupt_ring() {
   auto ring = Ring::create(64 * 1024, "corrupt");
   Ledger ledger(4);
   uint32_t idx;
-  ENSURE(ledger.acquire(false, 0, &idx) == Ledger::AcquireStatus::ok);
+  ENSURE(ledger.acquire(false, 0, &idx) == Status::ok);
   Collector c(*ring, ledger);
   c.set_failure(kFlagError, "ring corrupt");
   std::string garbage(64, '\x5a');
   ring->load_raw_for_test(garbage.data(), garbage.size());
   c.start();
   ENSURE(ledger.wait(idx, now_ns() + 10'000'000'000LL, 0));
-  ENSURE(ledger.slot(idx).payload == "ring corrupt" && (ledger.slot(idx).flags & kFlagError));
+  Ledger::Result r = ledger.take(idx, [](Ledger::Result& res) { return std::move(res); });
+  ENSURE(r.payload == "ring corrupt" && (r.flags & kFlagError));
   c.join();
   ENSURE(c.corrupt() && ring->aborted());
   std::printf("collector on corrupt ring: ok\n");
@@ -542,9 +542,9 @@ TEST_CASE("futex: a changed word or a wake returns true, a passed deadline false
   std::atomic<uint32_t> word{0};
   REQUIRE(futex_wait_until(&word, 1, now_ns() + 1'000'000'000LL, false));  // value differs: at once
   const int64_t t0 = now_ns();
-  REQUIRE_FALSE(futex_wait_until(&word, 0, t0 + 20'000'000LL, false));   // 20 ms, nobody wakes
+  REQUIRE_FALSE(futex_wait_until(&word, 0, t0 + 20'000'000LL, false));  // 20 ms, nobody wakes
   REQUIRE(now_ns() - t0 >= 19'000'000LL);
-  REQUIRE_FALSE(futex_wait_until(&word, 0, now_ns() - 1, false));        // deadline already passed
+  REQUIRE_FALSE(futex_wait_until(&word, 0, now_ns() - 1, false));  // deadline already passed
   std::thread waker([&] {
     usleep(20000);
     word.store(1);
@@ -686,8 +686,7 @@ TEST_CASE("collector: large results go to the payload home, small ones to the sl
   // A home that hands out its own buffers for raw messages and names them by index.
   struct Home : PayloadHome {
     std::vector<std::string> bufs;
-    char* acquire(uint32_t flags, uint64_t total, uint32_t* slot_flags,
-                  std::string* slot_payload) override {
+    char* acquire(uint32_t flags, uint64_t total, uint32_t* slot_flags, std::string* slot_payload) override {
       if (!(flags & kFlagRaw)) return nullptr;
       bufs.emplace_back(total, '\0');
       *slot_flags = flags | kFlagObject;
@@ -711,23 +710,24 @@ TEST_CASE("collector: large results go to the payload home, small ones to the sl
   } sent[] = {{&large, kFlagRaw}, {&large, 0}, {&small, kFlagRaw}};
   std::vector<uint32_t> idx(3);
   for (size_t i = 0; i < 3; ++i) {
-    REQUIRE(ledger.acquire(false, 0, &idx[i]) == Ledger::AcquireStatus::ok);
+    REQUIRE(ledger.acquire(false, 0, &idx[i]) == Status::ok);
     Slice sl{sent[i].data->data(), sent[i].data->size()};
     OutMessage m{ledger.token(idx[i]), sent[i].flags, 0, &sl, 1};
     REQUIRE(output->push(&m, 1, kForever) == PushStatus::ok);
   }
   for (size_t i = 0; i < 3; ++i) REQUIRE(ledger.wait(idx[i], now_ns() + 5'000'000'000, 0));
   // The large raw one went to the home, whole.
-  CHECK(ledger.slot(idx[0]).flags == (kFlagRaw | kFlagObject));
-  REQUIRE(ledger.slot(idx[0]).payload == "0");
+  std::vector<Ledger::Result> got;
+  for (uint32_t i : idx) got.push_back(ledger.take(i, [](Ledger::Result& r) { return std::move(r); }));
+  CHECK(got[0].flags == (kFlagRaw | kFlagObject));
+  REQUIRE(got[0].payload == "0");
   CHECK(home.bufs.at(0) == large);
   // The others are in their slots.
-  CHECK(ledger.slot(idx[1]).flags == 0);
-  CHECK(ledger.slot(idx[1]).payload == large);
-  CHECK(ledger.slot(idx[2]).flags == kFlagRaw);
-  CHECK(ledger.slot(idx[2]).payload == small);
+  CHECK(got[1].flags == 0);
+  CHECK(got[1].payload == large);
+  CHECK(got[2].flags == kFlagRaw);
+  CHECK(got[2].payload == small);
   CHECK(home.bufs.size() == 1);
-  for (uint32_t i : idx) ledger.release(i);
   output->close();
   collector.join();
 }

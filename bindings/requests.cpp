@@ -1,0 +1,270 @@
+// requests.cpp — Server.call, Server.stream and the asyncio paths, as
+// compositions of the request book's steps (cpp/requests.hpp) and the
+// stream window's (cpp/stream_window.hpp) with the GIL rules of gil.hpp.
+// Decisions (admission, what a failed send means, when a result is dropped,
+// when a stream's submit should wait) are the engine's; this file marshals
+// payloads and decides only where the GIL is released.
+#include <memory>
+#include <vector>
+
+#include "../cpp/requests.hpp"
+#include "../cpp/stream_window.hpp"
+#include "../cpp/wire.hpp"
+#include "bytes_pool.hpp"
+#include "gil.hpp"
+#include "payload.hpp"
+#include "ring.hpp"
+
+namespace mpb {
+
+using namespace mps;
+
+namespace {
+
+class Engine {
+ public:
+  Engine(std::shared_ptr<PyRing> output, uint32_t capacity)
+      : output_(std::move(output)),
+        book_(std::make_unique<RequestBook>(
+            *output_->ring, capacity, &pool_,
+            [](uint32_t flags, const std::string& payload) { dispose_message(flags, payload, 1); })) {}
+
+  ~Engine() {
+    py::gil_scoped_release nogil;  // the collector may need the GIL to finish its batch
+    book_.reset();
+  }
+
+  void start() { book_->start(g_spin.collector_spin, g_spin.collector_yields); }
+  void stop() {
+    py::gil_scoped_release nogil;
+    book_->stop();
+  }
+  void set_failure(uint32_t flags, py::bytes payload) { book_->set_failure(flags, std::string(payload)); }
+
+  // Admits and sends one request; returns (Status, slot).  Waits for a slot
+  // (if `wait`) and for ring space until the deadline.
+  std::pair<Status, uint32_t> submit(PyRing& entry, py::handle payload, uint32_t flags, bool wait,
+                                     int64_t deadline, bool notify_async) {
+    uint32_t idx = 0;
+    Status st = book_->admit(false, 0, &idx, notify_async);
+    if (st == Status::backlog_full && wait) {
+      wait_interruptibly(deadline, [&](int64_t until) {
+        st = book_->admit(true, until, &idx, notify_async);
+        return st != Status::backlog_timeout;
+      });
+    }
+    if (st != Status::ok) return {st, 0};
+    PayloadRef ref;
+    try {
+      prepare_payload(payload, flags, ref);
+    } catch (...) {
+      book_->withdraw(idx);
+      throw;
+    }
+    OutMessage m{0, flags, 0, ref.parts, ref.nparts};
+    add_refs(flags, ref.handle, entry.object_refs);
+    st = book_->send(*entry.ring, idx, m, deadline, false);  // with the GIL: no thread switch
+    if (st == Status::push_timeout) {
+      py::gil_scoped_release nogil;
+      st = book_->send(*entry.ring, idx, m, deadline, true);
+    }
+    if (st != Status::ok) drop_refs(flags, ref.handle, entry.object_refs);
+    return {st, idx};
+  }
+
+  // (flags, payload) of a done slot, which is freed.
+  py::tuple take(uint32_t idx) {
+    uint32_t flags = 0;
+    py::object obj = book_->take(idx, [&](Ledger::Result& r) {
+      flags = r.flags;
+      return take_payload(r.flags, r.payload);
+    });
+    note_taken(flags, obj);
+    return py::make_tuple(flags, std::move(obj));
+  }
+
+  // With the GIL, for every result handed to Python: a large raw result asks
+  // the pool for a home for the next one.
+  void note_taken(uint32_t flags, const py::object& obj) {
+    if (!(flags & kFlagRaw) || !PyBytes_Check(obj.ptr())) return;
+    const size_t size = size_t(PyBytes_GET_SIZE(obj.ptr()));
+    if (size >= kLargePayloadBytes) pool_.taken(size, !(flags & kFlagObject));
+  }
+
+  // submit + wait + take in one crossing: returns (status, flags, payload).
+  // On result_timeout the payload is the seconds spent enqueueing.
+  py::tuple call(PyRing& entry, py::handle payload, uint32_t flags, double timeout, bool backpressure) {
+    const int64_t t0 = now_ns();
+    const int64_t deadline = deadline_after(timeout);
+    auto [st, idx] = submit(entry, payload, flags, !backpressure, deadline, false);
+    if (st != Status::ok) return py::make_tuple(int(st), 0, py::none());
+    const int64_t t_enqueued = now_ns();
+    const bool done = wait_interruptibly(
+        deadline, [&, idx = idx](int64_t until) { return book_->wait(idx, until); },
+        [&, idx = idx] { book_->abandon(idx); });
+    if (!done) {
+      book_->abandon(idx);
+      return py::make_tuple(int(Status::result_timeout), 0, double(t_enqueued - t0) / 1e9);
+    }
+    py::tuple t = take(idx);
+    return py::make_tuple(int(Status::ok), t[0], t[1]);
+  }
+
+  // asyncio: admits without waiting and sends; returns (status, token).
+  py::tuple submit_async(PyRing& entry, py::handle payload, uint32_t flags) {
+    auto [st, idx] = submit(entry, payload, flags, false, kForever, true);
+    return py::make_tuple(int(st), st == Status::ok ? book_->token(idx) : 0);
+  }
+  std::vector<uint64_t> drain_async() {
+    std::vector<uint64_t> out;
+    book_->drain_async(out);
+    return out;
+  }
+  py::tuple take_token(uint64_t token) { return take(book_->slot_of(token)); }
+  void abandon_token(uint64_t token) { book_->abandon(book_->slot_of(token)); }
+
+  void fail_pending(uint32_t flags, py::bytes payload) { book_->fail_pending(flags, std::string(payload)); }
+
+  py::list snapshot() const {
+    static const char* names[] = {"free", "pending", "done", "abandoned"};
+    py::list out;
+    for (const auto& e : book_->snapshot())
+      out.append(py::make_tuple(e.idx, names[e.state & 3], double(e.age_ns) / 1e9));
+    return out;
+  }
+
+  RequestBook& book() { return *book_; }
+  BytesPool& pool() { return pool_; }
+
+ private:
+  std::shared_ptr<PyRing> output_;
+  BytesPool pool_;  // before the book: it outlives the collector's thread
+  std::unique_ptr<RequestBook> book_;
+};
+
+class PyStreamWindow {
+ public:
+  PyStreamWindow(Engine& engine, std::shared_ptr<PyRing> entry, double item_timeout)
+      : engine_(engine),
+        entry_(std::move(entry)),
+        win_(engine.book().ledger(), *entry_->ring,
+             item_timeout > 1e9 ? kForever : int64_t(item_timeout * 1e9)) {}
+
+  // Sends [(flags, payload), ...]; returns (accepted, status), status being
+  // ok or the reason the rest was not accepted.
+  py::tuple submit(py::list encoded, bool wait, double timeout) {
+    const size_t n = encoded.size();
+    std::vector<PayloadRef> refs(n);
+    std::vector<OutMessage> msgs(n);
+    for (size_t i = 0; i < n; ++i) {
+      PyObject* item = PyList_GET_ITEM(encoded.ptr(), Py_ssize_t(i));
+      if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2)
+        throw py::type_error("expected (flags, payload)");
+      const uint32_t flags = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(item, 0)).cast<uint32_t>();
+      prepare_payload(PyTuple_GET_ITEM(item, 1), flags, refs[i]);
+      msgs[i] = OutMessage{0, flags, 0, refs[i].parts, refs[i].nparts};
+      add_refs(flags, refs[i].handle, entry_->object_refs);
+    }
+    // First without waiting, keeping the GIL (a feeder thread that gave it up
+    // on every item would hand it to the draining thread and back); wait
+    // without it only where the window says a blocking submit would have.
+    Status st;
+    const int64_t deadline = deadline_after(timeout);
+    size_t k = win_.submit(msgs.data(), n, wait, deadline, &st, false);
+    if (StreamWindow::worth_blocking(k, n, st, wait)) {
+      py::gil_scoped_release nogil;
+      k += win_.submit(msgs.data() + k, n - k, wait, deadline, &st);
+    }
+    for (size_t i = k; i < n; ++i) drop_refs(msgs[i].flags, refs[i].handle, entry_->object_refs);
+    return py::make_tuple(k, int(st));
+  }
+
+  void add_local() { win_.add_local(); }
+
+  // [(outcome, flags, payload), ...] for the ready prefix of the window
+  // (waiting for its head), or [] once the window is finished and empty.
+  // With wait false: only what is ready now, [] if the head is not ready.
+  py::list drain(size_t max, bool wait) {
+    out_.clear();
+    if (!wait) {
+      win_.drain(max, 0, now_ns(), out_);  // a passed deadline: never sleeps
+      if (!out_.empty() && out_[0].outcome == Outcome::pending) out_.clear();
+    } else {
+      wait_interruptibly(kForever, [&](int64_t until) {
+        out_.clear();
+        win_.drain(max, 0, until, out_);
+        return out_.empty() || out_[0].outcome != Outcome::pending;
+      });
+    }
+    py::list res;
+    for (const auto& d : out_) {
+      if (d.outcome == Outcome::end) break;
+      if (d.outcome == Outcome::ready) {
+        py::tuple t = engine_.take(d.slot);
+        res.append(py::make_tuple(int(d.outcome), t[0], t[1]));
+      } else {
+        res.append(py::make_tuple(int(d.outcome), 0, py::none()));
+      }
+    }
+    return res;
+  }
+
+  void finish() { win_.finish(); }
+  void close() {
+    py::gil_scoped_release nogil;
+    win_.close();
+  }
+  size_t size() const { return win_.size(); }
+
+ private:
+  Engine& engine_;
+  std::shared_ptr<PyRing> entry_;
+  StreamWindow win_;
+  std::vector<StreamWindow::Drained> out_;
+};
+
+}  // namespace
+
+void define_requests(py::module_& m) {
+  py::class_<Engine>(m, "Engine", "The request book of one Server (cpp/requests.hpp).")
+      .def(py::init<std::shared_ptr<PyRing>, uint32_t>(), py::arg("output"), py::arg("capacity"))
+      .def("start", &Engine::start, "Starts the collector.")
+      .def("stop", &Engine::stop, "Closes the output ring and waits for the collector to drain it.")
+      .def("call", &Engine::call, py::arg("ring"), py::arg("payload"), py::arg("flags"), py::arg("timeout"),
+           py::arg("backpressure"), "One request, waited for: (status, flags, payload).")
+      .def_property_readonly("backlog", [](Engine& e) { return e.book().backlog(); })
+      .def_property_readonly("capacity", [](Engine& e) { return e.book().capacity(); })
+      .def_property_readonly("collector_running", [](Engine& e) { return e.book().collector_running(); })
+      .def_property_readonly("delivered", [](Engine& e) { return e.book().delivered(); })
+      .def(
+          "close", [](Engine& e) { e.book().close(); }, "Admits no more requests.")
+      .def("fail_pending", &Engine::fail_pending, py::arg("flags"), py::arg("payload"),
+           "Completes every request in flight with this result (teardown).")
+      .def("set_failure", &Engine::set_failure, py::arg("flags"), py::arg("payload"),
+           "The result every request in flight gets if the output ring turns out corrupt.")
+      .def("submit_async", &Engine::submit_async, py::arg("ring"), py::arg("payload"), py::arg("flags"),
+           "Admits (without waiting) and sends an async request: (status, token).")
+      .def("drain_async", &Engine::drain_async, "Tokens of async requests finished since the last call.")
+      .def("take_token", &Engine::take_token, py::arg("token"),
+           "(flags, payload) of a finished async request.")
+      .def("abandon_token", &Engine::abandon_token, py::arg("token"),
+           "The async caller gave up on this request.")
+      .def_property_readonly(
+          "async_fd", [](Engine& e) { return e.book().async_fd(); },
+          "An eventfd readable when async requests finished.")
+      .def("snapshot", &Engine::snapshot, "[(slot, state, age in seconds)] of the slots in use.");
+
+  py::class_<PyStreamWindow>(m, "StreamWindow", "The ordered window of one stream (cpp/stream_window.hpp).")
+      .def(py::init<Engine&, std::shared_ptr<PyRing>, double>(), py::arg("engine"), py::arg("ring"),
+           py::arg("item_timeout"), py::keep_alive<1, 2>())
+      .def("submit", &PyStreamWindow::submit, py::arg("encoded"), py::arg("wait"), py::arg("timeout"),
+           "Sends [(flags, payload), ...]: (accepted, status).")
+      .def("add_local", &PyStreamWindow::add_local, "An input that failed before it was sent.")
+      .def("drain", &PyStreamWindow::drain, py::arg("max") = 256, py::arg("wait") = true,
+           "[(outcome, flags, payload)] of the ready prefix; [] at the end.")
+      .def("finish", &PyStreamWindow::finish, "The feeder adds nothing more.")
+      .def("close", &PyStreamWindow::close, "Abandons everything still outstanding.")
+      .def("__len__", &PyStreamWindow::size);
+}
+
+}  // namespace mpb

@@ -1,0 +1,218 @@
+#include "ring.hpp"
+
+#include <cstring>
+
+#include "../cpp/batcher.hpp"
+#include "../cpp/wire.hpp"
+#include "gil.hpp"
+#include "payload.hpp"
+
+namespace mpb {
+
+using namespace mps;
+
+SpinSettings g_spin;
+
+namespace {
+
+// The claim section of the worker running on this thread (a worker process's
+// main thread, or a ThreadServlet thread); null elsewhere.
+thread_local ClaimTable* t_claims = nullptr;
+thread_local uint32_t t_claim_worker = 0;
+
+void release_claim(uint64_t id) {
+  if (t_claims) t_claims->release(t_claim_worker, id);
+}
+
+int status_of(PushStatus st) {
+  return int(st == PushStatus::ok       ? Status::ok
+             : st == PushStatus::closed ? Status::closed
+                                        : Status::push_timeout);
+}
+
+// Collects a gathered batch.  Large messages are copied from the ring
+// straight into the Python object the worker gets (new_direct_object);
+// taking the GIL inside the consumer lock is safe (gil.hpp).
+struct GatherSink : MessageSink {
+  struct Item {
+    uint64_t id;
+    uint32_t flags;
+    uint64_t aux;
+    size_t off, len;
+    PyObject* direct;  // a large message copied straight into its Python object
+  };
+  std::vector<Item> items;
+  std::string buf;
+  char* dest = nullptr;  // write position inside items.back().direct
+
+  ~GatherSink() override {  // runs with the GIL held (end of gather())
+    for (Item& it : items) Py_XDECREF(it.direct);
+  }
+  void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
+    // Claimed while the ring still holds it: a death from here on is seen.
+    if (t_claims) (void)t_claims->claim(t_claim_worker, id, aux);
+    PyObject* direct = total >= kLargePayloadBytes ? new_direct_object(flags, total) : nullptr;
+    items.push_back({id, flags, aux, buf.size(), 0, direct});
+    if (direct) {
+      dest = PyBytes_Check(direct) ? PyBytes_AS_STRING(direct) : PyByteArray_AS_STRING(direct);
+    } else {
+      dest = nullptr;
+      buf.reserve(buf.size() + total);
+    }
+  }
+  void append(const char* d, size_t n) override {
+    Item& it = items.back();
+    if (it.direct)
+      std::memcpy(dest + it.len, d, n);
+    else
+      buf.append(d, n);
+    it.len += n;
+  }
+  void end() override {}
+  void abort() override {
+    Item& it = items.back();
+    release_claim(it.id);
+    if (it.direct) {
+      py::gil_scoped_acquire gil;
+      Py_DECREF(it.direct);
+    }
+    buf.resize(it.off);
+    items.pop_back();
+  }
+};
+
+}  // namespace
+
+int PyRing::push(uint64_t id, uint32_t flags, py::handle payload, uint64_t aux, py::object timeout) {
+  PayloadRef ref;
+  prepare_payload(payload, flags, ref);
+  OutMessage m{id, flags, aux, ref.parts, ref.nparts};
+  add_refs(flags, ref.handle, object_refs);
+  PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr);
+  if (st != PushStatus::ok) drop_refs(flags, ref.handle, object_refs);
+  release_claim(id);
+  return status_of(st);
+}
+
+int PyRing::push_many(py::list items, uint64_t aux) {
+  const size_t n = items.size();
+  std::vector<PayloadRef> refs(n);
+  std::vector<OutMessage> msgs(n);
+  std::vector<py::tuple> keep(n);
+  for (size_t i = 0; i < n; ++i) {
+    keep[i] = items[i].cast<py::tuple>();
+    uint64_t id = keep[i][0].cast<uint64_t>();
+    uint32_t flags = keep[i][1].cast<uint32_t>();
+    prepare_payload(keep[i][2], flags, refs[i]);
+    msgs[i] = OutMessage{id, flags, aux, refs[i].parts, refs[i].nparts};
+  }
+  for (size_t i = 0; i < n; ++i) add_refs(msgs[i].flags, refs[i].handle, object_refs);
+  size_t written = 0;
+  PushStatus st = push_with_gil_rules(*ring, msgs.data(), n, kForever, &written);
+  for (size_t i = written; i < n; ++i) drop_refs(msgs[i].flags, refs[i].handle, object_refs);
+  for (size_t i = 0; i < n; ++i) release_claim(msgs[i].id);
+  return status_of(st);
+}
+
+py::object PyRing::gather(size_t max_items, double wait_time, py::object idle_timeout) {
+  GatherSink sink;
+  BatchPolicy policy;
+  policy.spin = g_spin.worker_spin;
+  policy.yields = g_spin.worker_yields;
+  policy.max_items = max_items;
+  policy.wait_ns = int64_t(wait_time * 1e9);
+  size_t n = 0;
+  wait_interruptibly(deadline_from(idle_timeout), [&](int64_t until) {
+    n = mps::gather(*ring, sink, policy, until);
+    return n > 0 || ring->finished();
+  });
+  if (n == 0) {
+    if (ring->finished()) return py::none();
+    return py::list();
+  }
+  py::list out(n);
+  for (size_t i = 0; i < n; ++i) {
+    GatherSink::Item& it = sink.items[i];
+    py::object payload;
+    if (it.direct) {
+      payload = py::reinterpret_steal<py::object>(it.direct);
+      it.direct = nullptr;
+      if (it.flags & kFlagOob) payload = oob_object(std::move(payload));
+    } else {
+      payload = payload_to_object(it.flags, sink.buf.data() + it.off, it.len);
+    }
+    out[i] = py::make_tuple(it.id, it.flags, it.aux, std::move(payload));
+  }
+  return out;
+}
+
+void define_ring(py::module_& m) {
+  py::class_<PyRing, std::shared_ptr<PyRing>>(m, "Ring", "A message ring in shared memory (cpp/ring.hpp).")
+      .def_static(
+          "create",
+          [](size_t capacity, const std::string& name) {
+            return std::make_shared<PyRing>(Ring::create(capacity, name));
+          },
+          py::arg("capacity"), py::arg("name") = "mpserver-ring",
+          "A new ring of at least `capacity` data bytes, in a memfd named `name`.")
+      .def_static(
+          "attach", [](int fd) { return std::make_shared<PyRing>(Ring::attach(fd)); }, py::arg("fd"),
+          "Maps the ring behind an inherited fd (the ring takes the fd over).")
+      .def_property_readonly("fd", [](PyRing& r) { return r.ring->fd(); })
+      .def_property_readonly("capacity", [](PyRing& r) { return r.ring->capacity(); })
+      .def_property_readonly("max_chunk", [](PyRing& r) { return r.ring->max_chunk(); })
+      .def_property_readonly("closed", [](PyRing& r) { return r.ring->closed(); })
+      .def_property_readonly("empty", [](PyRing& r) { return r.ring->empty(); })
+      .def_property_readonly("bytes_used", [](PyRing& r) { return r.ring->bytes_used(); })
+      .def_property_readonly(
+          "finished", [](PyRing& r) { return r.ring->finished(); },
+          "Closed, and nothing (more) will be consumed.")
+      .def_readwrite("object_refs", &PyRing::object_refs,
+                     "References each object message pushed here takes (its number of readers).")
+      .def(
+          "close", [](PyRing& r) { r.ring->close(); }, "No more messages; consumers drain what is there.")
+      .def(
+          "abort", [](PyRing& r) { r.ring->abort(); },
+          "Close and make consumers stop at once, leaving unread messages behind.")
+      .def("push", &PyRing::push, py::arg("id"), py::arg("flags"), py::arg("payload"), py::arg("aux") = 0,
+           py::arg("timeout") = py::none(), "Pushes one message; returns a Status.")
+      .def("push_many", &PyRing::push_many, py::arg("items"), py::arg("aux") = 0,
+           "Pushes [(id, flags, payload), ...] in order; returns a Status.")
+      .def("gather", &PyRing::gather, py::arg("max_items") = 1, py::arg("wait_time") = 0.0,
+           py::arg("idle_timeout") = py::none(),
+           "The next unit of work: [(id, flags, aux, payload), ...], [] after idle_timeout, "
+           "None once closed and drained.");
+
+  py::class_<PyClaimTable, std::shared_ptr<PyClaimTable>>(m, "ClaimTable",
+                                                          "Which items each worker holds (cpp/claims.hpp).")
+      .def_static(
+          "create",
+          [](uint32_t workers, uint32_t slots) {
+            return std::make_shared<PyClaimTable>(PyClaimTable{ClaimTable::create(workers, slots)});
+          },
+          py::arg("workers"), py::arg("slots"))
+      .def_static(
+          "attach",
+          [](int fd) { return std::make_shared<PyClaimTable>(PyClaimTable{ClaimTable::attach(fd)}); },
+          py::arg("fd"))
+      .def_property_readonly("fd", [](PyClaimTable& t) { return t.table->fd(); });
+  m.def(
+      "bind_claims",
+      [](std::shared_ptr<PyClaimTable> t, uint32_t worker) {
+        if (t && worker >= t->table->workers()) throw std::out_of_range("no such worker");
+        t_claims = t ? t->table.get() : nullptr;  // the caller keeps t alive while bound
+        t_claim_worker = worker;
+      },
+      py::arg("table").none(true), py::arg("worker") = 0,
+      "Makes this thread's gather() claim and push() release items in `table` for `worker`.");
+  m.def(
+      "set_spin",
+      [](int worker, int collector, int worker_yields, int collector_yields) {
+        g_spin = SpinSettings{worker, worker_yields, collector, collector_yields};
+      },
+      py::arg("worker"), py::arg("collector"), py::arg("worker_yields") = 0,
+      py::arg("collector_yields") = 100,
+      "Before sleeping: busy-wait rounds, then sched_yield rounds, in workers' gather and in the collector.");
+}
+
+}  // namespace mpb

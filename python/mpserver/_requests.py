@@ -1,0 +1,61 @@
+"""The main process's side of a request, shared by Server and AsyncServer.
+
+A running Server exposes its request path — the engine (the C++ request
+book), the entry ring, the codec its entry takes and the capacity — as a
+:class:`RequestPath`; the sync and the asyncio fronts submit through it.
+What a request came to is a ``_core.Status`` (cpp/wire.hpp); this module is
+the one place where a status becomes the exception the caller sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+from . import _core
+from ._errors import ServerBacklogFull, TimeoutError
+from ._wire import FLAG_ERROR, Codec, decode
+
+__all__ = ['RequestPath', 'failure', 'result']
+
+OK = int(_core.Status.OK)
+BACKLOG_FULL = int(_core.Status.BACKLOG_FULL)
+BACKLOG_TIMEOUT = int(_core.Status.BACKLOG_TIMEOUT)
+RESULT_TIMEOUT = int(_core.Status.RESULT_TIMEOUT)
+CLOSED = int(_core.Status.CLOSED)
+PUSH_TIMEOUT = int(_core.Status.PUSH_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """How requests enter one running Server."""
+
+    engine: Any  # _core.Engine
+    entry: Any  # _core.Ring: the entry servlet's input
+    codec: Codec  # what the entry servlet takes (references if it is in this process)
+    capacity: int
+
+
+def failure(status: int, capacity: int, t0: float, enqueue_seconds: float | None = None) -> BaseException:
+    """The exception for a request that came to ``status`` (not OK), ``t0``
+    being when it started (``perf_counter``)."""
+    now = perf_counter()
+    if status == BACKLOG_FULL:
+        return ServerBacklogFull(capacity)
+    if status == BACKLOG_TIMEOUT:
+        return ServerBacklogFull(capacity, now - t0)
+    if status == RESULT_TIMEOUT or status == PUSH_TIMEOUT:
+        enq = now - t0 if enqueue_seconds is None else enqueue_seconds
+        return TimeoutError(f'{enq:.3f} seconds enqueue, {now - t0:.3f} seconds total')
+    if status == CLOSED:
+        return RuntimeError('the Server has been stopped')
+    return RuntimeError(f'unexpected engine status {status}')
+
+
+def result(flags: int, payload: Any) -> Any:
+    """The value of a result message, or raises the exception it carries."""
+    y = decode(flags, payload)
+    if flags & FLAG_ERROR:
+        raise y
+    return y

@@ -1,0 +1,177 @@
+"""The loops that feed a worker: the only Python on a worker's hot path.
+
+A loop takes work from the worker's input ring through the C++ batcher (the
+GIL is released while it waits), runs ``preprocess`` and ``call`` (or the
+user's ``stream``), and pushes each item's result or error to the output
+ring.  Upstream errors pass through unchanged (made fit for the consumer by
+``_wire.pass_error``).  The same loops run in worker processes and on
+ThreadServlet threads; only the codec differs.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ._wire import FLAG_ERROR, Codec, decode, pass_error
+from ._worker import Worker
+
+__all__ = ['serve']
+
+
+def serve(worker: Worker, inp: Any, out: Any, codec: Codec, sole: bool = False) -> None:
+    """Run ``worker`` on items from ring ``inp`` until it is closed and drained.
+
+    ``codec`` encodes results for ``out`` (pickles across processes, object
+    references inside the main process).  ``sole``: this is the only worker
+    reading ``inp``, so it may take every queued item in one crossing (each
+    result is still pushed as soon as it is ready).
+    """
+    customised = type(worker).stream is not Worker.stream or worker.num_stream_threads > 0
+    if customised:
+        _serve_via_stream(worker, inp, out, codec)
+    elif worker.batch_size > 1:
+        _serve_batches(worker, inp, out, codec)
+    else:
+        _serve_items(worker, inp, out, codec, 64 if sole else 1)
+
+
+def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec, take: int = 1) -> None:
+    # The hot loop for one-at-a-time workers: it inlines what _admit() does
+    # for batches, to keep per-item Python work to the minimum.
+    preprocess = getattr(worker, 'preprocess', None)
+    call = worker.call
+    wrap = worker.batch_size == 1  # batches of one: call takes [x]
+    gather = inp.gather
+    push = out.push
+    encode_result = codec.encode_result
+    encode_error = codec.encode_error
+    while True:
+        items = gather(take, 0.0, None)
+        if items is None:
+            return
+        for mid, flags, aux, payload in items:
+            if flags & FLAG_ERROR:  # an upstream error: pass it through
+                push(mid, *pass_error(flags, payload, codec), aux)
+                continue
+            try:
+                x = decode(flags, payload)
+                if preprocess is not None:
+                    x = preprocess(x)
+                y = call([x])[0] if wrap else call(x)
+            except Exception as e:  # noqa: BLE001 - the user's exception is this item's result
+                f, p = encode_error(e)
+            else:
+                f, p = encode_result(y)
+            push(mid, f, p, aux)
+
+
+def _admit(
+    items: list[tuple[int, int, int, Any]],
+    preprocess: Callable[[Any], Any] | None,
+    codec: Codec,
+    reject: Callable[[int, int, Any, int], object],
+) -> tuple[list[int], list[Any]]:
+    """Decode (and preprocess) a gathered batch of messages.
+
+    Returns ``(ids, xs)`` of the items that go on to ``call``; every other
+    item is handed to ``reject(id, flags, payload, aux)`` at once: upstream
+    errors as they came (see _codec.pass_error), decode and ``preprocess``
+    failures as that item's error.
+    """
+    ids: list[int] = []
+    xs: list[Any] = []
+    for mid, flags, aux, payload in items:
+        if flags & FLAG_ERROR:
+            reject(mid, *pass_error(flags, payload, codec), aux)
+            continue
+        try:
+            x = decode(flags, payload)
+            if preprocess is not None:
+                x = preprocess(x)
+        except Exception as e:  # noqa: BLE001 - a decode or preprocess failure is this item's result
+            reject(mid, *codec.encode_error(e), aux)
+            continue
+        ids.append(mid)
+        xs.append(x)
+    return ids, xs
+
+
+def _batch_outcome(worker: Worker, ids: list[int], xs: list[Any], ys: Any, codec: Codec) -> list[tuple[int, int, Any]]:
+    """The (id, flags, payload) messages for a batch's results, or its error.
+
+    ``ys`` is what ``call`` returned for ``xs``, or the exception it raised.
+    """
+    tb = None
+    if not isinstance(ys, Exception) and len(ys) != len(xs):
+        msg = f'{type(worker).__name__}.call returned {len(ys)} results for a batch of {len(xs)} items'
+        ys, tb = ValueError(msg), f'ValueError: {msg}\n'
+    if isinstance(ys, Exception):
+        err = codec.encode_error(ys, tb)
+        return [(mid, *err) for mid in ids]
+    encode_result = codec.encode_result
+    return [(mid, *encode_result(y)) for mid, y in zip(ids, ys, strict=False)]  # len(ys) was checked above
+
+
+def _serve_batches(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
+    preprocess = getattr(worker, 'preprocess', None)
+    call = worker.call
+    size, wait = worker.batch_size, float(worker.batch_wait_time)
+    gather = inp.gather
+    push_many = out.push_many
+    while True:
+        items = gather(size, wait, None)
+        if items is None:
+            return
+        rejected: list[tuple[int, int, Any]] = []
+        # The lambda runs only inside this _admit call, so it sees this round's list.
+        ids, xs = _admit(items, preprocess, codec, lambda *m: rejected.append(m[:3]))  # noqa: B023
+        results = rejected
+        if xs:
+            try:
+                ys = call(xs)
+            except Exception as e:  # noqa: BLE001 - the user's exception is every item's result
+                ys = e
+            results += _batch_outcome(worker, ids, xs, ys, codec)
+        push_many(results, 0)
+
+
+def _serve_via_stream(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
+    """The general loop, for workers that customise ``stream`` or use stream threads.
+
+    Items go into ``worker.stream`` as a generator; results come out in the
+    same order, and are paired with their ids through a FIFO.
+    """
+    preprocess = getattr(worker, 'preprocess', None)
+    size, wait = worker.batch_size, float(worker.batch_wait_time)
+    batched = size > 1
+    wrap = size == 1
+    pending: collections.deque[Any] = collections.deque()  # ids, or (ids, xs) per batch
+    push = out.push
+
+    def inputs() -> Iterator[Any]:
+        while True:
+            items = inp.gather(size if batched else 1, wait if batched else 0.0, None)
+            if items is None:
+                return
+            ids, xs = _admit(items, preprocess, codec, push)
+            if batched:
+                if xs:
+                    pending.append((ids, xs))
+                    yield xs
+            else:
+                for mid, x in zip(ids, xs, strict=True):
+                    pending.append(mid)
+                    yield [x] if wrap else x
+
+    for y in worker.stream(inputs()):
+        if batched:
+            ids, xs = pending.popleft()
+            out.push_many(_batch_outcome(worker, ids, xs, y, codec), 0)
+        else:
+            mid = pending.popleft()
+            if isinstance(y, Exception):
+                push(mid, *codec.encode_error(y), 0)
+            else:
+                push(mid, *codec.encode_result(y[0] if wrap else y), 0)
