@@ -22,7 +22,6 @@ from ._compose import EnsembleServlet, SequentialServlet, SwitchServlet
 from ._config import CpuAffinity
 from ._core import __version__ as __version__
 from ._errors import ConfigError, ServerBacklogFull, TimeoutError, WorkerCrashedError, WorkerStartupError
-from ._install import install
 from ._remote import (
     EnsembleError,
     RemoteException,
@@ -41,17 +40,23 @@ from ._worker import (
     make_worker,
 )
 
-if TYPE_CHECKING:  # at run time AsyncServer is imported on first use (see __getattr__)
+if TYPE_CHECKING:  # at run time these are imported on first use (see __getattr__)
     from ._async import AsyncServer as AsyncServer
+    from ._install import install as install
 
 
 def __getattr__(name: str) -> object:
-    # AsyncServer pulls in asyncio, which is slow to import: imported on first use, so that
-    # worker processes and thread-only users do not pay for it at start-up.
+    # AsyncServer pulls in asyncio, and install() the import machinery's
+    # abstract classes, both slow to import: imported on first use, so that
+    # worker processes (every one imports this package) do not pay for them.
     if name == 'AsyncServer':
         from ._async import AsyncServer
 
         return AsyncServer
+    if name == 'install':
+        from ._install import install
+
+        return install
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 

@@ -9,7 +9,6 @@ the one place where a status becomes the exception the caller sees.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -27,14 +26,18 @@ CLOSED = int(_core.Status.CLOSED)
 PUSH_TIMEOUT = int(_core.Status.PUSH_TIMEOUT)
 
 
-@dataclass(frozen=True)
 class RequestPath:
-    """How requests enter one running Server."""
+    """How requests enter one running Server: its engine (``_core.Engine``),
+    the entry servlet's input ring, the codec that ring takes (references if
+    its consumers are in this process) and the server's capacity."""
 
-    engine: Any  # _core.Engine
-    entry: Any  # _core.Ring: the entry servlet's input
-    codec: Codec  # what the entry servlet takes (references if it is in this process)
-    capacity: int
+    __slots__ = ('engine', 'entry', 'codec', 'capacity')
+
+    def __init__(self, engine: Any, entry: Any, codec: Codec, capacity: int) -> None:
+        self.engine = engine
+        self.entry = entry
+        self.codec = codec
+        self.capacity = capacity
 
 
 def failure(status: int, capacity: int, t0: float, enqueue_seconds: float | None = None) -> BaseException:

@@ -86,6 +86,17 @@ class Server:
         Most requests in progress at once, across all callers and streams.
         A request holds its place until its result comes out of the servlet,
         even if its caller stopped waiting for it.
+    main_cpu
+        Older mpservice API (<= 0.12): an int or a list of ints pins the main
+        process to those CPUs when the server is built (worker processes
+        without ``cpus`` of their own inherit them).  ``None`` (the default)
+        pins nothing.
+    backlog
+        Older mpservice name of ``capacity`` (deprecated: a
+        ``DeprecationWarning``); the ``backlog`` property is the 0.16.8 one.
+    sys_info_log_cadence
+        Older mpservice API, deprecated there since 0.12.1: accepted with a
+        ``DeprecationWarning``; it has no effect.
     """
 
     @final
