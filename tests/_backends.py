@@ -48,7 +48,12 @@ def describe_payload(x):
     list/tuple  -> (type name, (descriptions...)); dict -> ('dict', ((key, description), ...));
     anything else -> (type name, repr).
     """
-    np = sys.modules.get('numpy')  # an array can only arrive if numpy is imported
+    np = None
+    if 'numpy' in sys.modules:  # an array can only arrive if numpy is (being) imported
+        # Another thread of the worker may still be importing numpy (mpservice
+        # unpickles on a thread of its own): this import waits for it to finish
+        # instead of reading a half-initialised module.
+        import numpy as np
     if np is not None and isinstance(x, np.ndarray):
         order = 'C' if x.flags.c_contiguous else 'F' if x.flags.f_contiguous else '-'
         return ('ndarray', x.dtype.str, tuple(x.shape), order, bool(x.flags.writeable), zlib.crc32(x.tobytes()))

@@ -77,7 +77,7 @@ def _admit(
 
     Returns ``(ids, xs)`` of the items that go on to ``call``; every other
     item is handed to ``reject(id, flags, payload, aux)`` at once: upstream
-    errors as they came (see _codec.pass_error), decode and ``preprocess``
+    errors as they came (see _wire.pass_error), decode and ``preprocess``
     failures as that item's error.
     """
     ids: list[int] = []
