@@ -19,7 +19,7 @@ from . import _core
 from ._errors import ConfigError
 from ._launch import Launch
 from ._servlet import Servlet
-from ._wire import FLAG_ENSEMBLE, FLAG_ERROR, Codec, codec_for, decode, pass_error
+from ._wire import FLAG_ERROR, Codec, by_reference_composite, codec_for, decode, pass_error
 
 __all__ = ['SequentialServlet', 'EnsembleServlet', 'SwitchServlet']
 
@@ -230,8 +230,7 @@ class SwitchServlet(_Compound):
                 raise TypeError(f'{name}.switch returned {idx!r}; it must return an int member index')
             if not 0 <= idx < n:
                 raise IndexError(f'{name}.switch returned {idx}; valid member indices are 0..{n - 1}')
-            if flags & FLAG_ENSEMBLE and type(payload) is tuple:
-                # A by-reference ensemble result: only its value can travel on.
+            if by_reference_composite(flags, payload):
                 return (idx, *member_codecs[idx].encode(x))
             return idx, flags, payload
 

@@ -195,12 +195,18 @@ def _decode_part(flags: int, value: Any) -> Any:
     return decode(flags, value)
 
 
+def by_reference_composite(flags: int, payload: Any) -> bool:
+    """True for an ensemble result whose parts are held by reference (the
+    core's ``(finished, parts)`` form): only its decoded value can travel on."""
+    return bool(flags & FLAG_ENSEMBLE) and type(payload) is tuple
+
+
 def pass_error(flags: int, payload: Any, codec: Codec) -> Encoded:
     """An upstream error message, made fit for ``codec``'s consumer: an
     exception held by reference (alone, or inside an ensemble result) is
     re-encoded; anything else passes through untouched."""
     if flags & FLAG_OBJECT and not codec.local:
         return codec.encode_error(payload)
-    if type(payload) is tuple and flags & FLAG_ENSEMBLE:  # by-reference composite: only Python can carry it on
+    if by_reference_composite(flags, payload):
         return codec.encode_error(decode(flags, payload))
     return flags, payload
