@@ -16,6 +16,7 @@
 #include "../cpp/supervisor.hpp"
 #include "../cpp/wire.hpp"
 #include "gil.hpp"
+#include "owned.hpp"
 #include "payload.hpp"
 #include "ring.hpp"
 
@@ -26,7 +27,8 @@ using namespace mps;
 namespace {
 
 struct PySupervisor {
-  Supervisor sup;
+  ProcessLocal<Supervisor> owner = make_process_local<Supervisor>();
+  Supervisor& sup() { return owned(owner, "supervisor"); }
 };
 
 // For a thread servlet's input, whose messages may hold object references:
@@ -64,8 +66,9 @@ class PyRelay : public MessageRelay {
 
 class PyGuardian {
  public:
-  explicit PyGuardian(PySupervisor& sup) : g_(std::make_unique<Guardian>(sup.sup)) {}
+  explicit PyGuardian(PySupervisor& sup) : g_(make_process_local<Guardian>(sup.sup())) {}
   ~PyGuardian() {
+    if (!owned_here(g_)) return;   // a forked child's copy: leaked (process_local.hpp)
     py::gil_scoped_release nogil;  // failers may need the GIL (PyRelay) while they are joined
     g_.reset();
   }
@@ -80,7 +83,7 @@ class PyGuardian {
     s.specs = std::move(specs);
     s.pids.assign(pids.begin(), pids.end());
     keep_rings_.push_back(control);
-    return g_->add(std::move(s));
+    return guardian().add(std::move(s));
   }
 
   uint32_t add_threads(const std::string& label, std::vector<std::string> names, uint32_t max_restarts,
@@ -90,21 +93,21 @@ class PyGuardian {
     s.kind = WorkerKind::thread;
     relays_.push_back(std::make_unique<PyRelay>(std::move(pass_error)));
     s.relay = relays_.back().get();
-    return g_->add(std::move(s));
+    return guardian().add(std::move(s));
   }
 
   bool thread_stopped(uint32_t servlet, uint32_t index, const std::string& cause) {
     py::gil_scoped_release nogil;
-    return g_->thread_stopped(servlet, index, cause);
+    return guardian().thread_stopped(servlet, index, cause);
   }
   void thread_lost(uint32_t servlet, uint32_t index) {
     py::gil_scoped_release nogil;
-    g_->thread_lost(servlet, index);
+    guardian().thread_lost(servlet, index);
   }
-  void start() { g_->start(); }
-  void stop() { g_->stop(); }
+  void start() { guardian().start(); }
+  void stop() { guardian().stop(); }
   py::dict info(uint32_t i) const {
-    Guardian::Info inf = g_->info(i);
+    Guardian::Info inf = guardian().info(i);
     py::dict d;
     d["restarts"] = inf.restarts;
     d["crashes"] = inf.crashes;
@@ -114,6 +117,8 @@ class PyGuardian {
   }
 
  private:
+  Guardian& guardian() const { return owned(g_, "guardian"); }
+
   GuardedServlet base(const std::string& label, std::vector<std::string> names, uint32_t max_restarts,
                       double window, const std::shared_ptr<PyRing>& input,
                       const std::shared_ptr<PyRing>& output, const std::shared_ptr<PyClaimTable>& claims) {
@@ -134,7 +139,7 @@ class PyGuardian {
   std::vector<std::shared_ptr<PyRing>> keep_rings_;
   std::vector<std::shared_ptr<PyClaimTable>> keep_claims_;
   std::vector<std::unique_ptr<PyRelay>> relays_;
-  std::unique_ptr<Guardian> g_;
+  ProcessLocal<Guardian> g_;
 };
 
 int memfd_from_bytes(const std::string& name, py::bytes data) {
@@ -180,7 +185,7 @@ void define_process(py::module_& m) {
             std::vector<pid_t> pids;
             {
               py::gil_scoped_release nogil;
-              pids = s.sup.spawn(specs);
+              pids = s.sup().spawn(specs);
             }
             return std::vector<int>(pids.begin(), pids.end());
           },
@@ -193,7 +198,7 @@ void define_process(py::module_& m) {
             int64_t d = deadline_from(timeout);
             {
               py::gil_scoped_release nogil;
-              ok = s.sup.wait_exit(pid, d, &st);
+              ok = s.sup().wait_exit(pid, d, &st);
             }
             if (!ok) return py::none();
             return py::int_(st);
@@ -204,12 +209,12 @@ void define_process(py::module_& m) {
           "exit_status",
           [](PySupervisor& s, int pid) -> py::object {
             int st = 0;
-            if (!s.sup.has_exited(pid, &st)) return py::none();
+            if (!s.sup().has_exited(pid, &st)) return py::none();
             return py::int_(st);
           },
           py::arg("pid"), "The raw wait status if pid has exited, else None.")
       .def(
-          "kill", [](PySupervisor& s, int pid, int sig) { s.sup.kill(pid, sig); }, py::arg("pid"),
+          "kill", [](PySupervisor& s, int pid, int sig) { s.sup().kill(pid, sig); }, py::arg("pid"),
           py::arg("sig"));
 
   py::class_<PyGuardian>(m, "Guardian", "Heals a running server when a worker dies (cpp/guardian.hpp).")

@@ -12,6 +12,7 @@
 #include "../cpp/wire.hpp"
 #include "bytes_pool.hpp"
 #include "gil.hpp"
+#include "owned.hpp"
 #include "payload.hpp"
 #include "ring.hpp"
 
@@ -25,31 +26,32 @@ class Engine {
  public:
   Engine(std::shared_ptr<PyRing> output, uint32_t capacity)
       : output_(std::move(output)),
-        book_(std::make_unique<RequestBook>(
+        book_(make_process_local<RequestBook>(
             *output_->ring, capacity, &pool_,
             [](uint32_t flags, const std::string& payload) { dispose_message(flags, payload, 1); })) {}
 
   ~Engine() {
-    py::gil_scoped_release nogil;  // the collector may need the GIL to finish its batch
+    if (!owned_here(book_)) return;  // a forked child's copy: leaked, the parent's rings untouched
+    py::gil_scoped_release nogil;    // the collector may need the GIL to finish its batch
     book_.reset();
   }
 
-  void start() { book_->start(g_spin.collector_spin, g_spin.collector_yields); }
+  void start() { book().start(g_spin.collector_spin, g_spin.collector_yields); }
   void stop() {
     py::gil_scoped_release nogil;
-    book_->stop();
+    book().stop();
   }
-  void set_failure(uint32_t flags, py::bytes payload) { book_->set_failure(flags, std::string(payload)); }
+  void set_failure(uint32_t flags, py::bytes payload) { book().set_failure(flags, std::string(payload)); }
 
   // Admits and sends one request; returns (Status, slot).  Waits for a slot
   // (if `wait`) and for ring space until the deadline.
   std::pair<Status, uint32_t> submit(PyRing& entry, py::handle payload, uint32_t flags, bool wait,
                                      int64_t deadline, bool notify_async) {
     uint32_t idx = 0;
-    Status st = book_->admit(false, 0, &idx, notify_async);
+    Status st = book().admit(false, 0, &idx, notify_async);
     if (st == Status::backlog_full && wait) {
       wait_interruptibly(deadline, [&](int64_t until) {
-        st = book_->admit(true, until, &idx, notify_async);
+        st = book().admit(true, until, &idx, notify_async);
         return st != Status::backlog_timeout;
       });
     }
@@ -58,15 +60,15 @@ class Engine {
     try {
       prepare_payload(payload, flags, ref);
     } catch (...) {
-      book_->withdraw(idx);
+      book().withdraw(idx);
       throw;
     }
     OutMessage m{0, flags, 0, ref.parts, ref.nparts};
     add_refs(flags, ref.handle, entry.object_refs);
-    st = book_->send(*entry.ring, idx, m, deadline, false);  // with the GIL: no thread switch
+    st = book().send(*entry.ring, idx, m, deadline, false);  // with the GIL: no thread switch
     if (st == Status::push_timeout) {
       py::gil_scoped_release nogil;
-      st = book_->send(*entry.ring, idx, m, deadline, true);
+      st = book().send(*entry.ring, idx, m, deadline, true);
     }
     if (st != Status::ok) drop_refs(flags, ref.handle, entry.object_refs);
     return {st, idx};
@@ -75,7 +77,7 @@ class Engine {
   // (flags, payload) of a done slot, which is freed.
   py::tuple take(uint32_t idx) {
     uint32_t flags = 0;
-    py::object obj = book_->take(idx, [&](Ledger::Result& r) {
+    py::object obj = book().take(idx, [&](Ledger::Result& r) {
       flags = r.flags;
       return take_payload(r.flags, r.payload);
     });
@@ -100,10 +102,10 @@ class Engine {
     if (st != Status::ok) return py::make_tuple(int(st), 0, py::none());
     const int64_t t_enqueued = now_ns();
     const bool done = wait_interruptibly(
-        deadline, [&, idx = idx](int64_t until) { return book_->wait(idx, until); },
-        [&, idx = idx] { book_->abandon(idx); });
+        deadline, [&, idx = idx](int64_t until) { return book().wait(idx, until); },
+        [&, idx = idx] { book().abandon(idx); });
     if (!done) {
-      book_->abandon(idx);
+      book().abandon(idx);
       return py::make_tuple(int(Status::result_timeout), 0, double(t_enqueued - t0) / 1e9);
     }
     py::tuple t = take(idx);
@@ -113,33 +115,34 @@ class Engine {
   // asyncio: admits without waiting and sends; returns (status, token).
   py::tuple submit_async(PyRing& entry, py::handle payload, uint32_t flags) {
     auto [st, idx] = submit(entry, payload, flags, false, kForever, true);
-    return py::make_tuple(int(st), st == Status::ok ? book_->token(idx) : 0);
+    return py::make_tuple(int(st), st == Status::ok ? book().token(idx) : 0);
   }
   std::vector<uint64_t> drain_async() {
     std::vector<uint64_t> out;
-    book_->drain_async(out);
+    book().drain_async(out);
     return out;
   }
-  py::tuple take_token(uint64_t token) { return take(book_->slot_of(token)); }
-  void abandon_token(uint64_t token) { book_->abandon(book_->slot_of(token)); }
+  py::tuple take_token(uint64_t token) { return take(book().slot_of(token)); }
+  void abandon_token(uint64_t token) { book().abandon(book().slot_of(token)); }
 
-  void fail_pending(uint32_t flags, py::bytes payload) { book_->fail_pending(flags, std::string(payload)); }
+  void fail_pending(uint32_t flags, py::bytes payload) { book().fail_pending(flags, std::string(payload)); }
 
-  py::list snapshot() const {
+  py::list snapshot() {
     static const char* names[] = {"free", "pending", "done", "abandoned"};
     py::list out;
-    for (const auto& e : book_->snapshot())
+    for (const auto& e : book().snapshot())
       out.append(py::make_tuple(e.idx, names[e.state & 3], double(e.age_ns) / 1e9));
     return out;
   }
 
-  RequestBook& book() { return *book_; }
+  // Every use goes through here: a forked child gets a clear error (owned.hpp).
+  RequestBook& book() { return owned(book_, "request engine"); }
   BytesPool& pool() { return pool_; }
 
  private:
   std::shared_ptr<PyRing> output_;
   BytesPool pool_;  // before the book: it outlives the collector's thread
-  std::unique_ptr<RequestBook> book_;
+  ProcessLocal<RequestBook> book_;
 };
 
 class PyStreamWindow {
@@ -147,8 +150,8 @@ class PyStreamWindow {
   PyStreamWindow(Engine& engine, std::shared_ptr<PyRing> entry, double item_timeout)
       : engine_(engine),
         entry_(std::move(entry)),
-        win_(engine.book().ledger(), *entry_->ring,
-             item_timeout > 1e9 ? kForever : int64_t(item_timeout * 1e9)) {}
+        win_(make_process_local<StreamWindow>(engine.book().ledger(), *entry_->ring,
+                                              item_timeout > 1e9 ? kForever : int64_t(item_timeout * 1e9))) {}
 
   // Sends [(flags, payload), ...]; returns (accepted, status), status being
   // ok or the reason the rest was not accepted.
@@ -170,16 +173,16 @@ class PyStreamWindow {
     // without it only where the window says a blocking submit would have.
     Status st;
     const int64_t deadline = deadline_after(timeout);
-    size_t k = win_.submit(msgs.data(), n, wait, deadline, &st, false);
+    size_t k = win().submit(msgs.data(), n, wait, deadline, &st, false);
     if (StreamWindow::worth_blocking(k, n, st, wait)) {
       py::gil_scoped_release nogil;
-      k += win_.submit(msgs.data() + k, n - k, wait, deadline, &st);
+      k += win().submit(msgs.data() + k, n - k, wait, deadline, &st);
     }
     for (size_t i = k; i < n; ++i) drop_refs(msgs[i].flags, refs[i].handle, entry_->object_refs);
     return py::make_tuple(k, int(st));
   }
 
-  void add_local() { win_.add_local(); }
+  void add_local() { win().add_local(); }
 
   // [(outcome, flags, payload), ...] for the ready prefix of the window
   // (waiting for its head), or [] once the window is finished and empty.
@@ -187,12 +190,12 @@ class PyStreamWindow {
   py::list drain(size_t max, bool wait) {
     out_.clear();
     if (!wait) {
-      win_.drain(max, 0, now_ns(), out_);  // a passed deadline: never sleeps
+      win().drain(max, 0, now_ns(), out_);  // a passed deadline: never sleeps
       if (!out_.empty() && out_[0].outcome == Outcome::pending) out_.clear();
     } else {
       wait_interruptibly(kForever, [&](int64_t until) {
         out_.clear();
-        win_.drain(max, 0, until, out_);
+        win().drain(max, 0, until, out_);
         return out_.empty() || out_[0].outcome != Outcome::pending;
       });
     }
@@ -209,17 +212,20 @@ class PyStreamWindow {
     return res;
   }
 
-  void finish() { win_.finish(); }
+  void finish() { win().finish(); }
   void close() {
+    if (!owned_here(win_)) return;  // a forked child closing a stream it inherited: nothing of its own
     py::gil_scoped_release nogil;
-    win_.close();
+    win().close();
   }
-  size_t size() const { return win_.size(); }
+  size_t size() { return win().size(); }
 
  private:
+  StreamWindow& win() { return owned(win_, "stream"); }
+
   Engine& engine_;
   std::shared_ptr<PyRing> entry_;
-  StreamWindow win_;
+  ProcessLocal<StreamWindow> win_;
   std::vector<StreamWindow::Drained> out_;
 };
 

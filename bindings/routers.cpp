@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "../cpp/ensemble_router.hpp"
+#include "owned.hpp"
 #include "payload.hpp"
 #include "ring.hpp"
 
@@ -24,30 +25,32 @@ class PyEnsembleRouter {
         output_(std::move(output)) {
     std::vector<Ring*> rings;
     for (auto& m : members_) rings.push_back(m->ring.get());
-    router_ = std::make_unique<EnsembleRouter>(*input_->ring, rings, *join_->ring, *output_->ring, fail_fast);
-    router_->set_disposer(
+    router_ =
+        make_process_local<EnsembleRouter>(*input_->ring, rings, *join_->ring, *output_->ring, fail_fast);
+    router().set_disposer(
         [](const OwnedMessage& m, int count) { dispose_message(m.flags, m.payload, count); });
   }
   ~PyEnsembleRouter() {
+    if (!owned_here(router_)) return;  // a forked child's copy: leaked (process_local.hpp)
     py::gil_scoped_release nogil;
     router_.reset();
   }
-  void start() { router_->start(); }
+  void start() { router().start(); }
   void join_fanout() {
     py::gil_scoped_release nogil;
-    router_->join_fanout();
+    router().join_fanout();
   }
   void join_fanin() {
     py::gil_scoped_release nogil;
-    router_->join_fanin();
+    router().join_fanin();
   }
-  EnsembleRouter& router() { return *router_; }
+  EnsembleRouter& router() { return owned(router_, "ensemble router"); }
 
  private:
   std::shared_ptr<PyRing> input_;
   std::vector<std::shared_ptr<PyRing>> members_;
   std::shared_ptr<PyRing> join_, output_;
-  std::unique_ptr<EnsembleRouter> router_;
+  ProcessLocal<EnsembleRouter> router_;
 };
 
 }  // namespace

@@ -23,25 +23,9 @@
 #include <type_traits>
 
 #include "futex.hpp"
+#include "process_local.hpp"
 
 namespace mps {
-
-// getpid() is a system call on current glibc; the lock records its owner on
-// every acquisition, so the pid is cached (and refreshed in a forked child).
-inline int32_t self_pid() {
-  static std::atomic<int32_t> pid{0};
-  int32_t p = pid.load(std::memory_order_relaxed);
-  if (p == 0) {
-    static const bool hooked = [] {
-      pthread_atfork(nullptr, nullptr, [] { pid.store(0, std::memory_order_relaxed); });
-      return true;
-    }();
-    (void)hooked;
-    p = int32_t(getpid());
-    pid.store(p, std::memory_order_relaxed);
-  }
-  return p;
-}
 
 struct ShmMutex {
   std::atomic<uint32_t> state{0};

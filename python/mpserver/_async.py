@@ -73,6 +73,8 @@ class AsyncServer:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._server._state == 'forked':
+            return  # a forked child: the parent's server is not ours to stop (see Server.__exit__)
         loop = asyncio.get_running_loop()
         ports = self._server._ports
         port = ports.get(loop) if ports is not None else None

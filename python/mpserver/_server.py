@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from time import perf_counter
@@ -56,6 +57,25 @@ _DRAIN_MAX = 256
 #: queues, sockets, ...) is pulled by a feeder thread, because pulling the
 #: next input may block while results are ready to be yielded.
 _NON_BLOCKING_INPUTS = (list, tuple, range, str, bytes, bytearray, dict, set, frozenset)
+
+
+#: Servers running in this process; a forked child marks each as foreign.
+_RUNNING: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A server belongs to the process that entered it.  A forked child has
+    a copy of the parent's servers but none of their threads, and their
+    rings are the parent's shared memory: every use in the child raises at
+    once (``_require_running``), and leaving a ``with`` block there touches
+    nothing of the parent's (the C++ objects are leaked in the child, see
+    cpp/process_local.hpp)."""
+    for server in list(_RUNNING):
+        server._state = 'forked'
+    _RUNNING.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _main_cpus(main_cpu: object) -> list[int] | None:
@@ -150,6 +170,7 @@ class Server:
         self._output: Any = None
         self._control: Any = None
         self._state = 'new'
+        self._pid = 0  # the process that entered the server
         self._ports: Ports | None = None  # the asyncio side, made on first use (_async_port.py)
         self._ports_lock = threading.Lock()
 
@@ -164,6 +185,8 @@ class Server:
     @property
     def backlog(self) -> int:
         """Requests now in the server (accepted, result not yet taken or dropped)."""
+        if self._state == 'forked':
+            self._require_running()
         eng = self._engine
         return eng.backlog if eng is not None else 0
 
@@ -172,6 +195,8 @@ class Server:
     def __enter__(self) -> Server:
         if self._state == 'running':
             raise RuntimeError('this Server is already running')
+        if self._state == 'forked':
+            self._require_running()
         if _process.bootstrapping():
             raise RuntimeError(
                 'a Server was started while a worker process was importing your main module: '
@@ -203,13 +228,16 @@ class Server:
         engine.start()
         self._engine = engine
         self._path = RequestPath(engine, entry, self._codec, self._capacity)
+        self._pid = os.getpid()
         self._state = 'running'
+        _RUNNING.add(self)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if self._state != 'running':
-            return
+            return  # also in a forked child: the parent's server is not ours to stop
         self._state = 'stopping'
+        _RUNNING.discard(self)
         guardian = self._guardian
         if guardian is not None:
             guardian.stop()  # deaths from now on are failed, not repaired
@@ -259,6 +287,12 @@ class Server:
         if self._state != 'running':
             if self._state == 'new':
                 raise RuntimeError('the Server is not started: use it in a `with` block')
+            if self._state == 'forked':
+                raise RuntimeError(
+                    f'this Server runs in process {self._pid}; a forked child process (pid {os.getpid()}) '
+                    'cannot use it: start a new Server in the child, or start child processes with the '
+                    "'spawn' or 'forkserver' method"
+                )
             raise RuntimeError('the Server has been stopped')
 
     # ------------------------------------------------------------ call
@@ -500,6 +534,8 @@ class Server:
 
     def debug_info(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: backlog entries, workers, their liveness."""
+        if self._state == 'forked':
+            self._require_running()
         eng = self._engine
         backlog: list[dict[str, Any]] = []
         if eng is not None:
