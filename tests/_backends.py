@@ -437,6 +437,28 @@ def _define_workers(Worker) -> dict[str, type]:
                 return os.getpid()
             return x * 2
 
+    class CrashTrail(Worker):
+        # ``call(x) -> x + 1`` (a batch: each item + 1).  Before it starts an
+        # item (or a batch) it appends it as a JSON line to trail_dir/<pid>;
+        # it dies by a segmentation fault when it starts ``poison``.
+        def __init__(self, *, trail_dir, poison, **kwargs):
+            super().__init__(**kwargs)
+            self.trail = os.path.join(trail_dir, str(os.getpid()))
+            self.poison = poison
+
+        def call(self, x):
+            import json
+
+            items = x if self.batch_size > 0 else [x]
+            with open(self.trail, 'a') as f:
+                f.write(json.dumps(items) + '\n')
+            if self.poison in items:
+                import ctypes
+
+                ctypes.string_at(0)
+            ys = [v + 1 for v in items]
+            return ys if self.batch_size > 0 else ys[0]
+
     class Quit(Worker):
         # A thread worker stopped by SystemExit on 'quit'.
         def call(self, x):

@@ -57,13 +57,10 @@ def test_stream_with_a_crash_gives_one_outcome_per_input_in_order(mps):
         out = list(server.stream(data, return_exceptions=True))
     assert len(out) == len(data)
     crashed = [i for i, y in enumerate(out) if isinstance(y, mpserver.WorkerCrashedError)]
-    assert 30 in crashed
+    assert crashed == [30]  # only the item the dead worker had started
     for i, (x, y) in enumerate(zip(data, out, strict=True)):
         if i not in crashed:
             assert y == 2 * x
-    # Only items that worker held can fail with it (one at a time here, or a few
-    # taken together by a sole worker); never the whole stream.
-    assert len(crashed) < 10
 
 
 def test_crash_inside_a_batch_fails_every_item_of_that_batch(mps):
@@ -267,3 +264,51 @@ def test_hundred_enter_exit_cycles_leak_no_fds_threads_or_memory(mps):
     assert wait_until(lambda: len(os.listdir('/proc/self/task')) <= threads, 10)
     assert wait_until(lambda: len(os.listdir('/proc/self/fd')) <= fds, 10)
     assert _rss_kib() - rss < 30_000, (rss, _rss_kib())  # KiB; a leak per cycle would show
+
+
+def _started_with(trail_dir, poison):
+    """The items of the unit of work (item or batch) that contained ``poison``, from a CrashTrail trail."""
+    import json
+
+    for name in os.listdir(trail_dir):
+        with open(os.path.join(trail_dir, name)) as f:
+            for line in f:
+                items = json.loads(line)
+                if poison in items:
+                    return items
+    raise AssertionError(f'no worker started {poison!r}')
+
+
+@pytest.mark.parametrize('workers, batch_size', [(1, 0), (2, 0), (1, 8), (2, 8)])
+def test_a_crash_fails_exactly_what_the_dead_worker_had_started(mps, tmp_path, workers, batch_size):
+    # A sole worker, or one of two, with or without batching, dies on item 500
+    # of 1,000: exactly the item (or the batch) it had started fails; items it
+    # had not started go to its replacement or its sibling and succeed.
+    b, mpserver = mps
+    kw = {'batch_size': batch_size, 'batch_wait_time': 0.01} if batch_size else {}
+    servlet = b.ProcessServlet(b.w.CrashTrail, cpus=workers, trail_dir=str(tmp_path), poison=500, **kw)
+    with b.Server(servlet) as server:
+        out = list(server.stream(range(1000), return_exceptions=True))
+    crashed = {i for i, y in enumerate(out) if isinstance(y, mpserver.WorkerCrashedError)}
+    assert crashed == set(_started_with(tmp_path, 500))
+    assert len(crashed) == 1 if not batch_size else 1 <= len(crashed) <= batch_size
+    assert all(y == i + 1 for i, y in enumerate(out) if i not in crashed)
+
+
+@pytest.mark.parametrize('stage', [0, 1])
+def test_a_crash_in_a_pipeline_fails_exactly_the_item_that_stage_had_started(mps, tmp_path, stage):
+    b, mpserver = mps
+    dirs = [tmp_path / 'first', tmp_path / 'second']
+    for d in dirs:
+        d.mkdir()
+    poison = [500, 501]  # item 500 reaches the second stage as 501
+    stages = [
+        b.ProcessServlet(b.w.CrashTrail, cpus=1, trail_dir=str(d), poison=poison[i] if i == stage else -1)
+        for i, d in enumerate(dirs)
+    ]
+    with b.Server(b.SequentialServlet(*stages)) as server:
+        out = list(server.stream(range(1000), return_exceptions=True))
+    crashed = [i for i, y in enumerate(out) if isinstance(y, mpserver.WorkerCrashedError)]
+    assert crashed == [500]
+    assert _started_with(dirs[stage], poison[stage]) == [poison[stage]]
+    assert all(y == i + 2 for i, y in enumerate(out) if i != 500)

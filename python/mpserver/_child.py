@@ -79,13 +79,12 @@ def main(argv: list[str]) -> int:
         control.push(key, flags | FLAG_CONTROL, payload, init_failed)
         return 1
     control.push(key, FLAG_CONTROL, pickle.dumps(worker.name), ready)
-    sole = len(boot['names']) == 1
     del boot
 
     from ._serve import serve
 
     try:
-        serve(worker, inp, out, PickleCodec, sole=sole)
+        serve(worker, inp, out, PickleCodec)
     except BaseException as e:
         worker.cleanup(e)
         raise

@@ -20,13 +20,16 @@ from ._worker import Worker
 __all__ = ['serve']
 
 
-def serve(worker: Worker, inp: Any, out: Any, codec: Codec, sole: bool = False) -> None:
+def serve(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
     """Run ``worker`` on items from ring ``inp`` until it is closed and drained.
 
     ``codec`` encodes results for ``out`` (pickles across processes, object
-    references inside the main process).  ``sole``: this is the only worker
-    reading ``inp``, so it may take every queued item in one crossing (each
-    result is still pushed as soon as it is ready).
+    references inside the main process).
+
+    A worker takes from its ring only what it starts at once: one item, or
+    one batch.  What it has taken is claimed (cpp/claims.hpp), so if the
+    worker dies, exactly that fails with WorkerCrashedError; everything else
+    is still in the ring for its siblings or its replacement.
     """
     customised = type(worker).stream is not Worker.stream or worker.num_stream_threads > 0
     if customised:
@@ -34,10 +37,10 @@ def serve(worker: Worker, inp: Any, out: Any, codec: Codec, sole: bool = False) 
     elif worker.batch_size > 1:
         _serve_batches(worker, inp, out, codec)
     else:
-        _serve_items(worker, inp, out, codec, 64 if sole else 1)
+        _serve_items(worker, inp, out, codec)
 
 
-def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec, take: int = 1) -> None:
+def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
     # The hot loop for one-at-a-time workers: it inlines what _admit() does
     # for batches, to keep per-item Python work to the minimum.
     preprocess = getattr(worker, 'preprocess', None)
@@ -48,23 +51,23 @@ def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec, take: int = 1
     encode_result = codec.encode_result
     encode_error = codec.encode_error
     while True:
-        items = gather(take, 0.0, None)
+        items = gather(1, 0.0, None)
         if items is None:
             return
-        for mid, flags, aux, payload in items:
-            if flags & FLAG_ERROR:  # an upstream error: pass it through
-                push(mid, *pass_error(flags, payload, codec), aux)
-                continue
-            try:
-                x = decode(flags, payload)
-                if preprocess is not None:
-                    x = preprocess(x)
-                y = call([x])[0] if wrap else call(x)
-            except Exception as e:  # noqa: BLE001 - the user's exception is this item's result
-                f, p = encode_error(e)
-            else:
-                f, p = encode_result(y)
-            push(mid, f, p, aux)
+        ((mid, flags, aux, payload),) = items
+        if flags & FLAG_ERROR:  # an upstream error: pass it through
+            push(mid, *pass_error(flags, payload, codec), aux)
+            continue
+        try:
+            x = decode(flags, payload)
+            if preprocess is not None:
+                x = preprocess(x)
+            y = call([x])[0] if wrap else call(x)
+        except Exception as e:  # noqa: BLE001 - the user's exception is this item's result
+            f, p = encode_error(e)
+        else:
+            f, p = encode_result(y)
+        push(mid, f, p, aux)
 
 
 def _admit(

@@ -379,7 +379,7 @@ class ThreadServlet(_Simple):
         try:
             while True:
                 try:
-                    serve(worker, inp, output, codec, sole=self._num_threads == 1)
+                    serve(worker, inp, output, codec)
                 except BaseException as e:  # noqa: BLE001 - the guardian decides what happens next
                     _cleanup_quietly(worker, e)
                     guardian = self._guardian
