@@ -76,9 +76,10 @@ class PyGuardian {
   uint32_t add_processes(const std::string& label, std::vector<std::string> names, uint32_t max_restarts,
                          double window, std::shared_ptr<PyRing> input, std::shared_ptr<PyRing> output,
                          std::shared_ptr<PyRing> control, std::shared_ptr<PyClaimTable> claims,
-                         std::vector<SpawnSpec> specs, std::vector<int> pids) {
+                         std::vector<SpawnSpec> specs, std::vector<int> pids, double item_timeout) {
     GuardedServlet s = base(label, std::move(names), max_restarts, window, input, output, claims);
     s.kind = WorkerKind::process;
+    s.item_timeout_ns = item_timeout > 0 ? int64_t(item_timeout * 1e9) : 0;
     s.control = control->ring.get();
     s.specs = std::move(specs);
     s.pids.assign(pids.begin(), pids.end());
@@ -113,6 +114,7 @@ class PyGuardian {
     d["crashes"] = inf.crashes;
     d["pids"] = std::vector<int>(inf.pids.begin(), inf.pids.end());
     d["failed"] = inf.failed;
+    d["overdue_kills"] = inf.overdue_kills;
     return d;
   }
 
@@ -222,7 +224,9 @@ void define_process(py::module_& m) {
       .def("add_processes", &PyGuardian::add_processes, py::arg("label"), py::arg("names"),
            py::arg("max_restarts"), py::arg("window"), py::arg("input"), py::arg("output"),
            py::arg("control"), py::arg("claims"), py::arg("specs"), py::arg("pids"),
-           "Guards a process servlet whose workers run; returns its number.")
+           py::arg("item_timeout") = 0.0,
+           "Guards a process servlet whose workers run; returns its number.  item_timeout > 0: "
+           "seconds after which a worker still holding an item is killed (and its items failed).")
       .def("add_threads", &PyGuardian::add_threads, py::arg("label"), py::arg("names"),
            py::arg("max_restarts"), py::arg("window"), py::arg("input"), py::arg("output"), py::arg("claims"),
            py::arg("pass_error"),
@@ -234,7 +238,8 @@ void define_process(py::module_& m) {
            "A worker thread could not be restarted.")
       .def("start", &PyGuardian::start)
       .def("stop", &PyGuardian::stop, "The server is stopping: no more restarts or failers.")
-      .def("info", &PyGuardian::info, py::arg("servlet"), "{restarts, crashes, pids, failed} of a servlet.");
+      .def("info", &PyGuardian::info, py::arg("servlet"),
+           "{restarts, crashes, pids, failed, overdue_kills} of a servlet.");
 
   m.def("memfd_from_bytes", &memfd_from_bytes, py::arg("name"), py::arg("data"),
         "A memfd holding `data` (a worker's bootstrap).");

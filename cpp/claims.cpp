@@ -1,8 +1,10 @@
 #include "claims.hpp"
 
+#include <algorithm>
 #include <new>
 #include <stdexcept>
 
+#include "futex.hpp"
 #include "wire.hpp"
 
 namespace mps {
@@ -61,17 +63,19 @@ ClaimEntry* ClaimTable::entries(uint32_t w) const { return reinterpret_cast<Clai
 bool ClaimTable::claim(uint32_t worker, uint64_t id, uint64_t aux) {
   ClaimSection* s = section(worker);
   ClaimEntry* e = entries(worker);
-  uint32_t i = s->high;
+  const uint32_t high = s->high.load(std::memory_order_relaxed);  // only this worker writes it
+  uint32_t i = high;
   if (i == slots_) {  // out of room at the end: reuse a free entry
     i = 0;
-    while (i < s->high && e[i].used.load(std::memory_order_relaxed)) ++i;
-    if (i == s->high) return false;
+    while (i < high && e[i].used.load(std::memory_order_relaxed)) ++i;
+    if (i == high) return false;
     if (i < s->low) s->low = i;
   } else {
-    s->high += 1;
+    s->high.store(high + 1, std::memory_order_relaxed);
   }
   e[i].id = id;
   e[i].aux = aux;
+  e[i].since.store(now_ns(), std::memory_order_relaxed);
   e[i].used.store(1, std::memory_order_release);
   s->live += 1;
   return true;
@@ -80,13 +84,15 @@ bool ClaimTable::claim(uint32_t worker, uint64_t id, uint64_t aux) {
 void ClaimTable::release(uint32_t worker, uint64_t id) {
   ClaimSection* s = section(worker);
   ClaimEntry* e = entries(worker);
-  for (uint32_t i = s->low; i < s->high; ++i) {
+  const uint32_t high = s->high.load(std::memory_order_relaxed);
+  for (uint32_t i = s->low; i < high; ++i) {
     if (e[i].used.load(std::memory_order_relaxed) && e[i].id == id) {
       e[i].used.store(0, std::memory_order_release);
       if (--s->live == 0) {
-        s->high = s->low = 0;
+        s->high.store(0, std::memory_order_relaxed);
+        s->low = 0;
       } else {
-        while (s->low < s->high && !e[s->low].used.load(std::memory_order_relaxed)) ++s->low;
+        while (s->low < high && !e[s->low].used.load(std::memory_order_relaxed)) ++s->low;
       }
       return;
     }
@@ -97,7 +103,7 @@ std::vector<std::pair<uint64_t, uint64_t>> ClaimTable::take(uint32_t worker) {
   ClaimSection* s = section(worker);
   ClaimEntry* e = entries(worker);
   std::vector<std::pair<uint64_t, uint64_t>> out;
-  const uint32_t high = s->high < slots_ ? s->high : slots_;
+  const uint32_t high = std::min(s->high.load(std::memory_order_relaxed), slots_);
   for (uint32_t i = 0; i < high; ++i) {
     if (e[i].used.load(std::memory_order_acquire)) {
       out.emplace_back(e[i].id, e[i].aux);
@@ -105,10 +111,24 @@ std::vector<std::pair<uint64_t, uint64_t>> ClaimTable::take(uint32_t worker) {
     }
   }
   s->live = 0;
-  s->high = s->low = 0;
+  s->high.store(0, std::memory_order_relaxed);
+  s->low = 0;
   return out;
 }
 
 uint32_t ClaimTable::held(uint32_t worker) const { return section(worker)->live; }
+
+int64_t ClaimTable::oldest_since(uint32_t worker) const {
+  const ClaimSection* s = section(worker);
+  const ClaimEntry* e = entries(worker);
+  const uint32_t high = std::min(s->high.load(std::memory_order_relaxed), slots_);
+  int64_t oldest = 0;
+  for (uint32_t i = 0; i < high; ++i) {
+    if (!e[i].used.load(std::memory_order_acquire)) continue;
+    const int64_t t = e[i].since.load(std::memory_order_relaxed);
+    if (t != 0 && (oldest == 0 || t < oldest)) oldest = t;
+  }
+  return oldest;
+}
 
 }  // namespace mps

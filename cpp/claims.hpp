@@ -23,10 +23,19 @@
 //   * Claims are appended at `high` and usually released in the order they
 //     were made, so `low` (everything below it is free) keeps a release O(1)
 //     amortised; `high` bounds every scan.
+//   * An entry's `since` is when the worker took the item (CLOCK_MONOTONIC,
+//     the same clock in every process): the guardian's watchdog reads the
+//     oldest one of a *live* worker (oldest_since) to find a worker stuck on
+//     an item for longer than its servlet's item_timeout.
 //
 // Memory ordering: an entry's fields are written before `used` is set with
 // release; the guardian reads `used` with acquire.  Cross-process visibility
-// after a worker's death needs nothing more (the process is gone).
+// after a worker's death needs nothing more (the process is gone).  The
+// watchdog reads a live worker's section: `high` is an atomic the worker
+// stores (relaxed; it is the only writer), `used` and `since` are atomics, so
+// the watchdog sees each entry either free or with a `since` no later than
+// the claim it belongs to — it can see an item as held a moment after its
+// release, never as held longer than it was.
 #pragma once
 
 #include <atomic>
@@ -46,18 +55,20 @@ struct ClaimEntry {
   uint32_t pad;
   uint64_t id;
   uint64_t aux;
+  std::atomic<int64_t> since;  // when the worker took the item (now_ns)
 };
 
 struct ClaimSection {
-  uint32_t high;  // entries [0, high) may be in use; new claims go at `high`
-  uint32_t live;  // entries in use
-  uint32_t low;   // entries [0, low) are free (release scans from here)
+  std::atomic<uint32_t> high;  // entries [0, high) may be in use; new claims go at `high`
+  uint32_t live;               // entries in use
+  uint32_t low;                // entries [0, low) are free (release scans from here)
   uint32_t pad0;
   uint64_t pad[6];
 };
 
-static_assert(std::is_standard_layout_v<ClaimEntry> && sizeof(ClaimEntry) == 24,
+static_assert(std::is_standard_layout_v<ClaimEntry> && sizeof(ClaimEntry) == 32,
               "claim entries are shared memory: fixed, plain layout");
+static_assert(std::atomic<int64_t>::is_always_lock_free, "`since` is read across processes");
 static_assert(std::is_standard_layout_v<ClaimSection> && sizeof(ClaimSection) == 64,
               "a section header fills exactly one cache line, so sections never share one");
 static_assert(std::atomic<uint32_t>::is_always_lock_free, "`used` is read across processes");
@@ -81,6 +92,9 @@ class ClaimTable {
   // Guardian side (the worker is gone): returns and clears its claims.
   std::vector<std::pair<uint64_t, uint64_t>> take(uint32_t worker);
   uint32_t held(uint32_t worker) const;
+  // Watchdog (the worker may be running): when the worker took the oldest
+  // item it still holds (now_ns clock), or 0 if it holds none.
+  int64_t oldest_since(uint32_t worker) const;
 
  private:
   ClaimTable(FdHandle fd, Mapping map, uint32_t workers, uint32_t slots);

@@ -2,6 +2,11 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+
 #include "futex.hpp"
 #include "message_buffer.hpp"
 #include "quiet_thread.hpp"
@@ -11,6 +16,15 @@ namespace mps {
 
 namespace {
 constexpr char kSep = '\x1f';
+
+// What a process crash report says the worker did with the item.
+std::string crash_note(const GuardedServlet& s, bool overdue) {
+  if (!overdue) return "died while processing this item";
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%g", double(s.item_timeout_ns) / 1e9);
+  return std::string("held this item for longer than its servlet's item_timeout of ") + secs +
+         " seconds, so mpserver killed it";
+}
 
 void push_errors(Ring& out, const std::vector<std::pair<uint64_t, uint64_t>>& items,
                  const std::string& payload) {
@@ -46,6 +60,7 @@ Guardian::~Guardian() {
 uint32_t Guardian::add(GuardedServlet s) {
   auto e = std::make_unique<Entry>();
   e->live = 0;
+  e->overdue.assign(s.names.size(), 0);
   if (s.kind == WorkerKind::thread) e->live = uint32_t(s.names.size());
   for (pid_t p : s.pids) e->live += p > 0;
   e->s = std::move(s);
@@ -95,6 +110,7 @@ Guardian::Info Guardian::info(uint32_t servlet) const {
   i.crashes = e.crashes;
   i.pids = e.s.pids;
   i.failed = e.failed;
+  i.overdue_kills = e.overdue_kills;
   return i;
 }
 
@@ -118,20 +134,63 @@ std::string Guardian::crash_payload(const char* kind, const GuardedServlet& s, u
 
 void Guardian::run() {
   std::unique_lock<std::mutex> lk(mu_);
+  // When the watchdog's next round is due; 0: never (no servlet has an
+  // item_timeout).  The first round runs at once and tells.
+  int64_t next_watch = 1;
   for (;;) {
-    cv_.wait(lk, [&] { return quit_ || !exits_.empty(); });
-    if (quit_) return;
-    auto [pid, status] = exits_.front();
-    exits_.pop_front();
-    lk.unlock();
-    try {
-      handle(pid, status);
-    } catch (const std::exception&) {
-      // A ring of that servlet is corrupt or a spawn failed: leave this
-      // worker dead (its items fail by their timeouts) but keep guarding.
+    auto ready = [&] { return quit_ || !exits_.empty(); };
+    if (next_watch == 0) {
+      cv_.wait(lk, ready);
+    } else {
+      // steady_clock and now_ns() are both CLOCK_MONOTONIC.
+      cv_.wait_until(lk, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next_watch)), ready);
     }
-    lk.lock();
+    if (quit_) return;
+    if (!exits_.empty()) {
+      auto [pid, status] = exits_.front();
+      exits_.pop_front();
+      lk.unlock();
+      try {
+        handle(pid, status);
+      } catch (const std::exception&) {
+        // A ring of that servlet is corrupt or a spawn failed: leave this
+        // worker dead (its items fail by their timeouts) but keep guarding.
+      }
+      lk.lock();
+    }
+    if (next_watch != 0 && now_ns() >= next_watch) {
+      lk.unlock();
+      next_watch = watch();
+      lk.lock();
+    }
   }
+}
+
+int64_t Guardian::watch() {
+  constexpr int64_t kMaxTick = 250'000'000;
+  const int64_t now = now_ns();
+  int64_t next = 0;
+  std::vector<pid_t> victims;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& e : entries_) {
+      const int64_t limit = e->s.item_timeout_ns;
+      if (e->s.kind != WorkerKind::process || limit <= 0 || !e->s.claims) continue;
+      const int64_t tick = std::max<int64_t>(std::min(limit / 4, kMaxTick), 1'000'000);
+      next = next == 0 ? now + tick : std::min(next, now + tick);
+      for (uint32_t i = 0; i < e->s.pids.size(); ++i) {
+        if (e->s.pids[i] <= 0 || e->overdue[i]) continue;
+        const int64_t since = e->s.claims->oldest_since(i);
+        if (since != 0 && now - since > limit) {
+          e->overdue[i] = 1;
+          e->overdue_kills += 1;
+          victims.push_back(e->s.pids[i]);
+        }
+      }
+    }
+  }
+  for (pid_t pid : victims) sup_.kill(pid, SIGKILL);  // its exit comes back through handle()
+  return next;
 }
 
 void Guardian::fail_claims(Entry& e, uint32_t index, const std::string& payload) {
@@ -166,6 +225,7 @@ void Guardian::start_failer(Entry* e) {
 void Guardian::handle(pid_t pid, int status) {
   Entry* e = nullptr;
   uint32_t index = 0;
+  bool overdue = false;
   {
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& cand : entries_) {
@@ -179,6 +239,8 @@ void Guardian::handle(pid_t pid, int status) {
     }
     if (!e) return;  // not ours, or already handled
     e->s.pids[index] = 0;
+    overdue = e->overdue[index] != 0;
+    e->overdue[index] = 0;
   }
   // 1. Locks it held.
   e->s.input->recover_consumer(pid);
@@ -186,8 +248,7 @@ void Guardian::handle(pid_t pid, int status) {
   if (e->s.control) e->s.control->recover_producer(pid);
   const bool orderly = e->s.input->closed() && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   // 2. Items it held.
-  fail_claims(*e, index,
-              crash_payload("process", e->s, index, pid, status, "died while processing this item"));
+  fail_claims(*e, index, crash_payload("process", e->s, index, pid, status, crash_note(e->s, overdue)));
   if (orderly) {
     std::lock_guard<std::mutex> lk(mu_);
     e->live -= 1;

@@ -21,6 +21,11 @@
 // Thread workers report their own end through thread_stopped(): steps 2 and
 // 4 are the same, and the budget decides whether the thread builds a fresh
 // worker and goes on (step 3 for a thread).
+// The watchdog: for a process servlet with an item_timeout, the guardian
+// thread also wakes every tick (a quarter of the timeout, at most 250 ms)
+// and kills (SIGKILL) a live worker whose oldest claim is older than the
+// timeout — a worker stuck on an item.  Its death then takes the path above;
+// the crash report of its items says that they exceeded item_timeout.
 // No Python runs here; Python turns crash payloads into WorkerCrashedError.
 // What only the embedding can do for messages holding object references
 // (release them, re-encode an upstream error for a cross-process output) it
@@ -33,7 +38,11 @@
 //   * Restarts of a servlet within any `window` never exceed max_restarts,
 //     whatever kind its workers are.
 //   * After stop(), no worker is respawned and no new failer starts; claims of
-//     workers that die are still failed (rings permitting).
+//     workers that die are still failed (rings permitting).  The watchdog
+//     keeps watching until the guardian is destroyed (a worker stuck while
+//     the server stops is killed the same way).
+//   * The watchdog kills a worker at most once per pid (`overdue`), and only
+//     pids it still records as live; each overdue kill is reported once.
 //
 // Threading and memory ordering: the servlet table and the event queue are
 // guarded by one std::mutex; the guardian holds it only for bookkeeping,
@@ -86,6 +95,7 @@ struct GuardedServlet {
   std::vector<SpawnSpec> specs;   // processes: per worker index
   std::vector<pid_t> pids;        // processes: current pid per worker index, 0 when none
   MessageRelay* relay = nullptr;  // null when the input holds no object references
+  int64_t item_timeout_ns = 0;    // processes: kill a worker holding an item longer (0: never)
 };
 
 class Guardian {
@@ -115,6 +125,7 @@ class Guardian {
     uint64_t crashes = 0;
     std::vector<pid_t> pids;
     bool failed = false;
+    uint64_t overdue_kills = 0;  // workers the watchdog killed (item_timeout)
   };
   Info info(uint32_t servlet) const;
 
@@ -132,10 +143,14 @@ class Guardian {
     uint64_t crashes = 0;
     uint32_t live = 0;
     bool failed = false;
+    uint64_t overdue_kills = 0;
+    std::vector<uint8_t> overdue;  // per worker index: the watchdog killed its current pid
     std::thread failer;
   };
 
   void run();
+  // The watchdog's round: kills overdue workers; returns when the next round is due (0: none).
+  int64_t watch();
   void handle(pid_t pid, int status);
   void fail_claims(Entry& e, uint32_t index, const std::string& payload);
   // Counts a crash; true if the servlet may restart a worker now (under mu_).

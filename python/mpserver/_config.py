@@ -32,6 +32,15 @@ def check_restarts(max_restarts: object, window: object) -> tuple[int, float]:
     return max_restarts, float(window)
 
 
+def check_seconds(name: str, value: object) -> float | None:
+    """An optional duration: None (no limit) or a number of seconds > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f'{name} must be None or a number of seconds > 0, got {value!r}')
+    return float(value)
+
+
 def check_count(name: str, value: object, default: int) -> int:
     """An optional count of workers: None (the default) or an int >= 1."""
     if value is None:

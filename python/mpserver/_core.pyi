@@ -225,6 +225,7 @@ class Guardian:
         claims: ClaimTable,
         specs: Sequence[SpawnSpec],
         pids: Sequence[int],
+        item_timeout: float = ...,
     ) -> int: ...
     def add_threads(
         self,

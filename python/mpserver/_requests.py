@@ -60,5 +60,8 @@ def result(flags: int, payload: Any) -> Any:
     """The value of a result message, or raises the exception it carries."""
     y = decode(flags, payload)
     if flags & FLAG_ERROR:
-        raise y
+        try:
+            raise y
+        finally:
+            del y  # this frame is in the traceback: keep it from holding the exception (a cycle)
     return y

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from . import _core
-from ._config import Cpus, check_count, check_restarts, check_worker_cls, normalize_cpus
+from ._config import Cpus, check_count, check_restarts, check_seconds, check_worker_cls, normalize_cpus
 from ._launch import Launch, ThreadStart, boot_fd
 from ._serve import serve
 from ._wire import Codec, ObjectCodec, PickleCodec, pass_error
@@ -109,6 +109,7 @@ class _Simple(Servlet):
             'failed': g['failed'],
             'max_restarts': self._max_restarts,
             'restart_window': self._restart_window,
+            'item_timeout_kills': g['overdue_kills'],
         }
 
 
@@ -135,6 +136,16 @@ class ProcessServlet(_Simple):
         seconds (default 60).  ``max_restarts=0`` never restarts.  A servlet
         left without a live worker answers every item with
         :class:`WorkerCrashedError` at once instead of queueing it.
+    item_timeout
+        Seconds a worker process may hold one item (or one batch) — counted
+        from when it took the item off its queue — before mpserver decides it
+        is stuck, kills it (SIGKILL) and starts a fresh one (within
+        ``max_restarts``).  The items it held fail with
+        :class:`WorkerCrashedError` saying they exceeded ``item_timeout``;
+        all other items keep flowing.  ``None`` (the default): no limit.
+        This is the servlet's limit on the *work*; a caller's ``timeout``
+        (``Server.call``/``stream``) is its own deadline for the *answer* and
+        never stops a worker.
     **kwargs
         Passed to ``worker_cls.__init__`` (they are pickled).
     """
@@ -147,10 +158,12 @@ class ProcessServlet(_Simple):
         worker_name: str | None = None,
         max_restarts: int = 5,
         restart_window: float = 60.0,
+        item_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(worker_cls, worker_name, max_restarts, restart_window, kwargs)
         self._cpus: list[Cpus] = normalize_cpus(cpus)
+        self._item_timeout = check_seconds('item_timeout', item_timeout)
         self._pids: list[int | None] = []
         self._specs: list[Any] = []
         self._supervisor: Any = None
@@ -225,6 +238,7 @@ class ProcessServlet(_Simple):
             self._claims,
             self._specs,
             [p or 0 for p in self._pids],
+            self._item_timeout or 0.0,
         )
         self._guardian = guardian
 
