@@ -24,6 +24,7 @@ from ._core import __version__ as __version__
 from ._errors import ConfigError, ServerBacklogFull, TimeoutError, WorkerCrashedError, WorkerStartupError
 from ._remote import (
     EnsembleError,
+    RemoteError,
     RemoteException,
     RemoteTraceback,
     get_remote_traceback,
@@ -85,6 +86,7 @@ __all__ = [
     'WorkerStartupError',
     'WorkerCrashedError',
     'ConfigError',
+    'RemoteError',
     'RemoteException',
     'RemoteTraceback',
     'is_remote_exception',

@@ -34,7 +34,33 @@ class ServerBacklogFull(RuntimeError):
 
 
 class WorkerStartupError(RuntimeError):
-    """A worker process exited before it reported ready (e.g. it could not import its class)."""
+    """A worker did not start: its process exited before it reported ready
+    (e.g. it could not import its class), or its ``__init__`` raised a
+    ``BaseException`` that is not an ``Exception`` (``sys.exit()``,
+    ``KeyboardInterrupt``, ...), which is then its ``__cause__``."""
+
+
+def startup_failure(worker: str, exc: BaseException) -> BaseException:
+    """What ``with Server(...)`` raises when the ``__init__`` of ``worker``
+    (e.g. ``'worker process Model-process-0 (pid 1234)'``) raised ``exc``.
+
+    An ``Exception`` is raised as it is.  Anything else would end or
+    interrupt the main program (``SystemExit`` from ``sys.exit()``,
+    ``KeyboardInterrupt``): it becomes a :class:`WorkerStartupError` saying
+    which worker did what, e.g. ``worker thread Model-thread-0 called
+    sys.exit(4) during start-up``, with ``exc`` (and so the worker's
+    traceback) as its cause.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    if isinstance(exc, SystemExit):
+        what = f'called sys.exit({"" if exc.code is None else repr(exc.code)})'
+    else:
+        detail = str(exc)
+        what = f'raised {type(exc).__qualname__}' + (f' ({detail})' if detail else '')
+    err = WorkerStartupError(f'{worker} {what} during start-up')
+    err.__cause__ = exc
+    return err
 
 
 class WorkerCrashedError(RuntimeError):

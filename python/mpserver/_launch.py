@@ -22,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _core
-from ._errors import WorkerStartupError, describe_wait_status
+from ._errors import WorkerStartupError, describe_wait_status, startup_failure
 from ._wire import FLAG_CONTROL, decode
 
 if TYPE_CHECKING:
@@ -40,11 +40,25 @@ WORKER_YIELDS = 200
 
 
 class ThreadStart:
-    """A thread worker's start-up report: ready once built; error if its ``__init__`` raised."""
+    """A thread worker's start-up report: ``ready`` once built; ``error`` if
+    its ``__init__`` raised.
+
+    The worker thread sets ``error`` itself, which records its name
+    (``thread_name``) for the report."""
 
     def __init__(self) -> None:
         self.ready = threading.Event()
-        self.error: BaseException | None = None
+        self._error: BaseException | None = None
+        self.thread_name = ''
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    @error.setter
+    def error(self, exc: BaseException | None) -> None:
+        self._error = exc
+        self.thread_name = threading.current_thread().name
 
 
 class ProcessOwner(Protocol):
@@ -125,8 +139,9 @@ class Launch:
         """Reads control messages; returns the first init failure reported, if any."""
         failure = None
         for mid, flags, aux, payload in self.control.gather(64, 0.0, idle_timeout) or ():
-            if self._expect.pop(mid, None) is not None and aux == _INIT_FAILED and failure is None:
-                failure = decode(flags & ~FLAG_CONTROL, payload)
+            expected = self._expect.pop(mid, None)
+            if expected is not None and aux == _INIT_FAILED and failure is None:
+                failure = startup_failure(_process_label(*expected), decode(flags & ~FLAG_CONTROL, payload))
         return failure
 
     def wait_ready(self) -> None:
@@ -143,18 +158,20 @@ class Launch:
                 failure = self._take_reports(0.0)
                 for key in exited:
                     if failure is None and key in self._expect:
-                        servlet, index, pid = self._expect[key]
-                        how, _, _ = describe_wait_status(self.supervisor.exit_status(pid))
+                        how, _, _ = describe_wait_status(self.supervisor.exit_status(self._expect[key][2]))
                         failure = WorkerStartupError(
-                            f'worker process {servlet._process_name(index)} (pid {pid}) {how} before it '
-                            'was ready; see its output above'
+                            f'{_process_label(*self._expect[key])} {how} before it was ready; see its output above'
                         )
         for start in self._threads:
             start.ready.wait()
             if start.error is not None and failure is None:
-                failure = start.error
+                failure = startup_failure(f'worker thread {start.thread_name}', start.error)
         if failure is not None:
             raise failure
+
+
+def _process_label(servlet: ProcessOwner, index: int, pid: int) -> str:
+    return f'worker process {servlet._process_name(index)} (pid {pid})'
 
 
 def boot_fd(prep: dict[str, Any], body: bytes, cpus: list[Cpus], names: list[str]) -> int:

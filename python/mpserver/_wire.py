@@ -11,7 +11,9 @@ value travels as a reference to the object itself (``Flag.OBJECT``): no
 pickling, and objects that cannot be pickled (lambdas, locks, open files)
 work, as with mpservice's thread queues.  An exception result carries
 ``Flag.ERROR``; across processes it is pickled inside a RemoteException so
-the caller gets the original type plus the remote traceback.
+the caller gets the original type plus the remote traceback, or a
+RemoteError with the same type name, message and traceback when the
+exception cannot be pickled or re-created (see _remote.py).
 
 Every encoder returns ``(flags, payload)`` with the message's true flags
 (cpp/wire.hpp); the core lays the payload out by those flags and hands the
@@ -21,7 +23,6 @@ receiver the matching form (bindings/payload.hpp).
 from __future__ import annotations
 
 import pickle
-import traceback
 from typing import Any, TypeAlias
 
 from . import _core
@@ -45,6 +46,11 @@ _loads = pickle.loads
 
 #: What every encoder returns: the message's flags and its payload.
 Encoded = tuple[int, Any]
+
+
+def _unraised(exc: BaseException) -> str:
+    """The traceback text for an exception made here but never raised: its type and message."""
+    return f'{type(exc).__module__}.{type(exc).__qualname__}: {exc}\n'
 
 
 def _pickle_failure(value: Any, exc: BaseException) -> BaseException:
@@ -100,15 +106,12 @@ class PickleCodec:
 
     @staticmethod
     def encode_error(exc: BaseException, tb: str | None = None) -> Encoded:
-        """``tb``: traceback text for an exception that was never raised."""
-        try:
-            return FLAG_ERROR, _dumps(RemoteException(exc, tb), 5)
-        except Exception as e:  # noqa: BLE001 - the exception object itself cannot be pickled
-            text = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            fallback = RuntimeError(
-                f'{type(exc).__qualname__}: {exc} (the original exception could not be pickled: {e})'
-            )
-            return FLAG_ERROR, _dumps(RemoteException(fallback, text), 5)
+        """``tb``: traceback text for an exception that was never raised.
+
+        Never fails because of ``exc``: the envelope falls back to a
+        RemoteError for an exception that cannot be pickled, and its receiver
+        for one that cannot be unpickled there."""
+        return FLAG_ERROR, _dumps(RemoteException(exc, tb), 5)
 
     @staticmethod
     def encode_result(value: Any) -> Encoded:
@@ -117,7 +120,7 @@ class PickleCodec:
             return _pickle(value)
         except Exception as e:  # noqa: BLE001 - a pickling failure is this item's error
             err = _pickle_failure(value, e)
-            return PickleCodec.encode_error(err, f'{type(err).__module__}.{type(err).__name__}: {err}\n')
+            return PickleCodec.encode_error(err, _unraised(err))
 
 
 class ObjectCodec:
@@ -208,5 +211,6 @@ def pass_error(flags: int, payload: Any, codec: Codec) -> Encoded:
     if flags & FLAG_OBJECT and not codec.local:
         return codec.encode_error(payload)
     if by_reference_composite(flags, payload):
-        return codec.encode_error(decode(flags, payload))
+        err = decode(flags, payload)  # a fresh EnsembleError, never raised
+        return codec.encode_error(err, _unraised(err))
     return flags, payload
