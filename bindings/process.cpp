@@ -106,7 +106,16 @@ class PyGuardian {
     guardian().thread_lost(servlet, index);
   }
   void start() { guardian().start(); }
-  void stop() { guardian().stop(); }
+  void stop(py::object grace) {
+    const double g = grace.is_none() ? 0.0 : grace.cast<double>();
+    guardian().stop(g > 0 ? int64_t(g * 1e9) : 0);
+  }
+  std::vector<std::string> stop_kills() const { return guardian().stop_kills(); }
+  bool wait_idle(py::object timeout) {
+    const int64_t deadline = deadline_from(timeout);
+    py::gil_scoped_release nogil;
+    return guardian().wait_idle(deadline);
+  }
   py::dict info(uint32_t i) const {
     Guardian::Info inf = guardian().info(i);
     py::dict d;
@@ -237,7 +246,12 @@ void define_process(py::module_& m) {
       .def("thread_lost", &PyGuardian::thread_lost, py::arg("servlet"), py::arg("index"),
            "A worker thread could not be restarted.")
       .def("start", &PyGuardian::start)
-      .def("stop", &PyGuardian::stop, "The server is stopping: no more restarts or failers.")
+      .def("stop", &PyGuardian::stop, py::arg("grace") = py::none(),
+           "The server is stopping: no more restarts or failers; with a grace (seconds), workers "
+           "stuck for longer from now on are killed.")
+      .def("stop_kills", &PyGuardian::stop_kills, "What the stop grace killed, one line per worker.")
+      .def("wait_idle", &PyGuardian::wait_idle, py::arg("timeout") = py::none(),
+           "Waits until every worker exit seen so far is handled; False on timeout.")
       .def("info", &PyGuardian::info, py::arg("servlet"),
            "{restarts, crashes, pids, failed, overdue_kills} of a servlet.");
 

@@ -195,7 +195,11 @@ void define_ring(py::module_& m) {
           "attach",
           [](int fd) { return std::make_shared<PyClaimTable>(PyClaimTable{ClaimTable::attach(fd)}); },
           py::arg("fd"))
-      .def_property_readonly("fd", [](PyClaimTable& t) { return t.table->fd(); });
+      .def_property_readonly("fd", [](PyClaimTable& t) { return t.table->fd(); })
+      .def(
+          "oldest_since", [](PyClaimTable& t, uint32_t worker) { return t.table->oldest_since(worker); },
+          py::arg("worker"),
+          "When `worker` took the oldest item it holds (time.monotonic_ns() clock), 0 if it holds none.");
   m.def(
       "bind_claims",
       [](std::shared_ptr<PyClaimTable> t, uint32_t worker) {

@@ -17,13 +17,17 @@ namespace mps {
 namespace {
 constexpr char kSep = '\x1f';
 
-// What a process crash report says the worker did with the item.
-std::string crash_note(const GuardedServlet& s, bool overdue) {
-  if (!overdue) return "died while processing this item";
-  char secs[32];
-  std::snprintf(secs, sizeof secs, "%g", double(s.item_timeout_ns) / 1e9);
-  return std::string("held this item for longer than its servlet's item_timeout of ") + secs +
-         " seconds, so mpserver killed it";
+std::string seconds(int64_t ns) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", double(ns) / 1e9);
+  return buf;
+}
+
+// Keeps `next` the earliest of the rounds a limit of `limit_ns` needs.
+void tick(int64_t now, int64_t limit_ns, int64_t* next) {
+  constexpr int64_t kMaxTick = 250'000'000, kMinTick = 1'000'000;
+  const int64_t at = now + std::clamp<int64_t>(limit_ns / 4, kMinTick, kMaxTick);
+  if (*next == 0 || at < *next) *next = at;
 }
 
 void push_errors(Ring& out, const std::vector<std::pair<uint64_t, uint64_t>>& items,
@@ -60,7 +64,8 @@ Guardian::~Guardian() {
 uint32_t Guardian::add(GuardedServlet s) {
   auto e = std::make_unique<Entry>();
   e->live = 0;
-  e->overdue.assign(s.names.size(), 0);
+  e->killed_for.assign(s.names.size(), std::string());
+  e->idle_since.assign(s.names.size(), 0);
   if (s.kind == WorkerKind::thread) e->live = uint32_t(s.names.size());
   for (pid_t p : s.pids) e->live += p > 0;
   e->s = std::move(s);
@@ -96,9 +101,33 @@ void Guardian::start() {
   thread_ = start_quiet_thread([this] { run(); });
 }
 
-void Guardian::stop() {
+void Guardian::stop(int64_t grace_ns) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+    if (grace_ns > 0) {
+      stop_started_ = now_ns();
+      stop_grace_ns_ = grace_ns;
+      rewatch_ = true;
+    }
+  }
+  cv_.notify_all();  // the watchdog's ticks may change
+}
+
+bool Guardian::wait_idle(int64_t deadline_ns) {
+  std::unique_lock<std::mutex> lk(mu_);
+  auto idle = [&] { return !started_ || quit_ || (exits_.empty() && !handling_); };
+  if (deadline_ns == kForever) {
+    idle_cv_.wait(lk, idle);
+    return true;
+  }
+  return idle_cv_.wait_until(lk, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns)),
+                             idle);
+}
+
+std::vector<std::string> Guardian::stop_kills() const {
   std::lock_guard<std::mutex> lk(mu_);
-  stopping_ = true;
+  return stop_kills_;
 }
 
 Guardian::Info Guardian::info(uint32_t servlet) const {
@@ -138,7 +167,7 @@ void Guardian::run() {
   // item_timeout).  The first round runs at once and tells.
   int64_t next_watch = 1;
   for (;;) {
-    auto ready = [&] { return quit_ || !exits_.empty(); };
+    auto ready = [&] { return quit_ || !exits_.empty() || rewatch_; };
     if (next_watch == 0) {
       cv_.wait(lk, ready);
     } else {
@@ -146,9 +175,14 @@ void Guardian::run() {
       cv_.wait_until(lk, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next_watch)), ready);
     }
     if (quit_) return;
+    if (rewatch_) {  // limits changed (the stop grace began): a round now
+      rewatch_ = false;
+      next_watch = 1;
+    }
     if (!exits_.empty()) {
       auto [pid, status] = exits_.front();
       exits_.pop_front();
+      handling_ = true;
       lk.unlock();
       try {
         handle(pid, status);
@@ -157,6 +191,8 @@ void Guardian::run() {
         // worker dead (its items fail by their timeouts) but keep guarding.
       }
       lk.lock();
+      handling_ = false;
+      if (exits_.empty()) idle_cv_.notify_all();
     }
     if (next_watch != 0 && now_ns() >= next_watch) {
       lk.unlock();
@@ -166,26 +202,62 @@ void Guardian::run() {
   }
 }
 
+Guardian::Stuck Guardian::stuck_locked(Entry& e, uint32_t i, int64_t now, int64_t* next) {
+  const int64_t since = e.s.claims ? e.s.claims->oldest_since(i) : 0;
+  const int64_t limit = e.s.item_timeout_ns;
+  if (limit > 0) {
+    tick(now, limit, next);
+    if (since != 0 && now - since > limit) return Stuck::item_timeout;
+  }
+  const int64_t grace = stop_grace_ns_;
+  if (grace <= 0) return Stuck::no;
+  tick(now, grace, next);
+  if (since != 0) {
+    e.idle_since[i] = 0;
+    return now - std::max(since, stop_started_) > grace ? Stuck::busy_at_stop : Stuck::no;
+  }
+  if (!e.s.input->finished()) return Stuck::no;
+  if (e.idle_since[i] == 0) e.idle_since[i] = now;
+  return now - e.idle_since[i] > grace ? Stuck::lingering_at_stop : Stuck::no;
+}
+
+std::string Guardian::kill_note(const Entry& e, Stuck why) const {
+  switch (why) {
+    case Stuck::item_timeout:
+      return "held this item for longer than its servlet's item_timeout of " + seconds(e.s.item_timeout_ns) +
+             " seconds, so mpserver killed it";
+    case Stuck::busy_at_stop:
+      return "was still processing this item " + seconds(stop_grace_ns_) +
+             " seconds after the server began to stop (stop_grace), so mpserver killed it";
+    case Stuck::lingering_at_stop:
+      return "had no work left but did not exit within " + seconds(stop_grace_ns_) +
+             " seconds (stop_grace; a non-daemon thread?), so mpserver killed it";
+    case Stuck::no:
+      break;
+  }
+  return {};
+}
+
 int64_t Guardian::watch() {
-  constexpr int64_t kMaxTick = 250'000'000;
   const int64_t now = now_ns();
   int64_t next = 0;
   std::vector<pid_t> victims;
   {
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& e : entries_) {
-      const int64_t limit = e->s.item_timeout_ns;
-      if (e->s.kind != WorkerKind::process || limit <= 0 || !e->s.claims) continue;
-      const int64_t tick = std::max<int64_t>(std::min(limit / 4, kMaxTick), 1'000'000);
-      next = next == 0 ? now + tick : std::min(next, now + tick);
+      if (e->s.kind != WorkerKind::process) continue;
       for (uint32_t i = 0; i < e->s.pids.size(); ++i) {
-        if (e->s.pids[i] <= 0 || e->overdue[i]) continue;
-        const int64_t since = e->s.claims->oldest_since(i);
-        if (since != 0 && now - since > limit) {
-          e->overdue[i] = 1;
+        if (e->s.pids[i] <= 0 || !e->killed_for[i].empty()) continue;
+        const Stuck why = stuck_locked(*e, i, now, &next);
+        if (why == Stuck::no) continue;
+        e->killed_for[i] = kill_note(*e, why);
+        if (why == Stuck::item_timeout) {
           e->overdue_kills += 1;
-          victims.push_back(e->s.pids[i]);
+        } else {
+          stop_kills_.push_back("worker process " + e->s.names[i] + " (pid " + std::to_string(e->s.pids[i]) +
+                                ") of " + e->s.label + " " + e->killed_for[i]);
         }
+        victims.push_back(e->s.pids[i]);
       }
     }
   }
@@ -225,7 +297,7 @@ void Guardian::start_failer(Entry* e) {
 void Guardian::handle(pid_t pid, int status) {
   Entry* e = nullptr;
   uint32_t index = 0;
-  bool overdue = false;
+  std::string killed_for;
   {
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& cand : entries_) {
@@ -239,8 +311,9 @@ void Guardian::handle(pid_t pid, int status) {
     }
     if (!e) return;  // not ours, or already handled
     e->s.pids[index] = 0;
-    overdue = e->overdue[index] != 0;
-    e->overdue[index] = 0;
+    killed_for = std::move(e->killed_for[index]);
+    e->killed_for[index].clear();
+    e->idle_since[index] = 0;
   }
   // 1. Locks it held.
   e->s.input->recover_consumer(pid);
@@ -248,7 +321,9 @@ void Guardian::handle(pid_t pid, int status) {
   if (e->s.control) e->s.control->recover_producer(pid);
   const bool orderly = e->s.input->closed() && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   // 2. Items it held.
-  fail_claims(*e, index, crash_payload("process", e->s, index, pid, status, crash_note(e->s, overdue)));
+  fail_claims(*e, index,
+              crash_payload("process", e->s, index, pid, status,
+                            killed_for.empty() ? "died while processing this item" : killed_for));
   if (orderly) {
     std::lock_guard<std::mutex> lk(mu_);
     e->live -= 1;
@@ -272,15 +347,20 @@ void Guardian::handle(pid_t pid, int status) {
       e->s.control->try_consume(SIZE_MAX, sink);
     }
   }
-  bool failer = false;
+  bool failer = false, abandoned = false;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (fresh > 0) {
       e->s.pids[index] = fresh;
     } else {
       failer = lose_worker_locked(*e);
+      abandoned = stopping_ && e->live == 0;
     }
   }
+  // Stopping, and nobody is left to read this servlet's input: whoever is
+  // blocked pushing into it must not wait forever (what is left in it is
+  // failed by the server's teardown).
+  if (abandoned) e->s.input->abort();
   if (fresh > 0) {
     int st = 0;
     if (sup_.has_exited(fresh, &st)) handle(fresh, st);  // died before we recorded it

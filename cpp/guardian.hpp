@@ -21,11 +21,17 @@
 // Thread workers report their own end through thread_stopped(): steps 2 and
 // 4 are the same, and the budget decides whether the thread builds a fresh
 // worker and goes on (step 3 for a thread).
-// The watchdog: for a process servlet with an item_timeout, the guardian
-// thread also wakes every tick (a quarter of the timeout, at most 250 ms)
-// and kills (SIGKILL) a live worker whose oldest claim is older than the
-// timeout — a worker stuck on an item.  Its death then takes the path above;
-// the crash report of its items says that they exceeded item_timeout.
+// The watchdog: the guardian thread also wakes every tick (a quarter of the
+// limit, at most 250 ms) while some limit applies, and kills (SIGKILL) a
+// live worker process that is stuck; its death then takes the path above,
+// and the crash report of its items says why it was killed.  Stuck means:
+//   * item_timeout (per servlet): its oldest claim is older than the limit;
+//   * the stop grace (stop(grace), the whole server): since the stop began,
+//     it has held an item for longer than the grace (counted from the later
+//     of the stop and the item's claim), or its input ring is finished (no
+//     work left) and it has not exited within the grace (e.g. a non-daemon
+//     thread of the user's keeps it alive).  Each such kill is also kept as
+//     a line of text for the embedding to log (stop_kills()).
 // No Python runs here; Python turns crash payloads into WorkerCrashedError.
 // What only the embedding can do for messages holding object references
 // (release them, re-encode an upstream error for a cross-process output) it
@@ -41,8 +47,11 @@
 //     workers that die are still failed (rings permitting).  The watchdog
 //     keeps watching until the guardian is destroyed (a worker stuck while
 //     the server stops is killed the same way).
-//   * The watchdog kills a worker at most once per pid (`overdue`), and only
-//     pids it still records as live; each overdue kill is reported once.
+//   * The watchdog kills a worker at most once per pid (`killed_for` set),
+//     and only pids it still records as live.
+//   * After stop(), a servlet whose last worker is gone has its input ring
+//     aborted: nobody will read it, so producers blocked on it (an ensemble's
+//     fan-out, an upstream stage) must not wait forever.
 //
 // Threading and memory ordering: the servlet table and the event queue are
 // guarded by one std::mutex; the guardian holds it only for bookkeeping,
@@ -117,8 +126,15 @@ class Guardian {
   void thread_lost(uint32_t servlet, uint32_t index);
   // Starts handling exits (including any that happened before).
   void start();
-  // The server is stopping: no more respawns or failers.
-  void stop();
+  // The server is stopping: no more respawns or failers.  grace_ns > 0:
+  // from now on the watchdog kills workers stuck for longer (see above).
+  void stop(int64_t grace_ns = 0);
+  // What the stop grace killed, one line per worker (for a warning).
+  std::vector<std::string> stop_kills() const;
+  // Waits until every exit the supervisor has reported so far is handled
+  // (its items failed into their output rings); false if the deadline passed.
+  // A server stopping calls it before it closes the rings downstream.
+  bool wait_idle(int64_t deadline_ns);
 
   struct Info {
     uint64_t restarts = 0;
@@ -144,13 +160,22 @@ class Guardian {
     uint32_t live = 0;
     bool failed = false;
     uint64_t overdue_kills = 0;
-    std::vector<uint8_t> overdue;  // per worker index: the watchdog killed its current pid
+    // Per worker index: why the watchdog killed its current pid ("" if it did
+    // not), and since when its input ring was seen finished while it lived.
+    std::vector<std::string> killed_for;
+    std::vector<int64_t> idle_since;
     std::thread failer;
   };
 
   void run();
-  // The watchdog's round: kills overdue workers; returns when the next round is due (0: none).
+  // The watchdog's round: kills stuck workers; returns when the next round is due (0: none).
   int64_t watch();
+  enum class Stuck { no, item_timeout, busy_at_stop, lingering_at_stop };
+  // Whether worker i of `e` is stuck now; keeps *next the earliest round its
+  // limits need (under mu_).
+  Stuck stuck_locked(Entry& e, uint32_t i, int64_t now, int64_t* next);
+  // What the crash report of a worker killed for `why` says (under mu_).
+  std::string kill_note(const Entry& e, Stuck why) const;
   void handle(pid_t pid, int status);
   void fail_claims(Entry& e, uint32_t index, const std::string& payload);
   // Counts a crash; true if the servlet may restart a worker now (under mu_).
@@ -168,6 +193,11 @@ class Guardian {
   std::deque<std::pair<pid_t, int>> exits_;
   bool started_ = false;
   bool stopping_ = false;
+  int64_t stop_started_ = 0, stop_grace_ns_ = 0;  // the stop grace (0: none)
+  bool rewatch_ = false;                          // the watchdog's limits changed
+  bool handling_ = false;                         // run() is in handle()
+  std::condition_variable idle_cv_;               // exits_ emptied and handled
+  std::vector<std::string> stop_kills_;
   bool quit_ = false;
   std::thread thread_;
 };

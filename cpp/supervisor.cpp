@@ -167,6 +167,14 @@ void Supervisor::reap(pid_t pid) {
   } while (r < 0 && errno == EINTR);
   if (r == 0) return;  // still running
   {
+    // The hook first: whoever sees the exit (wait_exit, has_exited) may rely
+    // on the hook's owner having been told.  Under hook_mu_, so that
+    // set_on_exit() (e.g. from a hook owner being destroyed) waits for a
+    // call in progress instead of racing it.
+    std::lock_guard<std::mutex> hk(hook_mu_);
+    if (on_exit_) on_exit_(pid, r < 0 ? -1 : st);
+  }
+  {
     std::lock_guard<std::mutex> lk(mu_);
     Child& c = children_[pid];
     c.exited = true;
@@ -177,10 +185,6 @@ void Supervisor::reap(pid_t pid) {
     }
   }
   cv_.notify_all();
-  // Under hook_mu_, so that set_on_exit() (e.g. from a hook owner being
-  // destroyed) waits for a call in progress instead of racing it.
-  std::lock_guard<std::mutex> hk(hook_mu_);
-  if (on_exit_) on_exit_(pid, r < 0 ? -1 : st);
 }
 
 void Supervisor::run() {

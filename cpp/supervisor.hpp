@@ -60,10 +60,12 @@ class Supervisor {
   bool has_exited(pid_t pid, int* status = nullptr);
   void kill(pid_t pid, int sig);
 
-  // Runs on the supervisor thread after a child was reaped (after waiters
-  // of wait_exit() were woken).  Replacing the hook waits for a call in
-  // progress, so its owner may be destroyed once set_on_exit(nullptr) returns.
-  // The hook must not call back into the supervisor's spawn().
+  // Runs on the supervisor thread after a child was reaped, before the exit
+  // is visible to wait_exit() and has_exited(): whoever sees an exit may rely
+  // on the hook's owner having been told of it.  Replacing the hook waits for
+  // a call in progress, so its owner may be destroyed once
+  // set_on_exit(nullptr) returns.  The hook must not call back into the
+  // supervisor's spawn().
   void set_on_exit(std::function<void(pid_t, int)> f);
 
  private:

@@ -459,6 +459,16 @@ def _define_workers(Worker) -> dict[str, type]:
             ys = [v + 1 for v in items]
             return ys if self.batch_size > 0 else ys[0]
 
+    class Lingering(Worker):
+        # Starts a non-daemon thread that outlives the worker's work (it
+        # sleeps ``linger`` seconds): the worker process cannot exit before.
+        def __init__(self, *, linger=600, **kwargs):
+            super().__init__(**kwargs)
+            threading.Thread(target=time.sleep, args=(linger,), daemon=False).start()
+
+        def call(self, x):
+            return x
+
     class Quit(Worker):
         # A thread worker stopped by SystemExit on 'quit'.
         def call(self, x):

@@ -8,6 +8,8 @@ reason.  A worker process holding one item (or one batch) for longer than
 item keeps flowing.
 """
 
+import logging
+import threading
 import time
 
 import pytest
@@ -95,3 +97,86 @@ def test_invalid_item_timeout_is_a_config_error(mps, bad):
     b, mpserver = mps
     with pytest.raises(mpserver.ConfigError, match='item_timeout'):
         b.ProcessServlet(b.w.Crash, item_timeout=bad)
+
+
+# ---------------------------------------------------------------- bounded shutdown
+
+
+def _call_in_thread(server, x, results):
+    def run():
+        try:
+            results[repr(x)] = server.call(x, timeout=120)
+        except Exception as e:  # noqa: BLE001 - the outcome is checked by the test
+            results[repr(x)] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_leaving_the_block_kills_a_worker_still_busy_after_stop_grace(mps, caplog):
+    b, mpserver = mps
+    results = {}
+    with caplog.at_level(logging.WARNING, logger='mpserver'):
+        server = b.Server(b.ProcessServlet(b.w.Crash, cpus=2), stop_grace=1)
+        with server:
+            stuck = _call_in_thread(server, HANG, results)
+            assert wait_until(lambda: server.backlog == 1)
+            time.sleep(0.2)  # the worker has taken it
+            fine = _call_in_thread(server, 21, results)  # the other worker serves this one
+            fine.join(60)
+            t0 = time.monotonic()
+        elapsed = time.monotonic() - t0
+        stuck.join(60)
+    assert elapsed < 15, elapsed  # ~1 s of grace plus a watchdog tick
+    assert results['21'] == 42
+    e = results[repr(HANG)]
+    assert isinstance(e, mpserver.WorkerCrashedError) and 'stop_grace' in str(e), repr(e)
+    warnings = [r.getMessage() for r in caplog.records if r.name == 'mpserver']
+    assert any('was still processing this item 1 seconds after the server began to stop' in m for m in warnings)
+
+
+def test_a_worker_kept_alive_by_a_non_daemon_thread_does_not_hang_exit(mps, caplog):
+    b, mpserver = mps
+    with caplog.at_level(logging.WARNING, logger='mpserver'):
+        with b.Server(b.ProcessServlet(b.w.Lingering), stop_grace=1) as server:
+            assert server.call(5) == 5
+            pid = server.servlet.workers[0]
+            t0 = time.monotonic()
+        elapsed = time.monotonic() - t0
+    assert elapsed < 15, elapsed
+    warnings = [r.getMessage() for r in caplog.records if r.name == 'mpserver']
+    assert any(f'(pid {pid})' in m and 'did not exit within 1 seconds' in m for m in warnings), warnings
+
+
+def test_a_thread_worker_stuck_at_exit_is_left_behind_with_a_warning(mps, caplog):
+    b, mpserver = mps
+    release = threading.Event()
+
+    class Blocking(b.Worker):
+        def call(self, x):
+            release.wait(120)
+            return x
+
+    results = {}
+    try:
+        with caplog.at_level(logging.WARNING, logger='mpserver'):
+            with b.Server(b.ThreadServlet(Blocking), stop_grace=1) as server:
+                t = _call_in_thread(server, 'held', results)
+                assert wait_until(lambda: server.backlog == 1)
+                t0 = time.monotonic()
+            elapsed = time.monotonic() - t0
+        t.join(60)
+    finally:
+        release.set()
+    assert elapsed < 15, elapsed
+    assert isinstance(results["'held'"], RuntimeError) and 'stopped before' in str(results["'held'"])
+    warnings = [r.getMessage() for r in caplog.records if r.name == 'mpserver']
+    assert any('Blocking-thread-0' in m and 'left running' in m for m in warnings), warnings
+
+
+@pytest.mark.parametrize('bad', [0, -2, 'long', False])
+def test_invalid_stop_grace_is_a_config_error(mps, bad):
+    b, mpserver = mps
+    with pytest.raises(mpserver.ConfigError, match='stop_grace'):
+        b.Server(b.ProcessServlet(b.w.Crash), stop_grace=bad)

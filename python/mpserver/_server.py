@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import multiprocessing
 import os
 import threading
@@ -23,7 +24,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeAlias, cast, final
 
 from . import _core, _process
-from ._config import normalize_cpus
+from ._config import check_seconds, normalize_cpus
 from ._errors import ConfigError, TimeoutError, check_timeout
 from ._launch import Launch
 from ._requests import BACKLOG_FULL, OK, RESULT_TIMEOUT, RequestPath, failure, result
@@ -42,6 +43,11 @@ __all__ = ['Server']
 #: Seconds a busy worker gets to finish its item when the server is
 #: interrupted (Ctrl-C) before it is killed.
 STOP_GRACE = 2.0
+
+#: The default ``stop_grace`` of a Server (see its docstring).
+DEFAULT_STOP_GRACE = 30.0
+
+_log = logging.getLogger('mpserver')
 
 _READY = int(_core.Outcome.READY)
 _LOCAL = int(_core.Outcome.LOCAL)
@@ -117,6 +123,19 @@ class Server:
     sys_info_log_cadence
         Older mpservice API, deprecated there since 0.12.1: accepted with a
         ``DeprecationWarning``; it has no effect.
+    stop_grace
+        Seconds (default 30) that leaving the ``with`` block gives a stuck
+        worker.  Leaving finishes the work in flight, but a worker process
+        still processing one item ``stop_grace`` seconds after the stop began
+        (or after it took that item, if later), or still alive
+        ``stop_grace`` seconds after its work was done (a non-daemon thread
+        of yours can keep it alive), is killed; the items it held fail with
+        :class:`WorkerCrashedError` saying so, requests still queued behind
+        it fail with ``RuntimeError('the server stopped before this request
+        finished')``, and a warning goes to the ``mpserver`` logger.  A
+        worker thread cannot be killed: it is left running (a daemon thread)
+        and the requests it held fail the same way.  ``None`` waits as long
+        as it takes (mpservice's behaviour).
     """
 
     @final
@@ -137,6 +156,7 @@ class Server:
         main_cpu: int | list[int] | None = None,
         backlog: int | None = None,
         sys_info_log_cadence: int | None = None,
+        stop_grace: float | None = DEFAULT_STOP_GRACE,
     ) -> None:
         if not isinstance(servlet, Servlet):
             raise ConfigError(f'servlet must be a Servlet, got {type(servlet).__name__}')
@@ -155,6 +175,7 @@ class Server:
             )
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
             raise ConfigError(f'capacity must be an int > 0, got {capacity!r}')
+        self._stop_grace = check_seconds('stop_grace', stop_grace)
         cpus = _main_cpus(main_cpu)
         if cpus is not None:
             os.sched_setaffinity(0, cpus)  # as mpservice did: the whole main process, from here on
@@ -240,7 +261,9 @@ class Server:
         _RUNNING.discard(self)
         guardian = self._guardian
         if guardian is not None:
-            guardian.stop()  # deaths from now on are failed, not repaired
+            # Deaths from now on are failed, not repaired; workers stuck for
+            # longer than the grace are killed.
+            guardian.stop(self._stop_grace)
         try:
             if exc_type is not None and not issubclass(exc_type, Exception):
                 # KeyboardInterrupt, SystemExit: stop now, drop queued items,
@@ -250,10 +273,13 @@ class Server:
                 # Workers finish the items they hold, then exit; then the
                 # collector drains the last results and stops.
                 try:
-                    self.servlet._stop()
+                    self.servlet._stop(self._stop_grace)
                 except BaseException:
                     self.servlet._kill(STOP_GRACE)
                     raise
+                finally:
+                    for line in guardian.stop_kills() if guardian is not None else ():
+                        _log.warning('%s (stop_grace); the requests it held failed', line)
         finally:
             engine = self._engine
             engine.stop()

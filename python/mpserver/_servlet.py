@@ -13,10 +13,12 @@ Once every worker is ready the Server hands the servlet to its guardian
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -30,6 +32,7 @@ from ._worker import Worker
 __all__ = ['Servlet', 'ProcessServlet', 'ThreadServlet']
 
 _FD = _core.ChildFd
+_log = logging.getLogger('mpserver')
 
 
 class Servlet(ABC):
@@ -46,8 +49,14 @@ class Servlet(ABC):
         """
 
     @abstractmethod
-    def _stop(self) -> None:
-        """Close the input; wait for the workers to finish what they hold and exit."""
+    def _stop(self, grace: float | None = None) -> None:
+        """Close the input; wait for the workers to finish what they hold and exit.
+
+        ``grace`` (seconds, ``None``: no limit) bounds how long a worker may
+        stay stuck: on one item since the stop began, or alive with no work
+        left.  Worker processes are then killed by the guardian (which the
+        server told the grace); a worker thread, which cannot be killed, is
+        left behind (it is a daemon) and a warning is logged."""
 
     @abstractmethod
     def _kill(self, grace: float = 0.0) -> None:
@@ -247,16 +256,21 @@ class ProcessServlet(_Simple):
             return [p or None for p in self._guardian.info(self._guard_id)['pids']]
         return list(self._pids)
 
-    def _stop(self) -> None:
+    def _stop(self, grace: float | None = None) -> None:
         if not self._started:
             return
         self._input.close()
-        # Wait for the workers of the moment (restarted ones included) to exit.
+        # Wait for the workers of the moment (restarted ones included) to
+        # exit; the guardian's watchdog kills those stuck beyond the grace.
         while True:
             pids = [p for p in self._current_pids() if p is not None]
             if all(self._supervisor.wait_exit(pid, 0.1) is not None for pid in pids):
                 if pids == [p for p in self._current_pids() if p is not None]:
                     break
+        if self._guardian is not None:
+            # Crash reports of the workers that died on the way out (killed
+            # by the stop grace, say) are in the output before it is closed.
+            self._guardian.wait_idle(10.0)
         self._release()
 
     def _release(self) -> None:
@@ -388,8 +402,10 @@ class ThreadServlet(_Simple):
             start.ready.set()
             return
         start.ready.set()
-        inp, output, codec = self._input, self._output, self._codec
-        _core.bind_claims(self._claims, index)
+        # Locals: a thread left behind by a stop grace outlives the servlet's
+        # references (the claim table must stay mapped while it is bound).
+        inp, output, codec, claims = self._input, self._output, self._codec, self._claims
+        _core.bind_claims(claims, index)
         try:
             while True:
                 try:
@@ -410,13 +426,39 @@ class ThreadServlet(_Simple):
         finally:
             _core.bind_claims(None)
 
-    def _stop(self) -> None:
+    def _stop(self, grace: float | None = None) -> None:
         if not self._started:
             return
         self._input.close()
-        for t in self._threads:
+        began = time.monotonic_ns()
+        for i, t in enumerate(self._threads):
+            idle_since = 0
             while t.is_alive():
                 t.join(0.1)
+                if grace is None or not t.is_alive():
+                    continue
+                # Stuck as the guardian judges worker processes (cpp/guardian.hpp).
+                now = time.monotonic_ns()
+                since = self._claims.oldest_since(i)
+                if since:
+                    idle_since = 0
+                    stuck = now - max(since, began) > grace * 1e9
+                    how = f'was still processing an item {grace:g} seconds after the server began to stop'
+                elif self._input.finished:
+                    idle_since = idle_since or now
+                    stuck = now - idle_since > grace * 1e9
+                    how = f'had no work left but did not return within {grace:g} seconds'
+                else:
+                    stuck = False
+                if stuck:
+                    _log.warning(
+                        'worker thread %s of %s %s (stop_grace); it is left running as a daemon thread '
+                        'and the requests it held fail',
+                        t.name,
+                        self._label(),
+                        how,
+                    )
+                    break
         self._release()
 
     def _kill(self, grace: float = 0.0) -> None:

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <string>
 
@@ -74,12 +75,52 @@ TEST_CASE("guardian: the watchdog kills a worker holding an item beyond item_tim
   int st = 0;
   REQUIRE(sup.wait_exit(pids[0], now_ns() + 5'000'000'000LL, &st));
   CHECK((WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL));
-  CHECK_FALSE(sup.has_exited(pids[1], &st));  // it held nothing: left alone
+  CHECK_FALSE(sup.has_exited(pids[1], &st));         // it held nothing: left alone
+  REQUIRE(g.wait_idle(now_ns() + 5'000'000'000LL));  // its exit fully handled
   CHECK(g.info(id).overdue_kills == 1);
   CHECK(g.info(id).crashes == 1);
   sup.kill(pids[1], SIGKILL);
   REQUIRE(sup.wait_exit(pids[1], now_ns() + 5'000'000'000LL, &st));
   in->close();
+}
+
+TEST_CASE("guardian: after stop(grace), a worker busy or lingering beyond the grace is killed and reported") {
+  Supervisor sup;
+  auto in = Ring::create(64 * 1024, "s-in"), out = Ring::create(64 * 1024, "s-out");
+  auto claims = ClaimTable::create(2, 64);
+  SpawnSpec spec{{"/bin/sleep", "60"}, {}, {}, {}};
+  auto pids = sup.spawn({spec, spec});
+  Guardian g(sup);
+  GuardedServlet s;
+  s.label = "ProcessServlet(P)";
+  s.names = {"P-process-0", "P-process-1"};
+  s.max_restarts = 5;
+  s.window_ns = 60'000'000'000LL;
+  s.input = in.get();
+  s.output = out.get();
+  s.claims = claims.get();
+  s.specs = {spec, spec};
+  s.pids = pids;
+  (void)g.add(std::move(s));
+  REQUIRE(claims->claim(0, 88, 1));  // worker 0 is busy; worker 1 has nothing to do
+  g.start();
+  in->close();  // the server is stopping: no work left for worker 1
+  g.stop(200'000'000);
+  int st = 0;
+  REQUIRE(sup.wait_exit(pids[0], now_ns() + 20'000'000'000LL, &st));
+  REQUIRE(sup.wait_exit(pids[1], now_ns() + 20'000'000'000LL, &st));
+  REQUIRE(g.wait_idle(now_ns() + 5'000'000'000LL));
+  BufferSink sink;
+  REQUIRE(out->try_consume(SIZE_MAX, sink) == 1);
+  CHECK(sink.msgs[0].id == 88);
+  CHECK(sink.msgs[0].payload.find("after the server began to stop (stop_grace)") != std::string::npos);
+  auto kills = g.stop_kills();
+  REQUIRE(kills.size() == 2);
+  std::sort(kills.begin(), kills.end());
+  CHECK(kills[0].find("P-process-0") != std::string::npos);
+  CHECK(kills[1].find("P-process-1") != std::string::npos);
+  CHECK(kills[1].find("had no work left but did not exit within 0.2 seconds") != std::string::npos);
+  CHECK(in->aborted());  // nobody is left to read it
 }
 
 namespace {
