@@ -64,6 +64,7 @@ void define_wire(py::module_& m) {
       .value("INPUT", kFdInput)
       .value("OUTPUT", kFdOutput)
       .value("CLAIMS", kFdClaims)
+      .value("BOARD", kFdBoard)
       .finalize();
   m.attr("LARGE_PAYLOAD_BYTES") = kLargePayloadBytes;
   m.attr("INPUT_RING_BYTES") = kInputRingBytes;

@@ -24,11 +24,14 @@ namespace {
 
 class Engine {
  public:
-  Engine(std::shared_ptr<PyRing> output, uint32_t capacity)
+  Engine(std::shared_ptr<PyRing> output, uint32_t capacity, std::shared_ptr<PyCancelBoard> board)
       : output_(std::move(output)),
+        board_(std::move(board)),
         book_(make_process_local<RequestBook>(
             *output_->ring, capacity, &pool_,
-            [](uint32_t flags, const std::string& payload) { dispose_message(flags, payload, 1); })) {}
+            [](uint32_t flags, const std::string& payload) { dispose_message(flags, payload, 1); })) {
+    if (board_) book_->ledger().set_board(board_->board.get());
+  }
 
   ~Engine() {
     if (!owned_here(book_)) return;  // a forked child's copy: leaked, the parent's rings untouched
@@ -141,7 +144,8 @@ class Engine {
 
  private:
   std::shared_ptr<PyRing> output_;
-  BytesPool pool_;  // before the book: it outlives the collector's thread
+  std::shared_ptr<PyCancelBoard> board_;  // before the book: the ledger posts to it
+  BytesPool pool_;                        // before the book: it outlives the collector's thread
   ProcessLocal<RequestBook> book_;
 };
 
@@ -233,7 +237,8 @@ class PyStreamWindow {
 
 void define_requests(py::module_& m) {
   py::class_<Engine>(m, "Engine", "The request book of one Server (cpp/requests.hpp).")
-      .def(py::init<std::shared_ptr<PyRing>, uint32_t>(), py::arg("output"), py::arg("capacity"))
+      .def(py::init<std::shared_ptr<PyRing>, uint32_t, std::shared_ptr<PyCancelBoard>>(), py::arg("output"),
+           py::arg("capacity"), py::arg("board") = nullptr)
       .def("start", &Engine::start, "Starts the collector.")
       .def("stop", &Engine::stop, "Closes the output ring and waits for the collector to drain it.")
       .def("call", &Engine::call, py::arg("ring"), py::arg("payload"), py::arg("flags"), py::arg("timeout"),

@@ -19,6 +19,17 @@ namespace {
 // main thread, or a ThreadServlet thread); null elsewhere.
 thread_local ClaimTable* t_claims = nullptr;
 thread_local uint32_t t_claim_worker = 0;
+// The server's cancel board, for a worker whose input carries request tokens
+// (cancel_board.hpp); null elsewhere.
+thread_local CancelBoard* t_board = nullptr;
+
+// The payload of an item skipped because its caller had given up: a crash
+// report of kind "dropped" (guardian.hpp's format), passed on like any error
+// until the collector frees the abandoned slot.
+constexpr char kDroppedReport[] =
+    "dropped\x1f\x1f\x1f"
+    "0\x1f"
+    "0\x1f-1\x1fwas dropped before any worker started it: its caller had given up";
 
 void release_claim(uint64_t id) {
   if (t_claims) t_claims->release(t_claim_worker, id);
@@ -40,6 +51,7 @@ struct GatherSink : MessageSink {
     uint64_t aux;
     size_t off, len;
     PyObject* direct;  // a large message copied straight into its Python object
+    bool dropped;      // its caller had given up: its bytes are skipped
   };
   std::vector<Item> items;
   std::string buf;
@@ -49,10 +61,17 @@ struct GatherSink : MessageSink {
     for (Item& it : items) Py_XDECREF(it.direct);
   }
   void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
+    if (t_board && !(flags & kFlagError) && t_board->take_if_abandoned(id)) {
+      // Work for nobody: not claimed, not decoded, not run; a "dropped"
+      // error goes on in its place (the collector frees the slot).
+      items.push_back({id, kFlagError | kFlagCrash, aux, buf.size(), 0, nullptr, true});
+      dest = nullptr;
+      return;
+    }
     // Claimed while the ring still holds it: a death from here on is seen.
     if (t_claims) (void)t_claims->claim(t_claim_worker, id, aux);
     PyObject* direct = total >= kLargePayloadBytes ? new_direct_object(flags, total) : nullptr;
-    items.push_back({id, flags, aux, buf.size(), 0, direct});
+    items.push_back({id, flags, aux, buf.size(), 0, direct, false});
     if (direct) {
       dest = PyBytes_Check(direct) ? PyBytes_AS_STRING(direct) : PyByteArray_AS_STRING(direct);
     } else {
@@ -62,16 +81,22 @@ struct GatherSink : MessageSink {
   }
   void append(const char* d, size_t n) override {
     Item& it = items.back();
+    if (it.dropped) return;
     if (it.direct)
       std::memcpy(dest + it.len, d, n);
     else
       buf.append(d, n);
     it.len += n;
   }
-  void end() override {}
+  void end() override {
+    Item& it = items.back();
+    if (!it.dropped) return;
+    buf.append(kDroppedReport, sizeof kDroppedReport - 1);
+    it.len = sizeof kDroppedReport - 1;
+  }
   void abort() override {
     Item& it = items.back();
-    release_claim(it.id);
+    if (!it.dropped) release_claim(it.id);
     if (it.direct) {
       py::gil_scoped_acquire gil;
       Py_DECREF(it.direct);
@@ -200,6 +225,29 @@ void define_ring(py::module_& m) {
           "oldest_since", [](PyClaimTable& t, uint32_t worker) { return t.table->oldest_since(worker); },
           py::arg("worker"),
           "When `worker` took the oldest item it holds (time.monotonic_ns() clock), 0 if it holds none.");
+  py::class_<PyCancelBoard, std::shared_ptr<PyCancelBoard>>(
+      m, "CancelBoard", "Requests whose callers gave up, for workers to skip (cpp/cancel_board.hpp).")
+      .def_static(
+          "create",
+          [](uint32_t slots) {
+            return std::make_shared<PyCancelBoard>(PyCancelBoard{CancelBoard::create(slots)});
+          },
+          py::arg("slots"))
+      .def_static(
+          "attach",
+          [](int fd) { return std::make_shared<PyCancelBoard>(PyCancelBoard{CancelBoard::attach(fd)}); },
+          py::arg("fd"))
+      .def_property_readonly("fd", [](PyCancelBoard& b) { return b.board->fd(); })
+      .def_property_readonly(
+          "dropped", [](PyCancelBoard& b) { return b.board->dropped(); },
+          "Items workers skipped because their callers had given up.");
+  m.def(
+      "bind_board",
+      [](std::shared_ptr<PyCancelBoard> b) {
+        t_board = b ? b->board.get() : nullptr;  // the caller keeps b alive while bound
+      },
+      py::arg("board").none(true),
+      "Makes this thread's gather() skip items whose callers gave up (their input carries request tokens).");
   m.def(
       "bind_claims",
       [](std::shared_ptr<PyClaimTable> t, uint32_t worker) {

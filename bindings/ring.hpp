@@ -14,6 +14,7 @@
 
 #include <memory>
 
+#include "../cpp/cancel_board.hpp"
 #include "../cpp/claims.hpp"
 #include "../cpp/ring.hpp"
 
@@ -51,6 +52,10 @@ struct PyRing {
 
 struct PyClaimTable {
   std::unique_ptr<mps::ClaimTable> table;
+};
+
+struct PyCancelBoard {
+  std::unique_ptr<mps::CancelBoard> board;
 };
 
 void define_ring(py::module_& m);

@@ -105,8 +105,13 @@ void Ledger::free_slot(uint32_t idx) {
 }
 
 bool Ledger::abandon(uint32_t idx) {
+  // The token first: once abandoned, the slot may be freed and reused at any moment.
+  const uint64_t tok = token(idx);
   uint32_t expected = kPending;
-  return slots_[idx].state.compare_exchange_strong(expected, kAbandoned, std::memory_order_seq_cst);
+  if (!slots_[idx].state.compare_exchange_strong(expected, kAbandoned, std::memory_order_seq_cst))
+    return false;
+  if (board_) board_->mark(tok);
+  return true;
 }
 
 void Ledger::discard(uint32_t idx) {

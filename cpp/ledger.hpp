@@ -46,6 +46,7 @@
 #include <string>
 #include <vector>
 
+#include "cancel_board.hpp"
 #include "futex.hpp"
 #include "wire.hpp"
 
@@ -109,6 +110,8 @@ class Ledger {
   void withdraw(uint32_t idx) { free_slot(idx); }
   // The caller gives up: true if the result will be dropped on arrival,
   // false if it is already done (the caller must then take() or discard()).
+  // An abandoned request is also put on the cancel board (if set), so that
+  // workers skip it if they have not started it yet.
   bool abandon(uint32_t idx);
   // Drops the result of a done slot (through the disposer) and frees it.
   void discard(uint32_t idx);
@@ -122,6 +125,9 @@ class Ledger {
   // Returns the tokens of the async requests it finished (for the CompletionQueue).
   std::vector<uint64_t> fail_pending(uint32_t flags, const std::string& payload);
   void set_disposer(Disposer d) { disposer_ = std::move(d); }
+  // Where abandoned requests are posted for the workers (may be null; must
+  // outlive the ledger).  Before the first request.
+  void set_board(CancelBoard* board) { board_ = board; }
 
   // Snapshot for debug_info: (slot, state, age in ns) of slots in use.
   struct Entry {
@@ -153,6 +159,7 @@ class Ledger {
   std::atomic<uint32_t> in_use_{0};
   std::atomic<bool> closed_{false};
   Disposer disposer_;
+  CancelBoard* board_ = nullptr;
 };
 
 template <class Consume>

@@ -81,6 +81,7 @@ enum ChildFd : int {
   kFdInput = 5,    // the servlet's input ring
   kFdOutput = 6,   // the ring the servlet's results go to
   kFdClaims = 7,   // the servlet's claim table (claims.hpp)
+  kFdBoard = 8,    // the server's cancel board (cancel_board.hpp)
 };
 
 // ---- sizes ----

@@ -52,6 +52,9 @@ def main(argv: list[str]) -> int:
     out = _core.Ring.attach(fd.OUTPUT)
     claims = _core.ClaimTable.attach(fd.CLAIMS)  # what this worker holds, for the guardian
     _core.bind_claims(claims, index)
+    if boot['board']:  # this input carries request tokens: skip what nobody waits for
+        board = _core.CancelBoard.attach(fd.BOARD)
+        _core.bind_board(board)
 
     name = boot['names'][index]
     prep = dict(boot['prep'], name=name)

@@ -126,7 +126,11 @@ class EnsembleServlet(_Compound):
         if self._router is not None:
             raise RuntimeError('this servlet is already running in a server')
         self._join = _core.Ring.create(_core.INPUT_RING_BYTES, 'mpserver-join')
-        started = [s._start(launch, self._join, output_local) for s in self._servlets]
+        carries, launch.carries_tokens = launch.carries_tokens, False  # members get the router's tickets
+        try:
+            started = [s._start(launch, self._join, output_local) for s in self._servlets]
+        finally:
+            launch.carries_tokens = carries
         # By reference only when the consumer is local too: an upstream error
         # passes through the router untouched, and must suit the consumer.
         local = output_local and all(loc for _, loc in started)

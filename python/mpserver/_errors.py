@@ -120,8 +120,11 @@ def describe_wait_status(status: int) -> tuple[str, int | None, int | None]:
 def crash_error(payload: Buffer) -> WorkerCrashedError:
     """The WorkerCrashedError for a crash report written by the C++ guardian
     (cpp/guardian.hpp: fields separated by 0x1f — kind, servlet, worker name,
-    index, pid, wait status, note)."""
+    index, pid, wait status, note), or by a worker for an item it skipped
+    because its caller had given up (kind ``dropped``, bindings/ring.cpp)."""
     kind, label, name, index, pid, status, note = bytes(payload).decode('utf-8', 'replace').split('\x1f', 6)
+    if kind == 'dropped':  # skipped for a caller who had given up: nobody normally sees it
+        return WorkerCrashedError(f'this item {note}')
     if kind == 'servlet':
         return WorkerCrashedError(f'{label} {note}; this item was not processed', label)
     if kind == 'thread':

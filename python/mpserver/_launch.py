@@ -83,9 +83,15 @@ class Launch:
     """Everything one Server start needs: the supervisor, the control ring,
     and the workers still to be spawned and waited for."""
 
-    def __init__(self, supervisor: Any, control: Any):
+    def __init__(self, supervisor: Any, control: Any, board: Any = None):
         self.supervisor = supervisor
         self.control = control
+        #: The server's cancel board (requests whose callers gave up); workers
+        #: whose input carries request tokens skip what is on it.
+        self.board = board
+        #: False while an ensemble starts its members: their inputs carry the
+        #: router's tickets, not request tokens (cpp/cancel_board.hpp).
+        self.carries_tokens = True
         self._pending: list[_Pending] = []
         self._expect: dict[int, tuple[ProcessOwner, int, int]] = {}  # key -> (servlet, index, pid)
         self._threads: list[ThreadStart] = []
@@ -174,11 +180,12 @@ def _process_label(servlet: ProcessOwner, index: int, pid: int) -> str:
     return f'worker process {servlet._process_name(index)} (pid {pid})'
 
 
-def boot_fd(prep: dict[str, Any], body: bytes, cpus: list[Cpus], names: list[str]) -> int:
+def boot_fd(prep: dict[str, Any], body: bytes, cpus: list[Cpus], names: list[str], board: bool) -> int:
     """A memfd with what every worker process of a servlet reads at start-up
     (fd ``ChildFd.BOOT``): multiprocessing's preparation data (to import the
-    user's main module), the pickled worker class and kwargs, CPUs, names."""
-    boot = pickle.dumps({'prep': prep, 'body': body, 'cpus': cpus, 'names': names}, 5)
+    user's main module), the pickled worker class and kwargs, CPUs, names,
+    and whether to skip the requests on the cancel board (``ChildFd.BOARD``)."""
+    boot = pickle.dumps({'prep': prep, 'body': body, 'cpus': cpus, 'names': names, 'board': board}, 5)
     return _core.memfd_from_bytes('mpserver-boot', boot)
 
 

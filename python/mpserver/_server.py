@@ -188,6 +188,8 @@ class Server:
         self._path: RequestPath | None = None
         self._guardian: Any = None
         self._supervisor: Any = None
+        self._board: Any = None  # requests whose callers gave up (cpp/cancel_board.hpp)
+        self._dropped = 0  # items workers skipped for callers who had gone (of the last run)
         self._output: Any = None
         self._control: Any = None
         self._state = 'new'
@@ -228,15 +230,16 @@ class Server:
         self._output = _core.Ring.create(_core.OUTPUT_RING_BYTES, 'mpserver-out')
         self._control = _core.Ring.create(_core.CONTROL_RING_BYTES, 'mpserver-ctl')
         self._supervisor = _core.Supervisor()
-        launch = Launch(self._supervisor, self._control)
-        engine = _core.Engine(self._output, self._capacity)
+        self._board = _core.CancelBoard.create(self._capacity)
+        launch = Launch(self._supervisor, self._control, self._board)
+        engine = _core.Engine(self._output, self._capacity, self._board)
         try:
             entry, local = self.servlet._start(launch, self._output, True)
             launch.spawn_all()
             launch.wait_ready()
         except BaseException:
             self.servlet._kill()
-            self._output = self._control = self._supervisor = None
+            self._output = self._control = self._supervisor = self._board = None
             raise
         self._entry = entry
         self._codec = ObjectCodec if local else PickleCodec
@@ -297,6 +300,8 @@ class Server:
             self._engine = self._entry = self._output = self._control = self._path = None
             self._guardian = guardian = None  # before the supervisor it watches
             self._supervisor = None
+            self._dropped = self._board.dropped
+            self._board = None
 
     def _async_ports(self) -> Ports:
         """The asyncio side of this running server (made on first use)."""
@@ -575,6 +580,7 @@ class Server:
             'servlet': self.servlet._debug_info(),
             'collector': 'is_alive' if eng is not None and eng.collector_running else 'done',
             'delivered': eng.delivered if eng is not None else 0,
+            'dropped': self._board.dropped if self._board is not None else self._dropped,
             'active_threads': [str(t) for t in threading.enumerate()],
             'backlog': backlog,
         }

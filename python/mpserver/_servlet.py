@@ -208,7 +208,8 @@ class ProcessServlet(_Simple):
         prep = multiprocessing.spawn.get_preparation_data('mpserver-worker')
         prep.pop('authkey', None)
         n = len(self._cpus)
-        self._boot_fd = boot_fd(prep, body, self._cpus, [self._process_name(i) for i in range(n)])
+        board = launch.board if launch.carries_tokens else None
+        self._boot_fd = boot_fd(prep, body, self._cpus, [self._process_name(i) for i in range(n)], board is not None)
         self._input = _core.Ring.create(_core.INPUT_RING_BYTES, 'mpserver-in')
         self._output = output
         self._control = launch.control
@@ -223,6 +224,8 @@ class ProcessServlet(_Simple):
             (output.fd, _FD.OUTPUT),
             (self._claims.fd, _FD.CLAIMS),
         ]
+        if board is not None:
+            fds.append((board.fd, _FD.BOARD))
         for i, cpu in enumerate(self._cpus):
             cpus = [] if cpu is None else list(cpu) if isinstance(cpu, list) else [cpu]
             launch.add_process(self, i, [(fd, int(child)) for fd, child in fds], cpus)
@@ -358,6 +361,7 @@ class ThreadServlet(_Simple):
         self._threads: list[threading.Thread] = []
         self._output: Any = None
         self._claims: Any = None
+        self._board: Any = None  # the server's cancel board, if this servlet's input carries request tokens
         self._codec: Codec = ObjectCodec
 
     def _start(self, launch: Launch, output: Any, output_local: bool) -> tuple[Any, bool]:
@@ -365,6 +369,7 @@ class ThreadServlet(_Simple):
             raise RuntimeError('this servlet is already running in a server')
         self._input = _core.Ring.create(_core.INPUT_RING_BYTES, 'mpserver-thread-in')
         self._claims = _core.ClaimTable.create(self._num_threads, _core.CLAIM_SLOTS)
+        self._board = launch.board if launch.carries_tokens else None
         self._output = output
         self._codec = ObjectCodec if output_local else PickleCodec
         base = self._worker_name or f'{self._worker_cls.__name__}-thread'
@@ -404,8 +409,9 @@ class ThreadServlet(_Simple):
         start.ready.set()
         # Locals: a thread left behind by a stop grace outlives the servlet's
         # references (the claim table must stay mapped while it is bound).
-        inp, output, codec, claims = self._input, self._output, self._codec, self._claims
+        inp, output, codec, claims, board = self._input, self._output, self._codec, self._claims, self._board
         _core.bind_claims(claims, index)
+        _core.bind_board(board)
         try:
             while True:
                 try:
@@ -425,6 +431,7 @@ class ThreadServlet(_Simple):
                     return
         finally:
             _core.bind_claims(None)
+            _core.bind_board(None)
 
     def _stop(self, grace: float | None = None) -> None:
         if not self._started:
@@ -471,7 +478,7 @@ class ThreadServlet(_Simple):
         self._release()
 
     def _release(self) -> None:
-        self._input = self._output = self._claims = self._guardian = None
+        self._input = self._output = self._claims = self._board = self._guardian = None
         self._started = False
 
     @property

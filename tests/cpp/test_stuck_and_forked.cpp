@@ -11,9 +11,11 @@
 #include <atomic>
 #include <string>
 
+#include "cancel_board.hpp"
 #include "claims.hpp"
 #include "futex.hpp"
 #include "guardian.hpp"
+#include "ledger.hpp"
 #include "message_buffer.hpp"
 #include "process_local.hpp"
 #include "ring.hpp"
@@ -121,6 +123,25 @@ TEST_CASE("guardian: after stop(grace), a worker busy or lingering beyond the gr
   CHECK(kills[1].find("P-process-1") != std::string::npos);
   CHECK(kills[1].find("had no work left but did not exit within 0.2 seconds") != std::string::npos);
   CHECK(in->aborted());  // nobody is left to read it
+}
+
+TEST_CASE("cancel board: the ledger posts an abandoned request; a later request in its slot is not on it") {
+  auto board = CancelBoard::create(4);
+  Ledger ledger(1);
+  ledger.set_board(board.get());
+  uint32_t idx = 0;
+  REQUIRE(ledger.acquire(false, 0, &idx) == Status::ok);
+  const uint64_t first = ledger.token(idx);
+  CHECK_FALSE(board->take_if_abandoned(first));
+  REQUIRE(ledger.abandon(idx));                       // the caller gives up while the request is pending
+  auto seen = CancelBoard::attach(dup(board->fd()));  // as a worker process maps it
+  CHECK(seen->take_if_abandoned(first));
+  CHECK(board->dropped() == 1);
+  ledger.discard(idx);  // (its result arrived and was dropped)
+  REQUIRE(ledger.acquire(false, 0, &idx) == Status::ok);
+  CHECK(ledger.token(idx) != first);
+  CHECK_FALSE(seen->take_if_abandoned(ledger.token(idx)));  // same slot, another request
+  CHECK_FALSE(seen->take_if_abandoned(uint64_t(7)));        // a slot beyond the board
 }
 
 namespace {
