@@ -336,7 +336,10 @@ class Server:
         timeout
             Seconds for the whole request, waiting for capacity included.
             Raises :class:`TimeoutError` when the result is not back in time
-            (the request keeps its place in the backlog until it completes).
+            (the request keeps its place in the backlog until it completes;
+            if no worker has started it yet, it is skipped).  This is the
+            caller's deadline and never stops a worker: for a limit on the
+            work itself, see ``ProcessServlet(item_timeout=...)``.
         backpressure
             If the server already holds ``capacity`` requests: ``True`` raises
             :class:`ServerBacklogFull` at once; ``False`` waits for a place, up
