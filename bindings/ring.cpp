@@ -55,7 +55,9 @@ struct GatherSink : MessageSink {
   };
   std::vector<Item> items;
   std::string buf;
-  char* dest = nullptr;  // write position inside items.back().direct
+  uint32_t dropped_flags = 0;  // of the dropped message being read
+  std::string dropped_refs;    // its payload, if it holds object references
+  char* dest = nullptr;        // write position inside items.back().direct
 
   ~GatherSink() override {  // runs with the GIL held (end of gather())
     for (Item& it : items) Py_XDECREF(it.direct);
@@ -63,8 +65,11 @@ struct GatherSink : MessageSink {
   void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
     if (t_board && !(flags & kFlagError) && t_board->take_if_abandoned(id)) {
       // Work for nobody: not claimed, not decoded, not run; a "dropped"
-      // error goes on in its place (the collector frees the slot).
+      // error goes on in its place (the collector frees the slot).  What an
+      // object message refers to is released at its end.
       items.push_back({id, kFlagError | kFlagCrash, aux, buf.size(), 0, nullptr, true});
+      dropped_flags = flags;
+      dropped_refs.clear();
       dest = nullptr;
       return;
     }
@@ -81,7 +86,10 @@ struct GatherSink : MessageSink {
   }
   void append(const char* d, size_t n) override {
     Item& it = items.back();
-    if (it.dropped) return;
+    if (it.dropped) {
+      if (dropped_flags & (kFlagObject | kFlagEnsemble)) dropped_refs.append(d, n);
+      return;
+    }
     if (it.direct)
       std::memcpy(dest + it.len, d, n);
     else
@@ -91,6 +99,7 @@ struct GatherSink : MessageSink {
   void end() override {
     Item& it = items.back();
     if (!it.dropped) return;
+    dispose_message(dropped_flags, dropped_refs, 1);  // takes the GIL (safe here: gil.hpp)
     buf.append(kDroppedReport, sizeof kDroppedReport - 1);
     it.len = sizeof kDroppedReport - 1;
   }

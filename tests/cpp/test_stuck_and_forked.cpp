@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "cancel_board.hpp"
 #include "claims.hpp"
@@ -40,27 +42,37 @@ TEST_CASE("claims: oldest_since is when the oldest held item was taken; 0 when n
   CHECK(t->oldest_since(1) == 0);  // sections are separate
 }
 
-TEST_CASE("guardian: the watchdog kills a worker holding an item beyond item_timeout and fails just that") {
+// Two worker processes that never answer (/bin/sleep), guarded as
+// ProcessServlet(P) over `in`, `out` and `claims`.
+struct Sleepers {
   Supervisor sup;
-  auto in = Ring::create(64 * 1024, "w-in"), out = Ring::create(64 * 1024, "w-out");
-  auto claims = ClaimTable::create(2, 64);
-  // Two "workers" that never answer: one holds an item, one holds nothing.
+  std::unique_ptr<Ring> in = Ring::create(64 * 1024, "w-in"), out = Ring::create(64 * 1024, "w-out");
+  std::unique_ptr<ClaimTable> claims = ClaimTable::create(2, 64);
   SpawnSpec spec{{"/bin/sleep", "60"}, {}, {}, {}};
-  auto pids = sup.spawn({spec, spec});
+  std::vector<pid_t> pids = sup.spawn({spec, spec});
+
+  GuardedServlet servlet(uint32_t max_restarts) {
+    GuardedServlet s;
+    s.label = "ProcessServlet(P)";
+    s.names = {"P-process-0", "P-process-1"};
+    s.kind = WorkerKind::process;
+    s.max_restarts = max_restarts;
+    s.window_ns = 60'000'000'000LL;
+    s.input = in.get();
+    s.output = out.get();
+    s.claims = claims.get();
+    s.specs = {spec, spec};
+    s.pids = pids;
+    return s;
+  }
+};
+
+TEST_CASE("guardian: the watchdog kills a worker holding an item beyond item_timeout and fails just that") {
+  Sleepers w;  // one will hold an item, the other nothing
+  auto& [sup, in, out, claims, spec, pids] = w;
   REQUIRE(pids.size() == 2);
   Guardian g(sup);
-  GuardedServlet s;
-  s.label = "ProcessServlet(P)";
-  s.names = {"P-process-0", "P-process-1"};
-  s.kind = WorkerKind::process;
-  s.max_restarts = 0;
-  s.window_ns = 60'000'000'000LL;
-  s.input = in.get();
-  s.output = out.get();
-  s.control = nullptr;
-  s.claims = claims.get();
-  s.specs = {spec, spec};
-  s.pids = pids;
+  GuardedServlet s = w.servlet(0);
   s.item_timeout_ns = 200'000'000;  // 0.2 s
   const uint32_t id = g.add(std::move(s));
   REQUIRE(claims->claim(0, 77, 5));  // worker 0 took item 77 (as its gather would)
@@ -87,23 +99,10 @@ TEST_CASE("guardian: the watchdog kills a worker holding an item beyond item_tim
 }
 
 TEST_CASE("guardian: after stop(grace), a worker busy or lingering beyond the grace is killed and reported") {
-  Supervisor sup;
-  auto in = Ring::create(64 * 1024, "s-in"), out = Ring::create(64 * 1024, "s-out");
-  auto claims = ClaimTable::create(2, 64);
-  SpawnSpec spec{{"/bin/sleep", "60"}, {}, {}, {}};
-  auto pids = sup.spawn({spec, spec});
+  Sleepers w;
+  auto& [sup, in, out, claims, spec, pids] = w;
   Guardian g(sup);
-  GuardedServlet s;
-  s.label = "ProcessServlet(P)";
-  s.names = {"P-process-0", "P-process-1"};
-  s.max_restarts = 5;
-  s.window_ns = 60'000'000'000LL;
-  s.input = in.get();
-  s.output = out.get();
-  s.claims = claims.get();
-  s.specs = {spec, spec};
-  s.pids = pids;
-  (void)g.add(std::move(s));
+  (void)g.add(w.servlet(5));
   REQUIRE(claims->claim(0, 88, 1));  // worker 0 is busy; worker 1 has nothing to do
   g.start();
   in->close();  // the server is stopping: no work left for worker 1
