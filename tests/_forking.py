@@ -16,6 +16,9 @@ Scenarios:
   leave    the child leaves the ``with Server`` block, then exits normally
   stream   the child goes on with a stream the parent had started, then
            ``sys.exit(0)``; the parent finishes its stream
+  uses     the child tries every use of the server (call, a new stream,
+           async_call, backlog, debug_info, entering it again) and reports
+           what each raised (mpserver: each must raise at once)
 """
 
 from __future__ import annotations
@@ -70,7 +73,31 @@ def _child_next(it):
         return ['error', type(e).__name__, str(e)]
 
 
-def _fork_and_report(server, leave, stream=None):
+def _child_uses():
+    """In a forked child: the exception type each use of the parent's server raised ('ok' if none)."""
+    import asyncio
+
+    uses = {
+        'call': lambda: _SERVER.call('x', timeout=5),
+        'stream': lambda: list(_SERVER.stream(range(3), timeout=5)),
+        'async_call': lambda: asyncio.run(_SERVER.async_call('x', timeout=5)),
+        'backlog': lambda: _SERVER.backlog,
+        'debug_info': lambda: _SERVER.debug_info(),
+        'enter': lambda: _SERVER.__enter__(),
+    }
+    out = {}
+    for name, use in uses.items():
+        t0 = time.monotonic()
+        try:
+            use()
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out[name] = [type(e).__name__, 'forked child' in str(e), time.monotonic() - t0]
+        else:
+            out[name] = ['ok', False, time.monotonic() - t0]
+    return ['uses', out]
+
+
+def _fork_and_report(server, leave, stream=None, probe=None):
     """os.fork(): the child tries a call (or goes on with ``stream``),
     reports on a pipe, then exits (``sys.exit(0)``, or by leaving the
     ``with`` block when ``leave``)."""
@@ -78,7 +105,10 @@ def _fork_and_report(server, leave, stream=None):
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        tried = _child_call('FROM-FORKED-CHILD') if stream is None else _child_next(stream)
+        if probe is not None:
+            tried = probe()
+        else:
+            tried = _child_call('FROM-FORKED-CHILD') if stream is None else _child_next(stream)
         os.write(w, json.dumps(tried).encode())
         os.close(w)
         if not leave:
@@ -121,7 +151,8 @@ def main(backend_name, scenario):
             if scenario == 'stream':
                 stream = server.stream(range(1000))
                 assert next(stream) == 0
-            outcome = _fork_and_report(server, scenario == 'leave', stream)
+            probe = _child_uses if scenario == 'uses' else None
+            outcome = _fork_and_report(server, scenario == 'leave', stream, probe)
             if outcome == 'child':  # the forked child, leaving the block
                 pass
             else:

@@ -23,6 +23,7 @@ _MPSERVICE_BREAKS = {
     'exit': "after an os.fork() child exits, every later call of the parent's mpservice server times out",
     'leave': "after an os.fork() child leaves the `with` block, the parent's mpservice server times out",
     'stream': "an os.fork() child going on with its parent's mpservice stream hangs",
+    'uses': 'mpservice has no async_call, and its calls in an os.fork() child time out',
 }
 
 
@@ -66,3 +67,15 @@ def test_a_forked_child_cannot_go_on_with_the_parents_stream(backend):
     report = _run(backend, 'stream')
     _check(backend, report)
     assert report['stream'] == list(range(1, 1000)), 'the parent lost or got foreign items of its stream'
+
+
+def test_every_use_of_the_parents_server_in_a_forked_child_raises_at_once(backend):
+    report = _run(backend, 'uses')
+    assert all(x == y for x, y in report['parent']), report['parent']
+    assert report['after'] == [f'after-{i}' for i in range(5)]
+    assert report['child_exit'] == 0
+    kind, uses = report['child']
+    assert kind == 'uses'
+    for name, (error, says_forked, seconds) in uses.items():
+        assert error == 'RuntimeError' and says_forked, (name, error)
+        assert seconds < 2, (name, seconds)  # at once, not after a timeout
