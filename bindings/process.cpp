@@ -111,6 +111,9 @@ class PyGuardian {
     guardian().stop(g > 0 ? int64_t(g * 1e9) : 0);
   }
   std::vector<std::string> stop_kills() const { return guardian().stop_kills(); }
+  std::string thread_stuck(uint32_t servlet, uint32_t index) {
+    return guardian().thread_stuck(servlet, index);
+  }
   bool wait_idle(py::object timeout) {
     const int64_t deadline = deadline_from(timeout);
     py::gil_scoped_release nogil;
@@ -250,6 +253,8 @@ void define_process(py::module_& m) {
            "The server is stopping: no more restarts or failers; with a grace (seconds), workers "
            "stuck for longer from now on are killed.")
       .def("stop_kills", &PyGuardian::stop_kills, "What the stop grace killed, one line per worker.")
+      .def("thread_stuck", &PyGuardian::thread_stuck, py::arg("servlet"), py::arg("index"),
+           "Whether a worker thread is stuck by the watchdog's rules: '' if not, else what it did.")
       .def("wait_idle", &PyGuardian::wait_idle, py::arg("timeout") = py::none(),
            "Waits until every worker exit seen so far is handled; False on timeout.")
       .def("info", &PyGuardian::info, py::arg("servlet"),

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "../cpp/batcher.hpp"
+#include "../cpp/guardian.hpp"
 #include "../cpp/wire.hpp"
 #include "gil.hpp"
 #include "payload.hpp"
@@ -26,10 +27,12 @@ thread_local CancelBoard* t_board = nullptr;
 // The payload of an item skipped because its caller had given up: a crash
 // report of kind "dropped" (guardian.hpp's format), passed on like any error
 // until the collector frees the abandoned slot.
-constexpr char kDroppedReport[] =
-    "dropped\x1f\x1f\x1f"
-    "0\x1f"
-    "0\x1f-1\x1fwas dropped before any worker started it: its caller had given up";
+const std::string& dropped_report() {
+  static const std::string report =
+      Guardian::crash_payload("dropped", GuardedServlet{}, 0, 0, -1,
+                              "was dropped before any worker started it: its caller had given up");
+  return report;
+}
 
 void release_claim(uint64_t id) {
   if (t_claims) t_claims->release(t_claim_worker, id);
@@ -100,8 +103,8 @@ struct GatherSink : MessageSink {
     Item& it = items.back();
     if (!it.dropped) return;
     dispose_message(dropped_flags, dropped_refs, 1);  // takes the GIL (safe here: gil.hpp)
-    buf.append(kDroppedReport, sizeof kDroppedReport - 1);
-    it.len = sizeof kDroppedReport - 1;
+    buf.append(dropped_report());
+    it.len = dropped_report().size();
   }
   void abort() override {
     Item& it = items.back();

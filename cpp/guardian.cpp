@@ -221,21 +221,31 @@ Guardian::Stuck Guardian::stuck_locked(Entry& e, uint32_t i, int64_t now, int64_
   return now - e.idle_since[i] > grace ? Stuck::lingering_at_stop : Stuck::no;
 }
 
-std::string Guardian::kill_note(const Entry& e, Stuck why) const {
+std::string Guardian::stuck_reason(const Entry& e, Stuck why) const {
   switch (why) {
     case Stuck::item_timeout:
       return "held this item for longer than its servlet's item_timeout of " + seconds(e.s.item_timeout_ns) +
-             " seconds, so mpserver killed it";
+             " seconds";
     case Stuck::busy_at_stop:
       return "was still processing this item " + seconds(stop_grace_ns_) +
-             " seconds after the server began to stop (stop_grace), so mpserver killed it";
+             " seconds after the server began to stop (stop_grace)";
     case Stuck::lingering_at_stop:
       return "had no work left but did not exit within " + seconds(stop_grace_ns_) +
-             " seconds (stop_grace; a non-daemon thread?), so mpserver killed it";
+             " seconds (stop_grace; a non-daemon thread?)";
     case Stuck::no:
       break;
   }
   return {};
+}
+
+std::string Guardian::thread_stuck(uint32_t servlet, uint32_t index) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (servlet >= entries_.size() || entries_[servlet]->s.kind != WorkerKind::thread ||
+      index >= entries_[servlet]->s.names.size())
+    throw std::out_of_range("no such thread worker");
+  Entry& e = *entries_[servlet];
+  int64_t next = 0;
+  return stuck_reason(e, stuck_locked(e, index, now_ns(), &next));
 }
 
 int64_t Guardian::watch() {
@@ -250,7 +260,7 @@ int64_t Guardian::watch() {
         if (e->s.pids[i] <= 0 || !e->killed_for[i].empty()) continue;
         const Stuck why = stuck_locked(*e, i, now, &next);
         if (why == Stuck::no) continue;
-        e->killed_for[i] = kill_note(*e, why);
+        e->killed_for[i] = stuck_reason(*e, why) + ", so mpserver killed it";
         if (why == Stuck::item_timeout) {
           e->overdue_kills += 1;
         } else {

@@ -31,7 +31,9 @@
 //     of the stop and the item's claim), or its input ring is finished (no
 //     work left) and it has not exited within the grace (e.g. a non-daemon
 //     thread of the user's keeps it alive).  Each such kill is also kept as
-//     a line of text for the embedding to log (stop_kills()).
+//     a line of text for the embedding to log (stop_kills()).  Worker threads
+//     are judged by the same rules on request (thread_stuck()): they cannot
+//     be killed, so the embedding stops waiting for them instead.
 // No Python runs here; Python turns crash payloads into WorkerCrashedError.
 // What only the embedding can do for messages holding object references
 // (release them, re-encode an upstream error for a cross-process output) it
@@ -131,6 +133,9 @@ class Guardian {
   void stop(int64_t grace_ns = 0);
   // What the stop grace killed, one line per worker (for a warning).
   std::vector<std::string> stop_kills() const;
+  // A worker thread cannot be killed: the server stopping asks, by the same
+  // rules as the watchdog's, whether it is stuck; "" if not, else what it did.
+  std::string thread_stuck(uint32_t servlet, uint32_t index);
   // Waits until every exit the supervisor has reported so far is handled
   // (its items failed into their output rings); false if the deadline passed.
   // A server stopping calls it before it closes the rings downstream.
@@ -174,8 +179,8 @@ class Guardian {
   // Whether worker i of `e` is stuck now; keeps *next the earliest round its
   // limits need (under mu_).
   Stuck stuck_locked(Entry& e, uint32_t i, int64_t now, int64_t* next);
-  // What the crash report of a worker killed for `why` says (under mu_).
-  std::string kill_note(const Entry& e, Stuck why) const;
+  // What a worker stuck for `why` did, for crash reports and warnings (under mu_).
+  std::string stuck_reason(const Entry& e, Stuck why) const;
   void handle(pid_t pid, int status);
   void fail_claims(Entry& e, uint32_t index, const std::string& payload);
   // Counts a crash; true if the servlet may restart a worker now (under mu_).

@@ -79,11 +79,11 @@ class SequentialServlet(_Compound):
             output, output_local = s._start(launch, output, output_local)
         return output, output_local
 
-    def _stop(self, grace: float | None = None) -> None:
+    def _stop(self) -> None:
         # In order: a stage is drained (and its workers gone) before the next
         # stage's input is closed, so nothing in flight is lost.
         for s in self._servlets:
-            s._stop(grace)
+            s._stop()
 
     def _kill(self, grace: float = 0.0) -> None:
         _kill_all(self._servlets, grace)
@@ -141,13 +141,13 @@ class EnsembleServlet(_Compound):
         self._router.start()
         return self._input, local
 
-    def _stop(self, grace: float | None = None) -> None:
+    def _stop(self) -> None:
         if self._router is None:
             return
         self._input.close()
         self._router.join_fanout()  # every input handed to every member
         for s in self._servlets:
-            s._stop(grace)  # every member result is in the join ring
+            s._stop()  # every member result is in the join ring
         self._join.close()
         self._router.join_fanin()  # every result emitted
         self._release()
@@ -260,14 +260,14 @@ class SwitchServlet(_Compound):
             for (idx, aux), run in runs.items():
                 members[idx].push_many(run, aux)
 
-    def _stop(self, grace: float | None = None) -> None:
+    def _stop(self) -> None:
         if self._thread is None:
             return
         self._input.close()
         while self._thread.is_alive():
             self._thread.join(0.1)
         for s in self._servlets:
-            s._stop(grace)
+            s._stop()
         self._input = self._thread = None
 
     def _kill(self, grace: float = 0.0) -> None:

@@ -276,7 +276,7 @@ class Server:
                 # Workers finish the items they hold, then exit; then the
                 # collector drains the last results and stops.
                 try:
-                    self.servlet._stop(self._stop_grace)
+                    self.servlet._stop()
                 except BaseException:
                     self.servlet._kill(STOP_GRACE)
                     raise

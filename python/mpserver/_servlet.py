@@ -18,7 +18,6 @@ import os
 import pickle
 import sys
 import threading
-import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -49,14 +48,13 @@ class Servlet(ABC):
         """
 
     @abstractmethod
-    def _stop(self, grace: float | None = None) -> None:
+    def _stop(self) -> None:
         """Close the input; wait for the workers to finish what they hold and exit.
 
-        ``grace`` (seconds, ``None``: no limit) bounds how long a worker may
-        stay stuck: on one item since the stop began, or alive with no work
-        left.  Worker processes are then killed by the guardian (which the
-        server told the grace); a worker thread, which cannot be killed, is
-        left behind (it is a daemon) and a warning is logged."""
+        The server's stop grace (``Guardian.stop``) bounds how long a worker
+        may stay stuck: worker processes are then killed by the guardian; a
+        worker thread, which cannot be killed, is left behind (it is a
+        daemon) and a warning is logged."""
 
     @abstractmethod
     def _kill(self, grace: float = 0.0) -> None:
@@ -259,7 +257,7 @@ class ProcessServlet(_Simple):
             return [p or None for p in self._guardian.info(self._guard_id)['pids']]
         return list(self._pids)
 
-    def _stop(self, grace: float | None = None) -> None:
+    def _stop(self) -> None:
         if not self._started:
             return
         self._input.close()
@@ -433,37 +431,24 @@ class ThreadServlet(_Simple):
             _core.bind_claims(None)
             _core.bind_board(None)
 
-    def _stop(self, grace: float | None = None) -> None:
+    def _stop(self) -> None:
         if not self._started:
             return
         self._input.close()
-        began = time.monotonic_ns()
+        guardian = self._guardian
         for i, t in enumerate(self._threads):
-            idle_since = 0
             while t.is_alive():
                 t.join(0.1)
-                if grace is None or not t.is_alive():
-                    continue
-                # Stuck as the guardian judges worker processes (cpp/guardian.hpp).
-                now = time.monotonic_ns()
-                since = self._claims.oldest_since(i)
-                if since:
-                    idle_since = 0
-                    stuck = now - max(since, began) > grace * 1e9
-                    how = f'was still processing an item {grace:g} seconds after the server began to stop'
-                elif self._input.finished:
-                    idle_since = idle_since or now
-                    stuck = now - idle_since > grace * 1e9
-                    how = f'had no work left but did not return within {grace:g} seconds'
-                else:
-                    stuck = False
-                if stuck:
+                # Stuck by the guardian's rules (its stop grace); a thread
+                # cannot be killed, so stop waiting for it.
+                why = guardian.thread_stuck(self._guard_id, i) if guardian is not None and t.is_alive() else ''
+                if why:
                     _log.warning(
-                        'worker thread %s of %s %s (stop_grace); it is left running as a daemon thread '
+                        'worker thread %s of %s %s; it is left running as a daemon thread '
                         'and the requests it held fail',
                         t.name,
                         self._label(),
-                        how,
+                        why,
                     )
                     break
         self._release()
