@@ -57,6 +57,8 @@ void define_wire(py::module_& m) {
   py::native_enum<Control>(m, "Control", "enum.IntEnum", "A worker's report on the control ring (aux field).")
       .value("READY", Control::ready)
       .value("INIT_FAILED", Control::init_failed)
+      .value("LOG", Control::log)
+      .value("EVENT", Control::event)
       .finalize();
   py::native_enum<ChildFd>(m, "ChildFd", "enum.IntEnum", "The fds a worker process is handed.")
       .value("BOOT", kFdBoot)
@@ -65,6 +67,7 @@ void define_wire(py::module_& m) {
       .value("OUTPUT", kFdOutput)
       .value("CLAIMS", kFdClaims)
       .value("BOARD", kFdBoard)
+      .value("METER", kFdMeter)
       .finalize();
   m.attr("LARGE_PAYLOAD_BYTES") = kLargePayloadBytes;
   m.attr("INPUT_RING_BYTES") = kInputRingBytes;
@@ -87,6 +90,7 @@ PYBIND11_MODULE(_core, m) {
   mpb::define_gil(m);
   mpb::define_payload(m);
   mpb::define_ring(m);
+  mpb::define_meter(m);
   mpb::define_requests(m);
   mpb::define_routers(m);
   mpb::define_process(m);

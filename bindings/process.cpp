@@ -16,6 +16,7 @@
 #include "../cpp/supervisor.hpp"
 #include "../cpp/wire.hpp"
 #include "gil.hpp"
+#include "meter.hpp"
 #include "owned.hpp"
 #include "payload.hpp"
 #include "ring.hpp"
@@ -76,8 +77,9 @@ class PyGuardian {
   uint32_t add_processes(const std::string& label, std::vector<std::string> names, uint32_t max_restarts,
                          double window, std::shared_ptr<PyRing> input, std::shared_ptr<PyRing> output,
                          std::shared_ptr<PyRing> control, std::shared_ptr<PyClaimTable> claims,
-                         std::vector<SpawnSpec> specs, std::vector<int> pids, double item_timeout) {
-    GuardedServlet s = base(label, std::move(names), max_restarts, window, input, output, claims);
+                         std::vector<SpawnSpec> specs, std::vector<int> pids, double item_timeout,
+                         std::shared_ptr<PyMeterBoard> meter, std::vector<uint32_t> records) {
+    GuardedServlet s = base(label, std::move(names), max_restarts, window, input, output, claims, meter, records);
     s.kind = WorkerKind::process;
     s.item_timeout_ns = item_timeout > 0 ? int64_t(item_timeout * 1e9) : 0;
     s.control = control->ring.get();
@@ -89,8 +91,9 @@ class PyGuardian {
 
   uint32_t add_threads(const std::string& label, std::vector<std::string> names, uint32_t max_restarts,
                        double window, std::shared_ptr<PyRing> input, std::shared_ptr<PyRing> output,
-                       std::shared_ptr<PyClaimTable> claims, py::function pass_error) {
-    GuardedServlet s = base(label, std::move(names), max_restarts, window, input, output, claims);
+                       std::shared_ptr<PyClaimTable> claims, py::function pass_error,
+                       std::shared_ptr<PyMeterBoard> meter, std::vector<uint32_t> records) {
+    GuardedServlet s = base(label, std::move(names), max_restarts, window, input, output, claims, meter, records);
     s.kind = WorkerKind::thread;
     relays_.push_back(std::make_unique<PyRelay>(std::move(pass_error)));
     s.relay = relays_.back().get();
@@ -106,6 +109,10 @@ class PyGuardian {
     guardian().thread_lost(servlet, index);
   }
   void start() { guardian().start(); }
+  void set_events(std::shared_ptr<PyRing> control) {
+    keep_rings_.push_back(control);
+    guardian().set_events(control->ring.get());
+  }
   void stop(py::object grace) {
     const double g = grace.is_none() ? 0.0 : grace.cast<double>();
     guardian().stop(g > 0 ? int64_t(g * 1e9) : 0);
@@ -135,8 +142,16 @@ class PyGuardian {
 
   GuardedServlet base(const std::string& label, std::vector<std::string> names, uint32_t max_restarts,
                       double window, const std::shared_ptr<PyRing>& input,
-                      const std::shared_ptr<PyRing>& output, const std::shared_ptr<PyClaimTable>& claims) {
+                      const std::shared_ptr<PyRing>& output, const std::shared_ptr<PyClaimTable>& claims,
+                      const std::shared_ptr<PyMeterBoard>& meter, std::vector<uint32_t>& records) {
     GuardedServlet s;
+    if (meter) {
+      if (records.size() != names.size()) throw std::invalid_argument("one meter record per worker");
+      for (uint32_t r : records) (void)meter->board->record(r);  // throws if out of range
+      s.meter = meter->board.get();
+      s.records = std::move(records);
+      keep_meters_.push_back(meter);
+    }
     s.label = label;
     s.names = std::move(names);
     s.max_restarts = max_restarts;
@@ -152,6 +167,7 @@ class PyGuardian {
   // Declared first so they are destroyed after the guardian (which uses them).
   std::vector<std::shared_ptr<PyRing>> keep_rings_;
   std::vector<std::shared_ptr<PyClaimTable>> keep_claims_;
+  std::vector<std::shared_ptr<PyMeterBoard>> keep_meters_;
   std::vector<std::unique_ptr<PyRelay>> relays_;
   ProcessLocal<Guardian> g_;
 };
@@ -236,13 +252,16 @@ void define_process(py::module_& m) {
       .def("add_processes", &PyGuardian::add_processes, py::arg("label"), py::arg("names"),
            py::arg("max_restarts"), py::arg("window"), py::arg("input"), py::arg("output"),
            py::arg("control"), py::arg("claims"), py::arg("specs"), py::arg("pids"),
-           py::arg("item_timeout") = 0.0,
+           py::arg("item_timeout") = 0.0, py::arg("meter") = nullptr, py::arg("records") = std::vector<uint32_t>{},
            "Guards a process servlet whose workers run; returns its number.  item_timeout > 0: "
-           "seconds after which a worker still holding an item is killed (and its items failed).")
+           "seconds after which a worker still holding an item is killed (and its items failed).  "
+           "meter, records: where each worker's crashes and restarts are counted.")
       .def("add_threads", &PyGuardian::add_threads, py::arg("label"), py::arg("names"),
            py::arg("max_restarts"), py::arg("window"), py::arg("input"), py::arg("output"), py::arg("claims"),
-           py::arg("pass_error"),
+           py::arg("pass_error"), py::arg("meter") = nullptr, py::arg("records") = std::vector<uint32_t>{},
            "Guards a thread servlet; pass_error(flags, payload) re-encodes upstream errors for its output.")
+      .def("set_events", &PyGuardian::set_events, py::arg("control"),
+           "Lifecycle events go to this ring as Control.EVENT messages; the caller drains it.  Before start().")
       .def("thread_stopped", &PyGuardian::thread_stopped, py::arg("servlet"), py::arg("index"),
            py::arg("cause"),
            "A worker thread was stopped by `cause`: fails what it held; True if it may restart.")

@@ -12,6 +12,7 @@
 #include "../cpp/wire.hpp"
 #include "bytes_pool.hpp"
 #include "gil.hpp"
+#include "meter.hpp"
 #include "owned.hpp"
 #include "payload.hpp"
 #include "ring.hpp"
@@ -24,13 +25,16 @@ namespace {
 
 class Engine {
  public:
-  Engine(std::shared_ptr<PyRing> output, uint32_t capacity, std::shared_ptr<PyCancelBoard> board)
+  Engine(std::shared_ptr<PyRing> output, uint32_t capacity, std::shared_ptr<PyCancelBoard> board,
+         std::shared_ptr<PyMeterBoard> meter)
       : output_(std::move(output)),
         board_(std::move(board)),
+        meter_(std::move(meter)),
         book_(make_process_local<RequestBook>(
             *output_->ring, capacity, &pool_,
             [](uint32_t flags, const std::string& payload) { dispose_message(flags, payload, 1); })) {
     if (board_) book_->ledger().set_board(board_->board.get());
+    if (meter_) book_->ledger().set_meter(&meter_->board->record(0));  // record 0: the server's
   }
 
   ~Engine() {
@@ -58,6 +62,7 @@ class Engine {
         return st != Status::backlog_timeout;
       });
     }
+    if (st == Status::backlog_full || st == Status::backlog_timeout) book().ledger().note_rejected();
     if (st != Status::ok) return {st, 0};
     PayloadRef ref;
     try {
@@ -106,9 +111,9 @@ class Engine {
     const int64_t t_enqueued = now_ns();
     const bool done = wait_interruptibly(
         deadline, [&, idx = idx](int64_t until) { return book().wait(idx, until); },
-        [&, idx = idx] { book().abandon(idx); });
+        [&, idx = idx] { book().abandon(idx, Ledger::GiveUp::cancelled); });
     if (!done) {
-      book().abandon(idx);
+      book().abandon(idx, Ledger::GiveUp::timed_out);
       return py::make_tuple(int(Status::result_timeout), 0, double(t_enqueued - t0) / 1e9);
     }
     py::tuple t = take(idx);
@@ -126,7 +131,9 @@ class Engine {
     return out;
   }
   py::tuple take_token(uint64_t token) { return take(book().slot_of(token)); }
-  void abandon_token(uint64_t token) { book().abandon(book().slot_of(token)); }
+  void abandon_token(uint64_t token, bool timed_out) {
+    book().abandon(book().slot_of(token), timed_out ? Ledger::GiveUp::timed_out : Ledger::GiveUp::cancelled);
+  }
 
   void fail_pending(uint32_t flags, py::bytes payload) { book().fail_pending(flags, std::string(payload)); }
 
@@ -145,6 +152,7 @@ class Engine {
  private:
   std::shared_ptr<PyRing> output_;
   std::shared_ptr<PyCancelBoard> board_;  // before the book: the ledger posts to it
+  std::shared_ptr<PyMeterBoard> meter_;   // before the book: the ledger counts into it
   BytesPool pool_;                        // before the book: it outlives the collector's thread
   ProcessLocal<RequestBook> book_;
 };
@@ -237,8 +245,9 @@ class PyStreamWindow {
 
 void define_requests(py::module_& m) {
   py::class_<Engine>(m, "Engine", "The request book of one Server (cpp/requests.hpp).")
-      .def(py::init<std::shared_ptr<PyRing>, uint32_t, std::shared_ptr<PyCancelBoard>>(), py::arg("output"),
-           py::arg("capacity"), py::arg("board") = nullptr)
+      .def(py::init<std::shared_ptr<PyRing>, uint32_t, std::shared_ptr<PyCancelBoard>,
+                    std::shared_ptr<PyMeterBoard>>(),
+           py::arg("output"), py::arg("capacity"), py::arg("board") = nullptr, py::arg("meter") = nullptr)
       .def("start", &Engine::start, "Starts the collector.")
       .def("stop", &Engine::stop, "Closes the output ring and waits for the collector to drain it.")
       .def("call", &Engine::call, py::arg("ring"), py::arg("payload"), py::arg("flags"), py::arg("timeout"),
@@ -258,8 +267,8 @@ void define_requests(py::module_& m) {
       .def("drain_async", &Engine::drain_async, "Tokens of async requests finished since the last call.")
       .def("take_token", &Engine::take_token, py::arg("token"),
            "(flags, payload) of a finished async request.")
-      .def("abandon_token", &Engine::abandon_token, py::arg("token"),
-           "The async caller gave up on this request.")
+      .def("abandon_token", &Engine::abandon_token, py::arg("token"), py::arg("timed_out") = false,
+           "The async caller gave up on this request (its timeout passed, or it was cancelled).")
       .def_property_readonly(
           "async_fd", [](Engine& e) { return e.book().async_fd(); },
           "An eventfd readable when async requests finished.")

@@ -6,6 +6,7 @@
 #include "../cpp/guardian.hpp"
 #include "../cpp/wire.hpp"
 #include "gil.hpp"
+#include "meter.hpp"
 #include "payload.hpp"
 
 namespace mpb {
@@ -34,9 +35,21 @@ const std::string& dropped_report() {
   return report;
 }
 
-void release_claim(uint64_t id) {
-  if (t_claims) t_claims->release(t_claim_worker, id);
+// A worker pushed a message with id `id` at `now`: if it answers an item
+// the worker holds, the claim ends and the worker's record counts the answer
+// and how long the item took.  (Other pushes of a worker — its reports and
+// log records on the control ring — hold no claim and count nothing.)
+void answered(uint64_t id, uint32_t flags, int64_t now) {
+  const int64_t since = t_claims ? t_claims->release(t_claim_worker, id) : 0;
+  MeterRecord* r = t_meter;
+  if (!r || !since) return;
+  bump(r->own[kWorkerOut]);
+  if (flags & kFlagError) bump(r->own[kWorkerErrors]);
+  observe_time(r->times, now - since);
 }
+
+// The clock, read only when a worker's bindings need it.
+int64_t worker_clock() { return (kMetering && t_meter) ? now_ns() : 0; }
 
 int status_of(PushStatus st) {
   return int(st == PushStatus::ok       ? Status::ok
@@ -65,8 +78,18 @@ struct GatherSink : MessageSink {
   ~GatherSink() override {  // runs with the GIL held (end of gather())
     for (Item& it : items) Py_XDECREF(it.direct);
   }
+  size_t skipped = 0;          // items dropped because nobody waits for them
+
   void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
+    const int64_t now = (t_claims || t_meter) ? now_ns() : 0;
+    if (MeterRecord* r = t_meter) {
+      bump(r->own[kWorkerIn]);
+      if (flags & kFlagError) bump(r->own[kWorkerPassed]);
+      if (pushed_at) observe_time(r->waits, now - pushed_at);
+    }
     if (t_board && !(flags & kFlagError) && t_board->take_if_abandoned(id)) {
+      ++skipped;
+      if (t_meter) bump(t_meter->own[kWorkerSkipped]);
       // Work for nobody: not claimed, not decoded, not run; a "dropped"
       // error goes on in its place (the collector frees the slot).  What an
       // object message refers to is released at its end.
@@ -77,7 +100,7 @@ struct GatherSink : MessageSink {
       return;
     }
     // Claimed while the ring still holds it: a death from here on is seen.
-    if (t_claims) (void)t_claims->claim(t_claim_worker, id, aux);
+    if (t_claims) (void)t_claims->claim(t_claim_worker, id, aux, now);
     PyObject* direct = total >= kLargePayloadBytes ? new_direct_object(flags, total) : nullptr;
     items.push_back({id, flags, aux, buf.size(), 0, direct, false});
     if (direct) {
@@ -108,7 +131,7 @@ struct GatherSink : MessageSink {
   }
   void abort() override {
     Item& it = items.back();
-    if (!it.dropped) release_claim(it.id);
+    if (!it.dropped && t_claims) (void)t_claims->release(t_claim_worker, it.id);
     if (it.direct) {
       py::gil_scoped_acquire gil;
       Py_DECREF(it.direct);
@@ -127,7 +150,7 @@ int PyRing::push(uint64_t id, uint32_t flags, py::handle payload, uint64_t aux, 
   add_refs(flags, ref.handle, object_refs);
   PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr);
   if (st != PushStatus::ok) drop_refs(flags, ref.handle, object_refs);
-  release_claim(id);
+  answered(id, flags, worker_clock());
   return status_of(st);
 }
 
@@ -147,7 +170,8 @@ int PyRing::push_many(py::list items, uint64_t aux) {
   size_t written = 0;
   PushStatus st = push_with_gil_rules(*ring, msgs.data(), n, kForever, &written);
   for (size_t i = written; i < n; ++i) drop_refs(msgs[i].flags, refs[i].handle, object_refs);
-  for (size_t i = 0; i < n; ++i) release_claim(msgs[i].id);
+  const int64_t now = worker_clock();
+  for (size_t i = 0; i < n; ++i) answered(msgs[i].id, msgs[i].flags, now);
   return status_of(st);
 }
 
@@ -166,6 +190,10 @@ py::object PyRing::gather(size_t max_items, double wait_time, py::object idle_ti
   if (n == 0) {
     if (ring->finished()) return py::none();
     return py::list();
+  }
+  if (MeterRecord* r = t_meter; r && n > sink.skipped) {
+    bump(r->own[kWorkerBatches]);
+    observe_size(r->sizes, n - sink.skipped);
   }
   py::list out(n);
   for (size_t i = 0; i < n; ++i) {
@@ -201,6 +229,10 @@ void define_ring(py::module_& m) {
       .def_property_readonly("closed", [](PyRing& r) { return r.ring->closed(); })
       .def_property_readonly("empty", [](PyRing& r) { return r.ring->empty(); })
       .def_property_readonly("bytes_used", [](PyRing& r) { return r.ring->bytes_used(); })
+      .def_property_readonly(
+          "depth", [](PyRing& r) { return r.ring->depth(); }, "Messages in the ring now (a monitoring snapshot).")
+      .def_property_readonly(
+          "pushed", [](PyRing& r) { return r.ring->pushed(); }, "Messages pushed into the ring over its life.")
       .def_property_readonly(
           "finished", [](PyRing& r) { return r.ring->finished(); },
           "Closed, and nothing (more) will be consumed.")

@@ -60,7 +60,7 @@ ClaimSection* ClaimTable::section(uint32_t w) const {
 
 ClaimEntry* ClaimTable::entries(uint32_t w) const { return reinterpret_cast<ClaimEntry*>(section(w) + 1); }
 
-bool ClaimTable::claim(uint32_t worker, uint64_t id, uint64_t aux) {
+bool ClaimTable::claim(uint32_t worker, uint64_t id, uint64_t aux, int64_t now) {
   ClaimSection* s = section(worker);
   ClaimEntry* e = entries(worker);
   const uint32_t high = s->high.load(std::memory_order_relaxed);  // only this worker writes it
@@ -75,18 +75,19 @@ bool ClaimTable::claim(uint32_t worker, uint64_t id, uint64_t aux) {
   }
   e[i].id = id;
   e[i].aux = aux;
-  e[i].since.store(now_ns(), std::memory_order_relaxed);
+  e[i].since.store(now ? now : now_ns(), std::memory_order_relaxed);
   e[i].used.store(1, std::memory_order_release);
   s->live += 1;
   return true;
 }
 
-void ClaimTable::release(uint32_t worker, uint64_t id) {
+int64_t ClaimTable::release(uint32_t worker, uint64_t id) {
   ClaimSection* s = section(worker);
   ClaimEntry* e = entries(worker);
   const uint32_t high = s->high.load(std::memory_order_relaxed);
   for (uint32_t i = s->low; i < high; ++i) {
     if (e[i].used.load(std::memory_order_relaxed) && e[i].id == id) {
+      const int64_t since = e[i].since.load(std::memory_order_relaxed);
       e[i].used.store(0, std::memory_order_release);
       if (--s->live == 0) {
         s->high.store(0, std::memory_order_relaxed);
@@ -94,9 +95,10 @@ void ClaimTable::release(uint32_t worker, uint64_t id) {
       } else {
         while (s->low < high && !e[s->low].used.load(std::memory_order_relaxed)) ++s->low;
       }
-      return;
+      return since;
     }
   }
+  return 0;
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> ClaimTable::take(uint32_t worker) {

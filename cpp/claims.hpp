@@ -86,8 +86,10 @@ class ClaimTable {
 
   // Worker side.  claim() returns false if the section is full (the item is
   // then unprotected; callers size the table so this does not happen).
-  bool claim(uint32_t worker, uint64_t id, uint64_t aux);
-  void release(uint32_t worker, uint64_t id);
+  // `now` (now_ns, 0: read the clock) is when the worker took the item.
+  bool claim(uint32_t worker, uint64_t id, uint64_t aux, int64_t now = 0);
+  // Returns when the released item was claimed (0 if it was not held).
+  int64_t release(uint32_t worker, uint64_t id);
 
   // Guardian side (the worker is gone): returns and clears its claims.
   std::vector<std::pair<uint64_t, uint64_t>> take(uint32_t worker);

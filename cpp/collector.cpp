@@ -37,6 +37,7 @@ void Collector::Sink::end() {
     c_.delivered_.fetch_add(1, std::memory_order_relaxed);
   } else {
     c_.dropped_.fetch_add(1, std::memory_order_relaxed);
+    c_.ledger_.note_stale();
   }
   result_ = nullptr;
   home_ = nullptr;

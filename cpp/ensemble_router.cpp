@@ -97,6 +97,7 @@ void EnsembleRouter::fan_out() {
       tickets.push_back(open_entry(m));
       slices.push_back(Slice{m.payload.data(), m.payload.size()});
     }
+    if (meter_) bump(meter_->own[kRouterRouted], tickets.size());
     push_all(output_, errors);
     // Same payload bytes to every member; one push (one wake-up) per member per batch.
     for (size_t member = 0; member < members_.size() && !tickets.empty(); ++member) {
@@ -138,6 +139,7 @@ void EnsembleRouter::file_result(OwnedMessage& m, std::vector<OwnedMessage>& out
   Entry& e = table_[idx];
   if (!e.open || (e.gen & 0xffffffu) != gen || e.part_flags[member] != kPartMissing) {
     dropped_.fetch_add(1, std::memory_order_relaxed);  // emitted already (fail_fast) or stale
+    if (meter_) bump(meter_->own[kRouterLate]);
     dropped.push_back(std::move(m));
     return;
   }
@@ -156,6 +158,7 @@ void EnsembleRouter::file_result(OwnedMessage& m, std::vector<OwnedMessage>& out
   e.parts.clear();
   free_.push_back(idx);
   emitted_.fetch_add(1, std::memory_order_relaxed);
+  if (meter_) bump(meter_->own[kRouterJoined]);
 }
 
 void EnsembleRouter::fan_in() {

@@ -55,6 +55,7 @@
 
 #include "composite.hpp"
 #include "message_buffer.hpp"
+#include "meter.hpp"
 #include "ring.hpp"
 #include "wire.hpp"
 
@@ -73,6 +74,10 @@ class EnsembleRouter {
   using Disposer = std::function<void(const OwnedMessage&, int count)>;
   // Must be set before start().
   void set_disposer(Disposer d) { disposer_ = std::move(d); }
+  // The ensemble's meter record (meter.hpp: RouterCount); may be null, must
+  // outlive the router.  Before start().  Fan-out counts `routed`, fan-in
+  // `joined` and `late`: one writer per counter.
+  void set_meter(MeterRecord* m) { meter_ = m; }
 
   void start();
   // Returns once the input ring is finished and everything was forwarded.
@@ -118,6 +123,7 @@ class EnsembleRouter {
   Ring& output_;
   const bool fail_fast_;
   Disposer disposer_;
+  MeterRecord* meter_ = nullptr;
 
   mutable std::mutex mu_;
   std::deque<Entry> table_;

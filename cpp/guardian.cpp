@@ -30,6 +30,28 @@ void tick(int64_t now, int64_t limit_ns, int64_t* next) {
   if (*next == 0 || at < *next) *next = at;
 }
 
+// "killed by signal 9 (SIGKILL)", "exited with code 3".
+std::string describe_exit(int status) {
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    // The usual ways a worker dies (sigabbrev_np needs glibc 2.32: too new for manylinux).
+    const char* name = sig == SIGKILL   ? "SIGKILL"
+                       : sig == SIGSEGV ? "SIGSEGV"
+                       : sig == SIGABRT ? "SIGABRT"
+                       : sig == SIGTERM ? "SIGTERM"
+                       : sig == SIGBUS  ? "SIGBUS"
+                       : sig == SIGFPE  ? "SIGFPE"
+                       : sig == SIGILL  ? "SIGILL"
+                       : sig == SIGINT  ? "SIGINT"
+                                        : nullptr;
+    return "was killed by signal " + std::to_string(sig) + (name ? std::string(" (") + name + ")" : "");
+  }
+  if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
+  return "ended (wait status " + std::to_string(status) + ")";
+}
+
+std::string items(size_t n) { return std::to_string(n) + (n == 1 ? " item" : " items"); }
+
 void push_errors(Ring& out, const std::vector<std::pair<uint64_t, uint64_t>>& items,
                  const std::string& payload) {
   if (items.empty()) return;
@@ -252,6 +274,7 @@ int64_t Guardian::watch() {
   const int64_t now = now_ns();
   int64_t next = 0;
   std::vector<pid_t> victims;
+  std::vector<std::string> kills;
   {
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& e : entries_) {
@@ -263,21 +286,41 @@ int64_t Guardian::watch() {
         e->killed_for[i] = stuck_reason(*e, why) + ", so mpserver killed it";
         if (why == Stuck::item_timeout) {
           e->overdue_kills += 1;
+          if (MeterRecord* rec = record_of(*e, i)) bump(rec->kept[kKeptKilled]);
         } else {
           stop_kills_.push_back("worker process " + e->s.names[i] + " (pid " + std::to_string(e->s.pids[i]) +
                                 ") of " + e->s.label + " " + e->killed_for[i]);
         }
         victims.push_back(e->s.pids[i]);
+        kills.push_back("killing worker process " + e->s.names[i] + " (pid " + std::to_string(e->s.pids[i]) +
+                        ") of " + e->s.label + ": it " + stuck_reason(*e, why));
       }
     }
   }
-  for (pid_t pid : victims) sup_.kill(pid, SIGKILL);  // its exit comes back through handle()
+  for (size_t k = 0; k < kills.size(); ++k) {
+    event("WARNING", kills[k]);
+    sup_.kill(victims[k], SIGKILL);  // its exit comes back through handle()
+  }
   return next;
 }
 
-void Guardian::fail_claims(Entry& e, uint32_t index, const std::string& payload) {
+size_t Guardian::fail_claims(Entry& e, uint32_t index, const std::string& payload) {
   auto held = e.s.claims ? e.s.claims->take(index) : std::vector<std::pair<uint64_t, uint64_t>>{};
   push_errors(*e.s.output, held, payload);
+  return held.size();
+}
+
+MeterRecord* Guardian::record_of(const Entry& e, uint32_t index) {
+  if (!e.s.meter || index >= e.s.records.size()) return nullptr;
+  return &e.s.meter->record(e.s.records[index]);
+}
+
+void Guardian::event(const char* level, const std::string& text) {
+  if (!events_) return;
+  const std::string payload = std::string(level) + kSep + text;
+  Slice sl{payload.data(), payload.size()};
+  OutMessage m{0, kFlagControl, uint64_t(Control::event), &sl, 1};
+  (void)events_->try_push(&m, 1);  // a full ring drops the event: the guardian never waits on logging
 }
 
 bool Guardian::spend_restart_locked(Entry& e) {
@@ -301,6 +344,9 @@ bool Guardian::lose_worker_locked(Entry& e) {
 }
 
 void Guardian::start_failer(Entry* e) {
+  event("ERROR", e->s.label + " has no live worker left and its restart budget is spent (max_restarts=" +
+                     std::to_string(e->s.max_restarts) + " within " + seconds(e->s.window_ns) +
+                     " seconds): every item sent to it now fails with WorkerCrashedError");
   e->failer = start_quiet_thread([this, e] { run_failer(e); });
 }
 
@@ -331,19 +377,26 @@ void Guardian::handle(pid_t pid, int status) {
   if (e->s.control) e->s.control->recover_producer(pid);
   const bool orderly = e->s.input->closed() && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   // 2. Items it held.
-  fail_claims(*e, index,
-              crash_payload("process", e->s, index, pid, status,
-                            killed_for.empty() ? "died while processing this item" : killed_for));
+  const size_t held = fail_claims(*e, index,
+                                  crash_payload("process", e->s, index, pid, status,
+                                                killed_for.empty() ? "died while processing this item" : killed_for));
+  MeterRecord* rec = record_of(*e, index);
+  if (rec) set(rec->own[kWorkerPid], 0);  // its owner is gone: nobody else writes it now
   if (orderly) {
     std::lock_guard<std::mutex> lk(mu_);
     e->live -= 1;
     return;
   }
+  const std::string who = "worker process " + e->s.names[index] + " (pid " + std::to_string(pid) + ") of " + e->s.label;
+  event("WARNING", who + " " + describe_exit(status) + (killed_for.empty() ? "" : " (it " + killed_for + ")") +
+                       "; the " + items(held) + " it held failed with WorkerCrashedError");
   // 3. Respawn, within budget.
   bool respawn;
   {
     std::lock_guard<std::mutex> lk(mu_);
     respawn = spend_restart_locked(*e);
+    if (rec) bump(rec->kept[kKeptCrashes]);
+    if (rec && respawn) bump(rec->kept[kKeptRestarts]);
   }
   pid_t fresh = 0;
   if (respawn) {
@@ -352,7 +405,7 @@ void Guardian::handle(pid_t pid, int status) {
     } catch (const std::exception&) {
       fresh = 0;
     }
-    if (e->s.control) {  // discard readiness reports nobody waits for
+    if (e->s.control && !events_) {  // discard readiness reports nobody waits for
       BufferSink sink;
       e->s.control->try_consume(SIZE_MAX, sink);
     }
@@ -372,6 +425,12 @@ void Guardian::handle(pid_t pid, int status) {
   // failed by the server's teardown).
   if (abandoned) e->s.input->abort();
   if (fresh > 0) {
+    event("INFO", "restarted worker process " + e->s.names[index] + " of " + e->s.label + " as pid " +
+                      std::to_string(fresh));
+  } else if (respawn) {
+    event("ERROR", "could not restart worker process " + e->s.names[index] + " of " + e->s.label);
+  }
+  if (fresh > 0) {
     int st = 0;
     if (sup_.has_exited(fresh, &st)) handle(fresh, st);  // died before we recorded it
   }
@@ -386,7 +445,7 @@ bool Guardian::thread_stopped(uint32_t servlet, uint32_t index, const std::strin
       throw std::out_of_range("no such thread servlet");
     e = entries_[servlet].get();
   }
-  fail_claims(
+  const size_t held = fail_claims(
       *e, index,
       crash_payload("thread", e->s, index, 0, -1, "was stopped by " + cause + " while processing this item"));
   bool again, failer = false;
@@ -394,7 +453,14 @@ bool Guardian::thread_stopped(uint32_t servlet, uint32_t index, const std::strin
     std::lock_guard<std::mutex> lk(mu_);
     again = spend_restart_locked(*e);
     if (!again) failer = lose_worker_locked(*e);
+    if (MeterRecord* rec = record_of(*e, index)) {
+      bump(rec->kept[kKeptCrashes]);
+      if (again) bump(rec->kept[kKeptRestarts]);
+    }
   }
+  event("WARNING", "worker thread " + e->s.names[index] + " of " + e->s.label + " was stopped by " + cause +
+                       "; the " + items(held) + " it held failed with WorkerCrashedError" +
+                       (again ? "; it starts over with a fresh worker" : ""));
   if (failer) start_failer(e);
   return again;
 }

@@ -34,6 +34,9 @@
 //     a line of text for the embedding to log (stop_kills()).  Worker threads
 //     are judged by the same rules on request (thread_stuck()): they cannot
 //     be killed, so the embedding stops waiting for them instead.
+// Each crash, restart, kill and lost servlet is counted in the worker's meter
+// record (meter.hpp, the `kept` line, under the guardian's mutex) and
+// reported as an event on the control ring for the embedding to log.
 // No Python runs here; Python turns crash payloads into WorkerCrashedError.
 // What only the embedding can do for messages holding object references
 // (release them, re-encode an upstream error for a cross-process output) it
@@ -74,6 +77,7 @@
 
 #include "claims.hpp"
 #include "message_buffer.hpp"
+#include "meter.hpp"
 #include "ring.hpp"
 #include "supervisor.hpp"
 
@@ -107,6 +111,8 @@ struct GuardedServlet {
   std::vector<pid_t> pids;        // processes: current pid per worker index, 0 when none
   MessageRelay* relay = nullptr;  // null when the input holds no object references
   int64_t item_timeout_ns = 0;    // processes: kill a worker holding an item longer (0: never)
+  MeterBoard* meter = nullptr;    // where crashes and restarts are counted (may be null)
+  std::vector<uint32_t> records;  // with meter: the record of each worker index
 };
 
 class Guardian {
@@ -126,6 +132,13 @@ class Guardian {
   // A thread worker that was allowed to restart could not (its fresh
   // worker's __init__ raised): it is gone.
   void thread_lost(uint32_t servlet, uint32_t index);
+  // Where lifecycle events go (crashes, restarts, a servlet left without
+  // workers, watchdog kills): Control::event messages, "<level>\x1f<text>",
+  // pushed without waiting (a full ring drops the event, never blocks the
+  // guardian).  Setting it also says that the embedding drains the control
+  // ring (so the guardian no longer discards what restarted workers report
+  // there).  Before start(); must outlive the guardian.
+  void set_events(Ring* control) { events_ = control; }
   // Starts handling exits (including any that happened before).
   void start();
   // The server is stopping: no more respawns or failers.  grace_ns > 0:
@@ -182,7 +195,12 @@ class Guardian {
   // What a worker stuck for `why` did, for crash reports and warnings (under mu_).
   std::string stuck_reason(const Entry& e, Stuck why) const;
   void handle(pid_t pid, int status);
-  void fail_claims(Entry& e, uint32_t index, const std::string& payload);
+  // Fails what worker `index` held; returns how many items that was.
+  size_t fail_claims(Entry& e, uint32_t index, const std::string& payload);
+  // The meter record of worker `index`, or null.
+  static MeterRecord* record_of(const Entry& e, uint32_t index);
+  // Reports a lifecycle event (never under mu_).
+  void event(const char* level, const std::string& text);
   // Counts a crash; true if the servlet may restart a worker now (under mu_).
   bool spend_restart_locked(Entry& e);
   // A worker is gone for good: starts the failer if it was the last (under mu_;
@@ -204,6 +222,7 @@ class Guardian {
   std::condition_variable idle_cv_;               // exits_ emptied and handled
   std::vector<std::string> stop_kills_;
   bool quit_ = false;
+  Ring* events_ = nullptr;
   std::thread thread_;
 };
 

@@ -25,6 +25,7 @@ Status Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx, bool notif
   free_.pop_back();
   in_use_.fetch_add(1, std::memory_order_relaxed);
   lk.unlock();
+  count(kServerAdmitted);
   Slot& s = slots_[i];
   s.gen += 1;
   s.result.flags = 0;
@@ -61,9 +62,12 @@ Ledger::Finished Ledger::finish_quietly(uint32_t idx) {
   Slot& s = slots_[idx];
   const bool async = s.notify_async;  // read first: an abandoned slot is freed below
   uint32_t expected = kPending;
+  if (meter_) observe_time(meter_->times, now_ns() - s.t_start_ns);  // only the collector writes it
   if (s.state.compare_exchange_strong(expected, kDone, std::memory_order_seq_cst)) {
+    count(kServerFiled);
     return {s.sleeping.load(std::memory_order_seq_cst) != 0, async};
   }
+  count(kServerLate);
   if (expected == kAbandoned) {
     if (disposer_) disposer_(s.result.flags, s.result.payload);
     free_slot(idx);
@@ -102,22 +106,35 @@ void Ledger::free_slot(uint32_t idx) {
   free_.push_back(idx);
   in_use_.fetch_sub(1, std::memory_order_relaxed);
   if (acquire_waiters_) cv_.notify_one();
+  count(kServerFreed);
 }
 
-bool Ledger::abandon(uint32_t idx) {
+bool Ledger::abandon(uint32_t idx, GiveUp why) {
   // The token first: once abandoned, the slot may be freed and reused at any moment.
   const uint64_t tok = token(idx);
   uint32_t expected = kPending;
   if (!slots_[idx].state.compare_exchange_strong(expected, kAbandoned, std::memory_order_seq_cst))
     return false;
+  count(why == GiveUp::timed_out ? kServerTimedOut : kServerCancelled);
   if (board_) board_->mark(tok);
   return true;
+}
+
+void Ledger::give_up(uint32_t idx, GiveUp why) {
+  if (abandon(idx, why)) return;
+  count(why == GiveUp::timed_out ? kServerTimedOut : kServerCancelled);  // done just now: the caller still gave up
+  discard(idx);
 }
 
 void Ledger::discard(uint32_t idx) {
   Slot& s = slots_[idx];
   if (disposer_) disposer_(s.result.flags, s.result.payload);
   free_slot(idx);
+}
+
+void Ledger::set_meter(MeterRecord* m) {
+  meter_ = m;
+  if (m) set(m->own[kServerCapacity], capacity_);
 }
 
 void Ledger::close() {

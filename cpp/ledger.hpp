@@ -48,6 +48,7 @@
 
 #include "cancel_board.hpp"
 #include "futex.hpp"
+#include "meter.hpp"
 #include "wire.hpp"
 
 namespace mps {
@@ -111,8 +112,13 @@ class Ledger {
   // The caller gives up: true if the result will be dropped on arrival,
   // false if it is already done (the caller must then take() or discard()).
   // An abandoned request is also put on the cancel board (if set), so that
-  // workers skip it if they have not started it yet.
-  bool abandon(uint32_t idx);
+  // workers skip it if they have not started it yet.  `why` is what the
+  // meter counts it as.
+  enum class GiveUp { timed_out, cancelled };
+  bool abandon(uint32_t idx, GiveUp why);
+  // The caller gives up whatever the state: abandon(), or discard() if the
+  // result is already there.
+  void give_up(uint32_t idx, GiveUp why);
   // Drops the result of a done slot (through the disposer) and frees it.
   void discard(uint32_t idx);
 
@@ -128,6 +134,16 @@ class Ledger {
   // Where abandoned requests are posted for the workers (may be null; must
   // outlive the ledger).  Before the first request.
   void set_board(CancelBoard* board) { board_ = board; }
+  // The server's meter record (may be null; must outlive the ledger).  Before
+  // the first request.
+  void set_meter(MeterRecord* m);
+  // A result for a token that names no request in flight (stale or unknown).
+  void note_stale() { count(kServerLate); }
+  // A refusal from acquire() was final: the request is refused.  Only the
+  // caller knows (a refusal may be a probe before waiting, a wait may be cut
+  // into slices, and a stream that meets a full backlog just waits, which is
+  // flow control).
+  void note_rejected() { count(kServerRejected); }
 
   // Snapshot for debug_info: (slot, state, age in ns) of slots in use.
   struct Entry {
@@ -149,6 +165,9 @@ class Ledger {
   static_assert(std::atomic<uint32_t>::is_always_lock_free, "slot states are futex words");
 
   void free_slot(uint32_t idx);
+  void count(ServerCount c) {
+    if (meter_) add(meter_->own[c]);
+  }
 
   const uint32_t capacity_;
   std::unique_ptr<Slot[]> slots_;
@@ -160,6 +179,7 @@ class Ledger {
   std::atomic<bool> closed_{false};
   Disposer disposer_;
   CancelBoard* board_ = nullptr;
+  MeterRecord* meter_ = nullptr;
 };
 
 template <class Consume>

@@ -83,9 +83,7 @@ class RequestBook {
   }
   // The caller gives up: the result is dropped on arrival (or now, if it is
   // already there).
-  void abandon(uint32_t idx) {
-    if (!ledger_.abandon(idx)) ledger_.discard(idx);
-  }
+  void abandon(uint32_t idx, Ledger::GiveUp why) { ledger_.give_up(idx, why); }
   // The slot an async token names; throws std::invalid_argument if stale.
   uint32_t slot_of(uint64_t token) const { return ledger_.slot_of(token); }
   uint64_t token(uint32_t idx) const { return ledger_.token(idx); }

@@ -6,10 +6,12 @@
 #include <cstring>
 #include <new>
 
+#include "meter.hpp"
+
 namespace mps {
 
 namespace {
-constexpr uint64_t kMagic = 0x6d7073726e673032ULL;  // "mpsrng02"
+constexpr uint64_t kMagic = 0x6d7073726e673033ULL;  // "mpsrng03"
 constexpr size_t kMinCapacity = 64 * 1024;
 
 size_t round_pow2(size_t n) {
@@ -56,6 +58,7 @@ std::unique_ptr<Ring> Ring::attach(int raw_fd) {
 // ---------------------------------------------------------------- producer
 
 void Ring::publish(uint64_t head, size_t msgs) {
+  if (msgs) h_->pushed.store(h_->pushed.load(std::memory_order_relaxed) + msgs, std::memory_order_relaxed);
   h_->head.store(head, std::memory_order_release);
   h_->data_seq.fetch_add(1, std::memory_order_seq_cst);
   if (h_->data_waiters.load(std::memory_order_seq_cst) != 0) {
@@ -104,6 +107,7 @@ PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns
   size_t pending = 0;
   const size_t chunk_max = max_chunk();
   const uint64_t mask = cap_ - 1;
+  const int64_t stamp = kMetering ? now_ns() : 0;  // one clock read per push
 
   for (size_t m = 0; m < n; ++m) {
     const OutMessage& msg = msgs[m];
@@ -138,6 +142,7 @@ PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns
       fh.id = msg.id;
       fh.total = total;
       fh.aux = msg.aux;
+      fh.stamp = stamp;
       if (first && remaining > len) {
         h_->producing_id = msg.id;
         h_->producing_total = total;
@@ -248,6 +253,7 @@ size_t Ring::consume_locked(size_t max_msgs, MessageSink& sink) {
     }
     h_->resync = 0;
     const uint64_t id = fh->id, total = fh->total;
+    sink.pushed_at = fh->stamp;
     sink.begin(id, fh->flags & ~kFramingMask, fh->aux, total);
     sink.append(reinterpret_cast<const char*>(fh + 1), fh->len);
     uint64_t got = fh->len;
@@ -285,7 +291,10 @@ size_t Ring::consume_locked(size_t max_msgs, MessageSink& sink) {
     sink.end();
     ++n;
   }
-  if (n) release_space(tail);
+  if (n) {
+    h_->popped.store(h_->popped.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    release_space(tail);
+  }
   return n;
 }
 
@@ -318,7 +327,7 @@ bool Ring::recover_producer(int32_t dead) {
     size_t pending = 0;
     const size_t need = frame_bytes(0);
     if (wait_space(head, need, kForever, true, &published, &pending) == PushStatus::ok) {
-      FrameHeader fh{0, kFrameLast | kFrameAbort, h_->producing_id, h_->producing_total, 0};
+      FrameHeader fh{0, kFrameLast | kFrameAbort, h_->producing_id, h_->producing_total, 0, 0};
       std::memcpy(data_ + (head & (cap_ - 1)), &fh, sizeof fh);
       publish(head + need, 0);
     }

@@ -40,6 +40,9 @@
 //     open: the recoverer (holding the producer lock) appends an abort frame.
 //     Its consumer side may leave continuation frames at the tail: the next
 //     consumer skips them (resync).  Single-frame messages need neither.
+//   * pushed and popped (message counts, for monitoring) are relaxed: each is
+//     written by its side's lock holder only; depth() may be off by the
+//     messages in flight while it reads, never negative.
 //   * closed is set with seq_cst and followed by bumping both sequences and
 //     waking everybody; waiters re-check closed after every wake.
 //     closed == 1: no more messages, consumers drain what is there.
@@ -72,8 +75,9 @@ struct FrameHeader {
   uint64_t id;     // caller's message id (same in every frame of a message)
   uint64_t total;  // payload bytes of the whole message
   uint64_t aux;    // caller's extra word (routing, worker index, ...)
+  int64_t stamp;   // when the message was pushed (now_ns; 0 with meters compiled out)
 };
-static_assert(sizeof(FrameHeader) == 32);
+static_assert(sizeof(FrameHeader) == 40);
 
 struct RingHeader {
   uint64_t magic;
@@ -91,10 +95,15 @@ struct RingHeader {
   uint32_t producing;
   uint64_t producing_id;
   uint64_t producing_total;
+  // Messages published so far (producer-lock holder, relaxed): depth() is
+  // pushed - popped.
+  std::atomic<uint64_t> pushed;
   alignas(64) ShmMutex consumer;
   // Set by recover_consumer(): drop leftover continuation frames of a message
   // whose consumer died mid-way, up to its last frame.
   uint32_t resync;
+  // Messages consumed so far (consumer-lock holder, relaxed).
+  std::atomic<uint64_t> popped;
 };
 
 // Layout promises of the shared header (every process maps the same bytes,
@@ -139,6 +148,9 @@ struct OutMessage {
 // in the middle of a multi-frame message.
 class MessageSink {
  public:
+  // When the message about to begin() was pushed (its frame's stamp), set by
+  // the ring just before begin(): for the sinks that measure queue wait.
+  int64_t pushed_at = 0;
   virtual ~MessageSink() = default;
   virtual void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) = 0;
   virtual void append(const char* data, size_t len) = 0;
@@ -211,6 +223,14 @@ class Ring {
   size_t bytes_used() const {
     return size_t(h_->head.load(std::memory_order_acquire) - h_->tail.load(std::memory_order_acquire));
   }
+  // Messages in the ring now (a snapshot for monitoring; see RingHeader::pushed).
+  uint64_t depth() const {
+    const uint64_t popped = h_->popped.load(std::memory_order_relaxed);
+    const uint64_t pushed = h_->pushed.load(std::memory_order_relaxed);
+    return pushed > popped ? pushed - popped : 0;
+  }
+  // Messages pushed into the ring over its life.
+  uint64_t pushed() const { return h_->pushed.load(std::memory_order_relaxed); }
 
  private:
   Ring(FdHandle fd, Mapping map, size_t header_bytes, size_t cap);

@@ -15,6 +15,7 @@ size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadl
     Status a = ledger_.acquire(wait && i == 0, deadline_ns, &idx);
     if (a != Status::ok) {
       *st = a;
+      if (a == Status::backlog_timeout) ledger_.note_rejected();  // the stream waited its whole timeout
       break;
     }
     msgs[i].id = ledger_.token(idx);
@@ -43,7 +44,7 @@ size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadl
     } else {
       // The consumer left while we were pushing: these results are unwanted.
       for (size_t i = 0; i < written; ++i) {
-        if (!ledger_.abandon(scratch_[i])) ledger_.discard(scratch_[i]);
+        ledger_.give_up(scratch_[i], Ledger::GiveUp::cancelled);
       }
       *st = Status::closed;
     }
@@ -84,7 +85,7 @@ size_t StreamWindow::drain(size_t max, int spin, int64_t wake_by_ns, std::vector
   }
   if (head.slot != kNoSlot && !ledger_.is_done(head.slot)) {
     // This item ran out of time: its result will be dropped when it comes.
-    if (!ledger_.abandon(head.slot)) {
+    if (!ledger_.abandon(head.slot, Ledger::GiveUp::timed_out)) {
       // It completed at the last moment after all.
       out.push_back({Outcome::ready, head.slot});
     } else {
@@ -130,7 +131,7 @@ void StreamWindow::close() {
   cv_.notify_all();
   for (const Entry& e : left) {
     if (e.slot == kNoSlot) continue;
-    if (!ledger_.abandon(e.slot)) ledger_.discard(e.slot);  // done: drop it now
+    ledger_.give_up(e.slot, Ledger::GiveUp::cancelled);  // done: dropped now
   }
 }
 

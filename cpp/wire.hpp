@@ -71,6 +71,8 @@ enum class Outcome : int {
 enum class Control : uint64_t {
   ready = 1,        // the worker is built and serving; payload: its name (pickled)
   init_failed = 2,  // its __init__ raised; payload: the pickled exception
+  log = 3,          // a logging record of a worker process; payload: its pickled attribute dict
+  event = 4,        // a lifecycle event seen by the guardian; payload: "<level>\x1f<text>" (UTF-8)
 };
 
 // ---- the fds a worker process is handed (see python/mpserver/_child.py) ----
@@ -82,6 +84,7 @@ enum ChildFd : int {
   kFdOutput = 6,   // the ring the servlet's results go to
   kFdClaims = 7,   // the servlet's claim table (claims.hpp)
   kFdBoard = 8,    // the server's cancel board (cancel_board.hpp)
+  kFdMeter = 9,    // the server's meter board (meter.hpp)
 };
 
 // ---- sizes ----

@@ -134,17 +134,20 @@ class Port:
         handle = self.loop.call_at(self.loop.time() + max(0.0, deadline - perf_counter()), _expire, fut)
         try:
             return await fut
+        except Expired:
+            self.abandon(token, timed_out=True)
+            raise
         except BaseException:
             self.abandon(token)
             raise
         finally:
             handle.cancel()
 
-    def abandon(self, token: int) -> None:
+    def abandon(self, token: int, timed_out: bool = False) -> None:
         with self.lock:
             mine = self.pending.pop(token, None) is not None
         if mine and not self.closed:
-            self.engine.abandon_token(token)
+            self.engine.abandon_token(token, timed_out)
 
     def close(self) -> None:
         """After the server stopped: resolve what is left, unregister the eventfd."""

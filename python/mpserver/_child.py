@@ -55,6 +55,9 @@ def main(argv: list[str]) -> int:
     if boot['board']:  # this input carries request tokens: skip what nobody waits for
         board = _core.CancelBoard.attach(fd.BOARD)
         _core.bind_board(board)
+    if boot['meter']:  # count what this worker does into its record (cpp/meter.hpp)
+        meter = _core.MeterBoard.attach(fd.METER)
+        _core.bind_meter(meter, boot['meter'][index], os.getpid())
 
     name = boot['names'][index]
     prep = dict(boot['prep'], name=name)

@@ -19,6 +19,7 @@ from . import _core
 from ._errors import ConfigError
 from ._launch import Launch
 from ._servlet import Servlet
+from ._stats import Layout
 from ._wire import FLAG_ERROR, Codec, by_reference_composite, codec_for, decode, pass_error
 
 __all__ = ['SequentialServlet', 'EnsembleServlet', 'SwitchServlet']
@@ -60,6 +61,15 @@ class _Compound(Servlet):
     def _guard(self, guardian: Any) -> None:
         for s in self._servlets:
             s._guard(guardian)
+
+    def _layout(self, path: str) -> Layout:
+        return Layout(
+            path,
+            type(self).__name__,
+            self._label(),
+            getattr(self, '_input', None),
+            children=[s._layout(f'{path}.{i}') for i, s in enumerate(self._servlets)],
+        )
 
 
 class SequentialServlet(_Compound):
@@ -121,6 +131,7 @@ class EnsembleServlet(_Compound):
         self._input: Any = None
         self._join: Any = None
         self._router: Any = None
+        self._record: int | None = None  # the router's meter record
 
     def _start(self, launch: Launch, output: Any, output_local: bool) -> tuple[Any, bool]:
         if self._router is not None:
@@ -137,7 +148,16 @@ class EnsembleServlet(_Compound):
         self._input = _core.Ring.create(_core.INPUT_RING_BYTES, 'mpserver-ensemble-in')
         if local:
             self._input.object_refs = len(self._servlets)  # one per member
-        self._router = _core.EnsembleRouter(self._input, [r for r, _ in started], self._join, output, self._fail_fast)
+        self._record = launch.meter_record() if launch.meter is not None else None
+        self._router = _core.EnsembleRouter(
+            self._input,
+            [r for r, _ in started],
+            self._join,
+            output,
+            self._fail_fast,
+            launch.meter,
+            self._record or 0,
+        )
         self._router.start()
         return self._input, local
 
@@ -165,6 +185,11 @@ class EnsembleServlet(_Compound):
 
     def _release(self) -> None:
         self._router = self._input = self._join = None
+
+    def _layout(self, path: str) -> Layout:
+        lay = super()._layout(path)
+        lay.router = self._record
+        return lay
 
     def _debug_info(self) -> dict[str, Any]:
         info = super()._debug_info()

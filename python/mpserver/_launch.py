@@ -22,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _core
-from ._errors import WorkerStartupError, describe_wait_status, startup_failure
+from ._errors import ConfigError, WorkerStartupError, describe_wait_status, startup_failure
 from ._wire import FLAG_CONTROL, decode
 
 if TYPE_CHECKING:
@@ -83,9 +83,14 @@ class Launch:
     """Everything one Server start needs: the supervisor, the control ring,
     and the workers still to be spawned and waited for."""
 
-    def __init__(self, supervisor: Any, control: Any, board: Any = None):
+    def __init__(self, supervisor: Any, control: Any, board: Any = None, meter: Any = None):
         self.supervisor = supervisor
         self.control = control
+        #: The server's meter board (cpp/meter.hpp): workers and routers
+        #: count into the records meter_record() hands out; record 0 is the
+        #: server's own.
+        self.meter = meter
+        self._records = 1
         #: The server's cancel board (requests whose callers gave up); workers
         #: whose input carries request tokens skip what is on it.
         self.board = board
@@ -96,6 +101,15 @@ class Launch:
         self._expect: dict[int, tuple[ProcessOwner, int, int]] = {}  # key -> (servlet, index, pid)
         self._threads: list[ThreadStart] = []
         self._env: list[str] | None = None
+
+    def meter_record(self) -> int:
+        """A fresh record of the meter board, for one worker or router."""
+        if self.meter is None:
+            raise RuntimeError('this start has no meter board')
+        if self._records >= self.meter.records:
+            raise ConfigError(f'a server can count at most {self.meter.records - 1} workers and ensembles')
+        self._records += 1
+        return self._records - 1
 
     def add_process(self, servlet: ProcessOwner, index: int, fds: list[tuple[int, int]], cpus: list[int]) -> None:
         """Registers worker ``index`` of ``servlet``; ``fds`` maps this
@@ -180,12 +194,17 @@ def _process_label(servlet: ProcessOwner, index: int, pid: int) -> str:
     return f'worker process {servlet._process_name(index)} (pid {pid})'
 
 
-def boot_fd(prep: dict[str, Any], body: bytes, cpus: list[Cpus], names: list[str], board: bool) -> int:
+def boot_fd(
+    prep: dict[str, Any], body: bytes, cpus: list[Cpus], names: list[str], board: bool, meter: list[int]
+) -> int:
     """A memfd with what every worker process of a servlet reads at start-up
     (fd ``ChildFd.BOOT``): multiprocessing's preparation data (to import the
     user's main module), the pickled worker class and kwargs, CPUs, names,
-    and whether to skip the requests on the cancel board (``ChildFd.BOARD``)."""
-    boot = pickle.dumps({'prep': prep, 'body': body, 'cpus': cpus, 'names': names, 'board': board}, 5)
+    whether to skip the requests on the cancel board (``ChildFd.BOARD``), and
+    each worker's record on the meter board (``ChildFd.METER``)."""
+    boot = pickle.dumps(
+        {'prep': prep, 'body': body, 'cpus': cpus, 'names': names, 'board': board, 'meter': meter}, 5
+    )
     return _core.memfd_from_bytes('mpserver-boot', boot)
 
 

@@ -25,6 +25,7 @@ from . import _core
 from ._config import Cpus, check_count, check_restarts, check_seconds, check_worker_cls, normalize_cpus
 from ._launch import Launch, ThreadStart, boot_fd
 from ._serve import serve
+from ._stats import Layout, WorkerLayout
 from ._wire import Codec, ObjectCodec, PickleCodec, pass_error
 from ._worker import Worker
 
@@ -76,6 +77,11 @@ class Servlet(ABC):
     def _debug_info(self) -> dict[str, Any]:
         return {'type': type(self).__name__, 'children': []}
 
+    @abstractmethod
+    def _layout(self, path: str) -> Layout:
+        """Where this running servlet's live counters are (``_stats.py``);
+        ``path`` names it in the tree."""
+
     def _label(self) -> str:
         """How errors name this servlet, e.g. ``ProcessServlet(Model)``."""
         return type(self).__name__
@@ -101,9 +107,23 @@ class _Simple(Servlet):
         self._guard_id = 0
         self._input: Any = None
         self._started = False
+        self._meter: Any = None  # the server's meter board
+        self._records: list[int] = []  # each worker's record on it
 
     def _label(self) -> str:
         return f'{type(self).__name__}({self._worker_cls.__qualname__})'
+
+    def _take_records(self, launch: Launch, n: int) -> None:
+        self._meter = launch.meter
+        self._records = [launch.meter_record() for _ in range(n)] if launch.meter is not None else []
+
+    @abstractmethod
+    def _worker_names(self) -> list[str]: ...
+
+    def _layout(self, path: str) -> Layout:
+        kind = 'process' if isinstance(self, ProcessServlet) else 'thread'
+        workers = [WorkerLayout(n, kind, r) for n, r in zip(self._worker_names(), self._records, strict=True)]
+        return Layout(path, type(self).__name__, self._label(), self._input, workers=workers)
 
     def _health(self) -> dict[str, Any]:
         """Restart counters kept by the guardian (empty before it took over)."""
@@ -207,7 +227,10 @@ class ProcessServlet(_Simple):
         prep.pop('authkey', None)
         n = len(self._cpus)
         board = launch.board if launch.carries_tokens else None
-        self._boot_fd = boot_fd(prep, body, self._cpus, [self._process_name(i) for i in range(n)], board is not None)
+        self._take_records(launch, n)
+        self._boot_fd = boot_fd(
+            prep, body, self._cpus, [self._process_name(i) for i in range(n)], board is not None, self._records
+        )
         self._input = _core.Ring.create(_core.INPUT_RING_BYTES, 'mpserver-in')
         self._output = output
         self._control = launch.control
@@ -224,6 +247,8 @@ class ProcessServlet(_Simple):
         ]
         if board is not None:
             fds.append((board.fd, _FD.BOARD))
+        if self._meter is not None:
+            fds.append((self._meter.fd, _FD.METER))
         for i, cpu in enumerate(self._cpus):
             cpus = [] if cpu is None else list(cpu) if isinstance(cpu, list) else [cpu]
             launch.add_process(self, i, [(fd, int(child)) for fd, child in fds], cpus)
@@ -249,8 +274,13 @@ class ProcessServlet(_Simple):
             self._specs,
             [p or 0 for p in self._pids],
             self._item_timeout or 0.0,
+            self._meter,
+            self._records,
         )
         self._guardian = guardian
+
+    def _worker_names(self) -> list[str]:
+        return [self._process_name(i) for i in range(len(self._cpus))]
 
     def _current_pids(self) -> list[int | None]:
         if self._guardian is not None:
@@ -278,7 +308,7 @@ class ProcessServlet(_Simple):
         if self._boot_fd is not None:
             os.close(self._boot_fd)
             self._boot_fd = None
-        self._input = self._output = self._control = self._claims = None
+        self._input = self._output = self._control = self._claims = self._meter = None
         self._supervisor = self._guardian = None
         self._pids = []
         self._specs = []
@@ -368,6 +398,7 @@ class ThreadServlet(_Simple):
         self._input = _core.Ring.create(_core.INPUT_RING_BYTES, 'mpserver-thread-in')
         self._claims = _core.ClaimTable.create(self._num_threads, _core.CLAIM_SLOTS)
         self._board = launch.board if launch.carries_tokens else None
+        self._take_records(launch, self._num_threads)
         self._output = output
         self._codec = ObjectCodec if output_local else PickleCodec
         base = self._worker_name or f'{self._worker_cls.__name__}-thread'
@@ -394,6 +425,8 @@ class ThreadServlet(_Simple):
             self._output,
             self._claims,
             relay,
+            self._meter,
+            self._records,
         )
         self._guardian = guardian
 
@@ -408,8 +441,10 @@ class ThreadServlet(_Simple):
         # Locals: a thread left behind by a stop grace outlives the servlet's
         # references (the claim table must stay mapped while it is bound).
         inp, output, codec, claims, board = self._input, self._output, self._codec, self._claims, self._board
+        meter = self._meter
         _core.bind_claims(claims, index)
         _core.bind_board(board)
+        _core.bind_meter(meter, self._records[index] if meter is not None else 0)
         try:
             while True:
                 try:
@@ -430,6 +465,7 @@ class ThreadServlet(_Simple):
         finally:
             _core.bind_claims(None)
             _core.bind_board(None)
+            _core.bind_meter(None)
 
     def _stop(self) -> None:
         if not self._started:
@@ -463,8 +499,11 @@ class ThreadServlet(_Simple):
         self._release()
 
     def _release(self) -> None:
-        self._input = self._output = self._claims = self._board = self._guardian = None
+        self._input = self._output = self._claims = self._board = self._guardian = self._meter = None
         self._started = False
+
+    def _worker_names(self) -> list[str]:
+        return [t.name for t in self._threads]
 
     @property
     def workers(self) -> list[threading.Thread]:

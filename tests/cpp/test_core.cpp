@@ -213,7 +213,7 @@ void test_timeouts() {
   ENSURE(ledger.acquire(false, 0, &idx2) == Status::backlog_full);
   ENSURE(ledger.acquire(true, now_ns() + 10000000, &idx2) == Status::backlog_timeout);
   ENSURE(!ledger.wait(idx, now_ns() + 10000000, 0));
-  ENSURE(ledger.abandon(idx));
+  ENSURE(ledger.abandon(idx, mps::Ledger::GiveUp::cancelled));
   std::puts("timeouts: ok");
 }
 

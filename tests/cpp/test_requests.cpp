@@ -125,7 +125,7 @@ TEST_CASE("request book: an abandoned request's result is dropped on arrival, th
   std::string x = "late";
   Slice sl;
   REQUIRE(book.send(*entry, idx, message_of(x, sl), kForever, true) == Status::ok);
-  book.abandon(idx);
+  book.abandon(idx, mps::Ledger::GiveUp::cancelled);
   CHECK(book.backlog() == 1);  // counted until its result leaves the pipeline
   std::thread worker = echo(*entry, *output);
   const int64_t deadline = now_ns() + 5'000'000'000LL;

@@ -24,7 +24,7 @@ import atheris
 from mpserver import _core
 
 FIRST, LAST, ABORT = 1, 2, 4
-HEADER = struct.Struct('<IIQQQ')  # len, flags, id, total, aux
+HEADER = struct.Struct('<IIQQQq')  # len, flags, id, total, aux, stamp
 
 
 @atheris.instrument_func
@@ -35,7 +35,7 @@ def frames_from(fdp: atheris.FuzzedDataProvider) -> bytes:
         flags = fdp.PickValueInList([FIRST | LAST, FIRST, LAST, 0, ABORT | LAST, fdp.ConsumeInt(4)])
         total = fdp.PickValueInList([length, length * 2, 0, fdp.ConsumeInt(8) & (2**64 - 1)])
         ident = fdp.ConsumeIntInRange(0, 3)
-        out += HEADER.pack(length & 0xFFFFFFFF, flags & 0xFFFFFFFF, ident, total, 0)
+        out += HEADER.pack(length & 0xFFFFFFFF, flags & 0xFFFFFFFF, ident, total, 0, 0)
         body = fdp.ConsumeBytes(min(length, 64))
         out += body.ljust((length + 7) & ~7, b'\0')
     return bytes(out)
