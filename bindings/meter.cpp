@@ -6,7 +6,6 @@
 #include <string>
 #include <vector>
 
-
 namespace mpb {
 
 using namespace mps;
@@ -28,10 +27,13 @@ void define_meter(py::module_& m) {
       m, "MeterBoard", "Live counters of a server, in shared memory (cpp/meter.hpp).")
       .def_static(
           "create",
-          [](uint32_t records) { return std::make_shared<PyMeterBoard>(PyMeterBoard{MeterBoard::create(records)}); },
+          [](uint32_t records) {
+            return std::make_shared<PyMeterBoard>(PyMeterBoard{MeterBoard::create(records)});
+          },
           py::arg("records"))
       .def_static(
-          "attach", [](int fd) { return std::make_shared<PyMeterBoard>(PyMeterBoard{MeterBoard::attach(fd)}); },
+          "attach",
+          [](int fd) { return std::make_shared<PyMeterBoard>(PyMeterBoard{MeterBoard::attach(fd)}); },
           py::arg("fd"), "Maps the board behind an fd (the board takes the fd over).")
       .def_property_readonly("fd", [](PyMeterBoard& b) { return b.board->fd(); })
       .def_property_readonly("records", [](PyMeterBoard& b) { return b.board->records(); })
@@ -48,11 +50,13 @@ void define_meter(py::module_& m) {
           },
           py::arg("records"), "read() of each record, in one call.")
       .def(
-          "set", [](PyMeterBoard& b, uint32_t i, uint32_t word, uint64_t v) {
+          "set",
+          [](PyMeterBoard& b, uint32_t i, uint32_t word, uint64_t v) {
             if (word >= 16) throw std::out_of_range("no such counter");
             set(b.board->record(i).own[word], v);
           },
-          py::arg("record"), py::arg("word"), py::arg("value"), "Sets an own-line counter (constants such as capacity).");
+          py::arg("record"), py::arg("word"), py::arg("value"),
+          "Sets an own-line counter (constants such as capacity).");
   m.def(
       "bind_meter",
       [](std::shared_ptr<PyMeterBoard> b, uint32_t record, uint64_t pid) {
@@ -69,13 +73,13 @@ void define_meter(py::module_& m) {
   py::dict counts;
   counts["worker"] = py::dict(py::arg("in_") = int(kWorkerIn), py::arg("out") = int(kWorkerOut),
                               py::arg("errors") = int(kWorkerErrors), py::arg("passed") = int(kWorkerPassed),
-                              py::arg("skipped") = int(kWorkerSkipped), py::arg("batches") = int(kWorkerBatches),
-                              py::arg("pid") = int(kWorkerPid));
-  counts["server"] = py::dict(py::arg("admitted") = int(kServerAdmitted), py::arg("rejected") = int(kServerRejected),
-                              py::arg("timed_out") = int(kServerTimedOut),
-                              py::arg("cancelled") = int(kServerCancelled), py::arg("freed") = int(kServerFreed),
-                              py::arg("filed") = int(kServerFiled), py::arg("late") = int(kServerLate),
-                              py::arg("capacity") = int(kServerCapacity));
+                              py::arg("skipped") = int(kWorkerSkipped),
+                              py::arg("batches") = int(kWorkerBatches), py::arg("pid") = int(kWorkerPid));
+  counts["server"] =
+      py::dict(py::arg("admitted") = int(kServerAdmitted), py::arg("rejected") = int(kServerRejected),
+               py::arg("timed_out") = int(kServerTimedOut), py::arg("cancelled") = int(kServerCancelled),
+               py::arg("freed") = int(kServerFreed), py::arg("filed") = int(kServerFiled),
+               py::arg("late") = int(kServerLate), py::arg("capacity") = int(kServerCapacity));
   counts["router"] = py::dict(py::arg("routed") = int(kRouterRouted), py::arg("joined") = int(kRouterJoined),
                               py::arg("late") = int(kRouterLate));
   counts["kept"] = py::dict(py::arg("crashes") = int(kKeptCrashes), py::arg("restarts") = int(kKeptRestarts),

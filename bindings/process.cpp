@@ -79,7 +79,8 @@ class PyGuardian {
                          std::shared_ptr<PyRing> control, std::shared_ptr<PyClaimTable> claims,
                          std::vector<SpawnSpec> specs, std::vector<int> pids, double item_timeout,
                          std::shared_ptr<PyMeterBoard> meter, std::vector<uint32_t> records) {
-    GuardedServlet s = base(label, std::move(names), max_restarts, window, input, output, claims, meter, records);
+    GuardedServlet s =
+        base(label, std::move(names), max_restarts, window, input, output, claims, meter, records);
     s.kind = WorkerKind::process;
     s.item_timeout_ns = item_timeout > 0 ? int64_t(item_timeout * 1e9) : 0;
     s.control = control->ring.get();
@@ -93,7 +94,8 @@ class PyGuardian {
                        double window, std::shared_ptr<PyRing> input, std::shared_ptr<PyRing> output,
                        std::shared_ptr<PyClaimTable> claims, py::function pass_error,
                        std::shared_ptr<PyMeterBoard> meter, std::vector<uint32_t> records) {
-    GuardedServlet s = base(label, std::move(names), max_restarts, window, input, output, claims, meter, records);
+    GuardedServlet s =
+        base(label, std::move(names), max_restarts, window, input, output, claims, meter, records);
     s.kind = WorkerKind::thread;
     relays_.push_back(std::make_unique<PyRelay>(std::move(pass_error)));
     s.relay = relays_.back().get();
@@ -252,7 +254,8 @@ void define_process(py::module_& m) {
       .def("add_processes", &PyGuardian::add_processes, py::arg("label"), py::arg("names"),
            py::arg("max_restarts"), py::arg("window"), py::arg("input"), py::arg("output"),
            py::arg("control"), py::arg("claims"), py::arg("specs"), py::arg("pids"),
-           py::arg("item_timeout") = 0.0, py::arg("meter") = nullptr, py::arg("records") = std::vector<uint32_t>{},
+           py::arg("item_timeout") = 0.0, py::arg("meter") = nullptr,
+           py::arg("records") = std::vector<uint32_t>{},
            "Guards a process servlet whose workers run; returns its number.  item_timeout > 0: "
            "seconds after which a worker still holding an item is killed (and its items failed).  "
            "meter, records: where each worker's crashes and restarts are counted.")
@@ -261,7 +264,8 @@ void define_process(py::module_& m) {
            py::arg("pass_error"), py::arg("meter") = nullptr, py::arg("records") = std::vector<uint32_t>{},
            "Guards a thread servlet; pass_error(flags, payload) re-encodes upstream errors for its output.")
       .def("set_events", &PyGuardian::set_events, py::arg("control"),
-           "Lifecycle events go to this ring as Control.EVENT messages; the caller drains it.  Before start().")
+           "Lifecycle events go to this ring as Control.EVENT messages; the caller drains it.  Before "
+           "start().")
       .def("thread_stopped", &PyGuardian::thread_stopped, py::arg("servlet"), py::arg("index"),
            py::arg("cause"),
            "A worker thread was stopped by `cause`: fails what it held; True if it may restart.")

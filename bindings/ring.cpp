@@ -78,7 +78,7 @@ struct GatherSink : MessageSink {
   ~GatherSink() override {  // runs with the GIL held (end of gather())
     for (Item& it : items) Py_XDECREF(it.direct);
   }
-  size_t skipped = 0;          // items dropped because nobody waits for them
+  size_t skipped = 0;  // items dropped because nobody waits for them
 
   void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
     const int64_t now = (t_claims || t_meter) ? now_ns() : 0;
@@ -230,9 +230,11 @@ void define_ring(py::module_& m) {
       .def_property_readonly("empty", [](PyRing& r) { return r.ring->empty(); })
       .def_property_readonly("bytes_used", [](PyRing& r) { return r.ring->bytes_used(); })
       .def_property_readonly(
-          "depth", [](PyRing& r) { return r.ring->depth(); }, "Messages in the ring now (a monitoring snapshot).")
+          "depth", [](PyRing& r) { return r.ring->depth(); },
+          "Messages in the ring now (a monitoring snapshot).")
       .def_property_readonly(
-          "pushed", [](PyRing& r) { return r.ring->pushed(); }, "Messages pushed into the ring over its life.")
+          "pushed", [](PyRing& r) { return r.ring->pushed(); },
+          "Messages pushed into the ring over its life.")
       .def_property_readonly(
           "finished", [](PyRing& r) { return r.ring->finished(); },
           "Closed, and nothing (more) will be consumed.")

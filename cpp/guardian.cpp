@@ -377,9 +377,10 @@ void Guardian::handle(pid_t pid, int status) {
   if (e->s.control) e->s.control->recover_producer(pid);
   const bool orderly = e->s.input->closed() && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   // 2. Items it held.
-  const size_t held = fail_claims(*e, index,
-                                  crash_payload("process", e->s, index, pid, status,
-                                                killed_for.empty() ? "died while processing this item" : killed_for));
+  const size_t held =
+      fail_claims(*e, index,
+                  crash_payload("process", e->s, index, pid, status,
+                                killed_for.empty() ? "died while processing this item" : killed_for));
   MeterRecord* rec = record_of(*e, index);
   if (rec) set(rec->own[kWorkerPid], 0);  // its owner is gone: nobody else writes it now
   if (orderly) {
@@ -387,9 +388,11 @@ void Guardian::handle(pid_t pid, int status) {
     e->live -= 1;
     return;
   }
-  const std::string who = "worker process " + e->s.names[index] + " (pid " + std::to_string(pid) + ") of " + e->s.label;
-  event("WARNING", who + " " + describe_exit(status) + (killed_for.empty() ? "" : " (it " + killed_for + ")") +
-                       "; the " + items(held) + " it held failed with WorkerCrashedError");
+  const std::string who =
+      "worker process " + e->s.names[index] + " (pid " + std::to_string(pid) + ") of " + e->s.label;
+  event("WARNING", who + " " + describe_exit(status) +
+                       (killed_for.empty() ? "" : " (it " + killed_for + ")") + "; the " + items(held) +
+                       " it held failed with WorkerCrashedError");
   // 3. Respawn, within budget.
   bool respawn;
   {

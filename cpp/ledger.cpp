@@ -122,7 +122,8 @@ bool Ledger::abandon(uint32_t idx, GiveUp why) {
 
 void Ledger::give_up(uint32_t idx, GiveUp why) {
   if (abandon(idx, why)) return;
-  count(why == GiveUp::timed_out ? kServerTimedOut : kServerCancelled);  // done just now: the caller still gave up
+  count(why == GiveUp::timed_out ? kServerTimedOut
+                                 : kServerCancelled);  // done just now: the caller still gave up
   discard(idx);
 }
 

@@ -9,7 +9,9 @@ namespace mps {
 namespace {
 constexpr uint64_t kMeterMagic = 0x6d70736d74723031ULL;  // "mpsmtr01"
 constexpr uint32_t kMeterVersion = 1;
-size_t board_bytes(uint32_t records) { return sizeof(MeterBoardHeader) + size_t(records) * sizeof(MeterRecord); }
+size_t board_bytes(uint32_t records) {
+  return sizeof(MeterBoardHeader) + size_t(records) * sizeof(MeterRecord);
+}
 
 template <size_t N>
 void copy_histogram(const MeterHistogram<N>& h, std::vector<uint64_t>& out) {

@@ -61,10 +61,10 @@ inline constexpr bool kMetering = MPSERVER_METERS != 0;
 
 // Upper bounds (inclusive) of the time buckets, in ns; a last bucket is +Inf.
 inline constexpr std::array<int64_t, 24> kTimeBoundsNs = {
-    1'000,          2'000,          5'000,          10'000,        20'000,        50'000,
-    100'000,        200'000,        500'000,        1'000'000,     2'000'000,     5'000'000,
-    10'000'000,     20'000'000,     50'000'000,     100'000'000,   200'000'000,   500'000'000,
-    1'000'000'000,  2'000'000'000,  5'000'000'000,  10'000'000'000, 20'000'000'000, 50'000'000'000};
+    1'000,         2'000,         5'000,         10'000,         20'000,         50'000,
+    100'000,       200'000,       500'000,       1'000'000,      2'000'000,      5'000'000,
+    10'000'000,    20'000'000,    50'000'000,    100'000'000,    200'000'000,    500'000'000,
+    1'000'000'000, 2'000'000'000, 5'000'000'000, 10'000'000'000, 20'000'000'000, 50'000'000'000};
 inline constexpr size_t kTimeBuckets = kTimeBoundsNs.size() + 1;
 // Upper bounds of the size buckets: 1, 2, 4, ..., 1024; a last bucket is +Inf.
 inline constexpr size_t kSizeBounds = 11;

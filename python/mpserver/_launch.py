@@ -202,9 +202,7 @@ def boot_fd(
     user's main module), the pickled worker class and kwargs, CPUs, names,
     whether to skip the requests on the cancel board (``ChildFd.BOARD``), and
     each worker's record on the meter board (``ChildFd.METER``)."""
-    boot = pickle.dumps(
-        {'prep': prep, 'body': body, 'cpus': cpus, 'names': names, 'board': board, 'meter': meter}, 5
-    )
+    boot = pickle.dumps({'prep': prep, 'body': body, 'cpus': cpus, 'names': names, 'board': board, 'meter': meter}, 5)
     return _core.memfd_from_bytes('mpserver-boot', boot)
 
 

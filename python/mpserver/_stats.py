@@ -174,7 +174,7 @@ class ServletStats:
     path: str
     """Position in the tree: ``"0"`` (root), ``"0.1"`` (its second member), ..."""
     kind: str
-    """``'ProcessServlet'``, ``'ThreadServlet'``, ``'SequentialServlet'``, ``'EnsembleServlet'``, ``'SwitchServlet'`` (or a subclass's name)."""
+    """The servlet's class name: ``'ProcessServlet'``, ``'SequentialServlet'``, a SwitchServlet subclass's, ..."""
     label: str
     """How errors name the servlet, e.g. ``ProcessServlet(Square)``."""
     queue_depth: int

@@ -132,7 +132,8 @@ TEST_CASE("cancel board: the ledger posts an abandoned request; a later request 
   REQUIRE(ledger.acquire(false, 0, &idx) == Status::ok);
   const uint64_t first = ledger.token(idx);
   CHECK_FALSE(board->take_if_abandoned(first));
-  REQUIRE(ledger.abandon(idx, mps::Ledger::GiveUp::timed_out));                       // the caller gives up while the request is pending
+  REQUIRE(ledger.abandon(
+      idx, mps::Ledger::GiveUp::timed_out));          // the caller gives up while the request is pending
   auto seen = CancelBoard::attach(dup(board->fd()));  // as a worker process maps it
   CHECK(seen->take_if_abandoned(first));
   CHECK(board->dropped() == 1);
