@@ -195,7 +195,7 @@ class ServletStats:
     late: int | None = None
     """Ensemble: member results that came after their item's result was sent (``fail_fast``)."""
     routed_to: tuple[int, ...] = ()
-    """Switch: items routed to each member, in member order."""
+    """Switch: items routed to each member (whether or not a worker took them yet), in member order."""
 
     @property
     def in_flight(self) -> int:
@@ -369,6 +369,13 @@ def _worker(w: WorkerLayout, index: int, words: Sequence[int]) -> WorkerStats:
     )
 
 
+def _entry_ring_pushed(lay: Layout) -> int:
+    """Messages ever pushed into the ring where ``lay``'s servlet takes its input."""
+    while lay.ring is None and lay.children:  # a sequence: its first stage's
+        lay = lay.children[0]
+    return int(lay.ring.pushed) if lay.ring is not None else 0
+
+
 def _servlet(lay: Layout, words: dict[int, Sequence[int]]) -> ServletStats:
     children = tuple(_servlet(c, words) for c in lay.children)
     workers = tuple(_worker(w, i, words[w.record]) for i, w in enumerate(lay.workers))
@@ -388,8 +395,8 @@ def _servlet(lay: Layout, words: dict[int, Sequence[int]]) -> ServletStats:
         items_in, items_out = routed, joined
         errors = sum(c.errors for c in children)
         extra = {'routed': routed, 'joined': joined, 'late': r[_ROUTER['late']]}
-    elif lay.ring is not None:  # a switch: what it routed to each member
-        routed_to = tuple(c.items_in for c in children)
+    elif lay.ring is not None:  # a switch: what it pushed into each member's input
+        routed_to = tuple(_entry_ring_pushed(c) for c in lay.children)
         items_in = sum(routed_to)
         items_out = sum(c.items_out for c in children)
         errors = sum(c.errors for c in children)
