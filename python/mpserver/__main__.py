@@ -12,6 +12,14 @@ program and in mpserver's worker processes, ``mpservice.mpserver`` is
 mpserver and ``mpservice.multiprocessing.remote_exception`` holds mpserver's
 remote-exception classes.  Without arguments, or with ``-h``/``--help``, it
 prints usage to stderr and exits with status 2.
+
+::
+
+    python -m mpserver top [PID] [--interval S] [--once]
+
+shows the live statistics of servers running in another process (see
+``_top.py``).  The subcommand takes precedence: a script file literally named
+``top`` runs as ``python -m mpserver ./top``.
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ import sys
 USAGE = """\
 usage: python -m mpserver SCRIPT [ARGS...]
        python -m mpserver -m MODULE [ARGS...]
+       python -m mpserver top [PID] [--interval S] [--once]
 
 Run a program written for mpservice.mpserver on mpserver, unchanged:
 'import mpservice.mpserver' gives mpserver (in the program and in its
 worker processes), as if the program had called mpserver.install() first.
 SCRIPT and MODULE run as in 'python SCRIPT' / 'python -m MODULE'.
+'top' shows the live statistics of servers running in another process
+(a script named 'top' runs as './top').
 """
 
 
@@ -42,6 +53,10 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] in ('-h', '--help'):
         _usage_error(None if argv else 'no script or module given')
     first = argv[0]
+    if first == 'top':
+        from ._top import main as top
+
+        sys.exit(top(argv[1:]))
     if first.startswith('-m'):
         module = first[2:] or (argv[1] if len(argv) > 1 else '')
         if not module:

@@ -12,13 +12,17 @@ import asyncio
 import collections
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from time import perf_counter
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ._async_port import Expired
 from ._errors import ServerBacklogFull, TimeoutError, check_timeout
 from ._server import Server
 from ._servlet import Servlet
 from ._wire import FLAG_ERROR, decode
+
+if TYPE_CHECKING:
+    from ._stats import ServerStats
+    from ._watch import Watch
 
 __all__ = ['AsyncServer']
 
@@ -90,6 +94,14 @@ class AsyncServer:
         info = self._server.debug_info()
         info['type'] = type(self).__name__
         return info
+
+    def stats(self) -> ServerStats:
+        """Like :meth:`Server.stats` (cheap: safe to call from the loop)."""
+        return self._server.stats()
+
+    def watch(self, interval: float = 1.0, *, file: IO[str] | None = None) -> Watch:
+        """Like :meth:`Server.watch` (drawn by its own thread, not the loop)."""
+        return self._server.watch(interval, file=file)
 
     async def call(self, x: Any, /, *, timeout: int | float = 60, backpressure: bool = True) -> Any:
         """Serve one input and return its result (or raise the worker's exception).

@@ -22,9 +22,9 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, TypeAlias, cast, final
+from typing import IO, TYPE_CHECKING, Any, TypeAlias, cast, final
 
-from . import _core, _process, _stats
+from . import _core, _process, _stats, _top
 from ._config import check_seconds, normalize_cpus
 from ._errors import ConfigError, TimeoutError, check_timeout
 from ._launch import Launch
@@ -34,6 +34,7 @@ from ._wire import FLAG_ERROR, Codec, ObjectCodec, PickleCodec, decode
 
 if TYPE_CHECKING:
     from ._async_port import Ports
+    from ._watch import Watch
 
     #: An input in a stream's window: ``(x, its local error or None)``; a fed
     #: stream queues a list, whose error its feeder may set after queueing it.
@@ -196,6 +197,8 @@ class Server:
         self._board: Any = None  # requests whose callers gave up (cpp/cancel_board.hpp)
         self._meter: Any = None  # the core's live counters (cpp/meter.hpp)
         self._layout: _stats.Layout | None = None  # which counters belong to which servlet
+        self._top: str | None = None  # the file announcing this server to `python -m mpserver top`
+        self._watches: list[Watch] = []  # live views (_watch.py), stopped first thing at exit
         self._dropped = 0  # items workers skipped for callers who had gone (of the last run)
         self._output: Any = None
         self._control: Any = None
@@ -250,6 +253,7 @@ class Server:
             self._output = self._control = self._supervisor = self._board = self._meter = None
             raise
         self._layout = self.servlet._layout('0')
+        self._top = _top.announce(self._meter, self._layout, self._capacity)
         self._entry = entry
         self._codec = ObjectCodec if local else PickleCodec
         # From now on a worker that dies is noticed and replaced.
@@ -269,6 +273,8 @@ class Server:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if self._state != 'running':
             return  # also in a forked child: the parent's server is not ours to stop
+        for view in self._watches:
+            view.stop()  # a last frame with the final numbers, before anything stops
         self._state = 'stopping'
         _RUNNING.discard(self)
         guardian = self._guardian
@@ -312,6 +318,8 @@ class Server:
             self._dropped = self._board.dropped
             self._board = None
             self._meter = self._layout = None
+            _top.withdraw(self._top)
+            self._top = None
 
     def _async_ports(self) -> Ports:
         """The asyncio side of this running server (made on first use)."""
@@ -585,8 +593,28 @@ class Server:
         ``RuntimeError`` when the server is not running.
         """
         self._require_running()
-        assert self._layout is not None
-        return _stats.snapshot(self._meter, self._layout)
+        meter, layout = self._meter, self._layout  # once: another thread may be stopping the server
+        if meter is None or layout is None:
+            raise RuntimeError('the Server has been stopped')
+        return _stats.snapshot(meter, layout)
+
+    def watch(self, interval: float = 1.0, *, file: IO[str] | None = None) -> Watch:
+        """Draw a live table of every servlet and worker (queue depth, rates,
+        in flight, batch sizes, service-time quantiles, errors, crashes) and
+        of the server's requests, redrawn every ``interval`` seconds by a
+        daemon thread, on ``file`` (default ``sys.stderr``).
+
+        Returns the :class:`~mpserver._watch.Watch`: ``.stop()`` it, or use it
+        as a context manager; it also ends, after a last frame, when the server
+        stops.  Needs ``rich`` (``pip install 'mpserver[view]'``;
+        ``ImportError`` otherwise).  See docs/monitoring.md.
+        """
+        from ._watch import Watch
+
+        self._require_running()
+        self._watches = [w for w in self._watches if w.running]
+        self._watches.append(Watch(self.stats, interval, file=file, title=f'mpserver · pid {os.getpid()}'))
+        return self._watches[-1]
 
     def debug_info(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: backlog entries, workers, their liveness."""
