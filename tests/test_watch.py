@@ -441,6 +441,37 @@ def test_files_of_dead_processes_are_removed(runtime_dir):
     reused.write_text(json.dumps(dict(entry, pid=os.getpid(), proc_start=-1)))
     assert _top.servers() == []
     assert list(folder.iterdir()) == []
+    # A server that starts sweeps away files of processes that are gone.
+    stale.write_text(json.dumps(entry))
+    with Server(ThreadServlet(Inc)):
+        assert [p.name.split('-')[0] for p in folder.iterdir()] == [str(os.getpid())]
+
+
+def test_a_server_still_running_at_interpreter_exit_withdraws(tmp_path, runtime_dir):
+    script = tmp_path / 'left_running.py'
+    script.write_text(
+        textwrap.dedent(
+            """
+            from mpserver import ProcessServlet, Server, Worker
+
+
+            class Inc(Worker):
+                def call(self, x):
+                    return x + 1
+
+
+            if __name__ == '__main__':
+                server = Server(ProcessServlet(Inc))
+                server.__enter__()  # never left
+                print(server.call(1), flush=True)
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=child_env(runtime_dir), capture_output=True, text=True, timeout=120
+    )
+    assert (proc.returncode, proc.stdout) == (0, '2\n'), proc.stderr
+    assert list((runtime_dir / 'mpserver').iterdir()) == []
 
 
 # ----------------------------------------------------------------- progress

@@ -21,7 +21,8 @@ kernel lets only the same user (or root) do that, so the channel gives
 nobody anything the user's own ptrace rights do not.  The board and the
 rings are mapped read-only in spirit: ``top`` reads counters and ring
 depths and writes nothing.  A file whose process is gone (killed before it
-could clean up) is removed by the next ``top`` that finds it.
+could clean up) is removed by the next server that starts or ``top`` that
+looks; a server still running at interpreter exit withdraws its file then.
 
 ``MPSERVER_TOP=0`` in a server's environment stops it from announcing
 itself.  Announcing never stops a server from starting: a failure is logged
@@ -30,6 +31,7 @@ on the ``mpserver`` logger and the server goes on without it.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -53,6 +55,8 @@ _log = logging.getLogger('mpserver')
 FORMAT = 1
 
 _numbers = itertools.count()
+#: Files this process announced and has not withdrawn: path -> pid.
+_mine: dict[str, int] = {}
 
 
 def directory() -> str:
@@ -111,6 +115,7 @@ def announce(meter: Any, layout: _stats.Layout, capacity: int) -> str | None:
         folder = directory()
         if not _safe_directory(folder, create=True):
             return None
+        _sweep(folder)
         pid = os.getpid()
         name = f'{pid}-{next(_numbers)}.json'
         entry = {
@@ -134,6 +139,9 @@ def announce(meter: Any, layout: _stats.Layout, capacity: int) -> str | None:
         except BaseException:
             _unlink(tmp)
             raise
+        if not _mine:
+            atexit.register(_withdraw_at_exit)
+        _mine[path] = pid
         return path
     except OSError as e:
         _log.debug('this server is not announced to `python -m mpserver top`: %s', e)
@@ -145,7 +153,27 @@ def announce(meter: Any, layout: _stats.Layout, capacity: int) -> str | None:
 def withdraw(path: str | None) -> None:
     """Remove the file :func:`announce` wrote (never raises)."""
     if path is not None:
+        _mine.pop(path, None)
         _unlink(path)
+
+
+def _withdraw_at_exit() -> None:
+    # A server still running when the interpreter exits (never left its
+    # ``with``) is gone all the same.  A forked child inherits this handler
+    # and the parent's paths: it removes only files of its own pid.
+    for path, pid in list(_mine.items()):
+        if pid == os.getpid():
+            withdraw(path)
+
+
+def _sweep(folder: str) -> None:
+    """Remove the files of processes that are gone (killed before they could
+    withdraw), so that the directory does not fill up between runs of ``top``.
+    By name alone: a reused pid is told apart by ``servers()``."""
+    for name in os.listdir(folder):
+        pid = name.lstrip('.').split('-', 1)[0]
+        if pid.isdigit() and not os.path.exists(f'/proc/{pid}'):
+            _unlink(os.path.join(folder, name))
 
 
 def _unlink(path: str) -> None:
