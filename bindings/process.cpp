@@ -119,7 +119,6 @@ class PyGuardian {
     const double g = grace.is_none() ? 0.0 : grace.cast<double>();
     guardian().stop(g > 0 ? int64_t(g * 1e9) : 0);
   }
-  std::vector<std::string> stop_kills() const { return guardian().stop_kills(); }
   std::string thread_stuck(uint32_t servlet, uint32_t index) {
     return guardian().thread_stuck(servlet, index);
   }
@@ -275,7 +274,6 @@ void define_process(py::module_& m) {
       .def("stop", &PyGuardian::stop, py::arg("grace") = py::none(),
            "The server is stopping: no more restarts or failers; with a grace (seconds), workers "
            "stuck for longer from now on are killed.")
-      .def("stop_kills", &PyGuardian::stop_kills, "What the stop grace killed, one line per worker.")
       .def("thread_stuck", &PyGuardian::thread_stuck, py::arg("servlet"), py::arg("index"),
            "Whether a worker thread is stuck by the watchdog's rules: '' if not, else what it did.")
       .def("wait_idle", &PyGuardian::wait_idle, py::arg("timeout") = py::none(),

@@ -150,7 +150,7 @@ int PyRing::push(uint64_t id, uint32_t flags, py::handle payload, uint64_t aux, 
   add_refs(flags, ref.handle, object_refs);
   PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr);
   if (st != PushStatus::ok) drop_refs(flags, ref.handle, object_refs);
-  answered(id, flags, worker_clock());
+  if (!(flags & kFlagControl)) answered(id, flags, worker_clock());  // a report or log record answers nothing
   return status_of(st);
 }
 

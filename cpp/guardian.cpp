@@ -274,7 +274,6 @@ int64_t Guardian::watch() {
   const int64_t now = now_ns();
   int64_t next = 0;
   std::vector<pid_t> victims;
-  std::vector<std::string> kills;
   {
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& e : entries_) {
@@ -292,15 +291,11 @@ int64_t Guardian::watch() {
                                 ") of " + e->s.label + " " + e->killed_for[i]);
         }
         victims.push_back(e->s.pids[i]);
-        kills.push_back("killing worker process " + e->s.names[i] + " (pid " + std::to_string(e->s.pids[i]) +
-                        ") of " + e->s.label + ": it " + stuck_reason(*e, why));
       }
     }
   }
-  for (size_t k = 0; k < kills.size(); ++k) {
-    event("WARNING", kills[k]);
-    sup_.kill(victims[k], SIGKILL);  // its exit comes back through handle()
-  }
+  for (pid_t pid : victims)
+    sup_.kill(pid, SIGKILL);  // its exit comes back through handle(), which reports it
   return next;
 }
 

@@ -31,7 +31,9 @@
 //     of the stop and the item's claim), or its input ring is finished (no
 //     work left) and it has not exited within the grace (e.g. a non-daemon
 //     thread of the user's keeps it alive).  Each such kill is also kept as
-//     a line of text for the embedding to log (stop_kills()).  Worker threads
+//     a line of text (stop_kills(), for inspection); what the embedding logs
+//     is the crash event of the death that follows, which says why the
+//     worker was killed.  Worker threads
 //     are judged by the same rules on request (thread_stuck()): they cannot
 //     be killed, so the embedding stops waiting for them instead.
 // Each crash, restart, kill and lost servlet is counted in the worker's meter
@@ -144,7 +146,7 @@ class Guardian {
   // The server is stopping: no more respawns or failers.  grace_ns > 0:
   // from now on the watchdog kills workers stuck for longer (see above).
   void stop(int64_t grace_ns = 0);
-  // What the stop grace killed, one line per worker (for a warning).
+  // What the stop grace killed, one line per worker.
   std::vector<std::string> stop_kills() const;
   // A worker thread cannot be killed: the server stopping asks, by the same
   // rules as the watchdog's, whether it is stuck; "" if not, else what it did.

@@ -145,7 +145,8 @@ def test_frame_decoder_rejects_corrupt_frames(mpserver):
     from mpserver import _core
 
     def frame(length, flags, total, body=b''):
-        return struct.pack('<IIQQQ', length, flags, 1, total, 0) + body.ljust((length + 7) & ~7, b'\0')
+        # FrameHeader (cpp/ring.hpp): len, flags, id, total, aux, stamp
+        return struct.pack('<IIQQQq', length, flags, 1, total, 0, 0) + body.ljust((length + 7) & ~7, b'\0')
 
     assert _core._fuzz_frames(frame(3, 3, 3, b'abc')) == 1
     assert _core._fuzz_frames(frame(3, 1, 6, b'abc') + frame(3, 2, 6, b'def')) == 1  # two frames, one message

@@ -2,7 +2,9 @@
 
 The supervisor hands the process the fds of ``_core.ChildFd``: the
 bootstrap data (a memfd), the server's control ring, the servlet's input
-ring, its output ring and its claim table (items each worker holds).  The
+ring, its output ring, its claim table (items each worker holds), the
+server's cancel board (requests nobody waits for) and its meter board (the
+worker's live counters).  The
 process binds its life to the parent, prepares ``__main__`` the way
 multiprocessing's spawn does (so classes defined in the user's script
 resolve), builds the worker, reports ready (or its ``__init__`` error) on the
@@ -78,6 +80,9 @@ def main(argv: list[str]) -> int:
             multiprocessing.spawn.prepare(prep)
         finally:
             _process.set_bootstrapping(False)
+        from ._logs import forward_records
+
+        forward_records(control, boot['log_level'])  # log records go to the main process's handlers
         worker_cls, kwargs = pickle.loads(boot['body'])
         worker = worker_cls(worker_index=index, cpu_affinity=boot['cpus'][index], **kwargs)
     except BaseException as e:  # noqa: BLE001 - reported to the parent

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _core
 from ._errors import ConfigError, WorkerStartupError, describe_wait_status, startup_failure
+from ._logs import dispatch, worker_level
 from ._wire import FLAG_CONTROL, decode
 
 if TYPE_CHECKING:
@@ -101,6 +102,13 @@ class Launch:
         self._expect: dict[int, tuple[ProcessOwner, int, int]] = {}  # key -> (servlet, index, pid)
         self._threads: list[ThreadStart] = []
         self._env: list[str] | None = None
+        #: Each worker process's name by the key its reports carry (for _logs).
+        self.names: dict[int, str] = {}
+
+    @property
+    def thread_count(self) -> int:
+        """Worker threads registered so far."""
+        return len(self._threads)
 
     def meter_record(self) -> int:
         """A fresh record of the meter board, for one worker or router."""
@@ -153,15 +161,25 @@ class Launch:
         for p, spec, pid in zip(self._pending, specs, pids, strict=True):
             p.servlet._spawned(p.index, spec, pid)
             self._expect[p.key] = (p.servlet, p.index, pid)
+            self.names[p.key] = p.servlet._process_name(p.index)
         self._pending.clear()
 
     def _take_reports(self, idle_timeout: float) -> BaseException | None:
-        """Reads control messages; returns the first init failure reported, if any."""
+        """Reads control messages (what is there, after waiting at most
+        ``idle_timeout`` for the first); returns the first init failure
+        reported, if any.  Log records and events go to logging (_logs)."""
         failure = None
-        for mid, flags, aux, payload in self.control.gather(64, 0.0, idle_timeout) or ():
-            expected = self._expect.pop(mid, None)
-            if expected is not None and aux == _INIT_FAILED and failure is None:
-                failure = startup_failure(_process_label(*expected), decode(flags & ~FLAG_CONTROL, payload))
+        batch = self.control.gather(256, 0.0, idle_timeout)
+        rounds = 16  # bounded: a worker logging without end must not starve the exit checks
+        while batch:
+            for mid, flags, aux, payload in batch:
+                if dispatch(mid, flags, aux, payload, self.names, started=False):
+                    continue
+                expected = self._expect.pop(mid, None)
+                if expected is not None and aux == _INIT_FAILED and failure is None:
+                    failure = startup_failure(_process_label(*expected), decode(flags & ~FLAG_CONTROL, payload))
+            rounds -= 1
+            batch = self.control.gather(256, 0.0, 0.0) if rounds else None
         return failure
 
     def wait_ready(self) -> None:
@@ -187,6 +205,7 @@ class Launch:
             if start.error is not None and failure is None:
                 failure = startup_failure(f'worker thread {start.thread_name}', start.error)
         if failure is not None:
+            self._take_reports(0.0)  # what the other workers logged so far
             raise failure
 
 
@@ -202,8 +221,9 @@ def boot_fd(
     user's main module), the pickled worker class and kwargs, CPUs, names,
     whether to skip the requests on the cancel board (``ChildFd.BOARD``), and
     each worker's record on the meter board (``ChildFd.METER``)."""
-    boot = pickle.dumps({'prep': prep, 'body': body, 'cpus': cpus, 'names': names, 'board': board, 'meter': meter}, 5)
-    return _core.memfd_from_bytes('mpserver-boot', boot)
+    boot = {'prep': prep, 'body': body, 'cpus': cpus, 'names': names, 'board': board, 'meter': meter}
+    boot['log_level'] = worker_level()  # the root level of its logging (_logs.forward_records)
+    return _core.memfd_from_bytes('mpserver-boot', pickle.dumps(boot, 5))
 
 
 def worker_spin(processes: int) -> tuple[int, int]:

@@ -12,8 +12,9 @@ error.
   exception formatted, as a ``Control.LOG`` message.  The handler never
   blocks for ever: a record that finds the ring full for
   :data:`PUSH_TIMEOUT` seconds is dropped (and the drop reported later).
-* The C++ guardian pushes ``Control.EVENT`` messages (crashes, restarts, a
-  servlet out of workers, watchdog kills), without ever waiting.
+* The C++ guardian pushes ``Control.EVENT`` messages (crashes, with the
+  reason when mpserver killed the worker; restarts; a servlet out of
+  workers), without ever waiting.
 * In the main process one :class:`LogPump` thread per running server drains
   the ring and :func:`dispatch` hands each message on: a record to the
   logger of its name (if that logger is enabled for its level here), an
@@ -54,9 +55,9 @@ _OK = int(_core.Status.OK)
 #: means its handlers are far behind).
 PUSH_TIMEOUT = 1.0
 
-#: The id of a record's message.  A worker's pushes end the claim on the
-#: item whose id they carry (bindings/ring.cpp), so a record must carry an id
-#: no item has: request tokens and ensemble tickets never have every bit set.
+#: The id of a record's message: one no item has (request tokens and
+#: ensemble tickets never have every bit set), although a control message
+#: answers no item anyway (bindings/ring.cpp skips its claim).
 _NO_ITEM = (1 << 64) - 1
 
 #: Attributes of a record whose text may be cut to fit one frame of the ring.

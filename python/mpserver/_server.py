@@ -28,6 +28,7 @@ from . import _core, _process, _stats, _top
 from ._config import check_seconds, normalize_cpus
 from ._errors import ConfigError, TimeoutError, check_timeout
 from ._launch import Launch
+from ._logs import LogPump, log_started
 from ._requests import BACKLOG_FULL, OK, RESULT_TIMEOUT, RequestPath, failure, result
 from ._servlet import Servlet
 from ._wire import FLAG_ERROR, Codec, ObjectCodec, PickleCodec, decode
@@ -202,6 +203,7 @@ class Server:
         self._dropped = 0  # items workers skipped for callers who had gone (of the last run)
         self._output: Any = None
         self._control: Any = None
+        self._logs: LogPump | None = None  # hands on what the control ring carries (_logs.py)
         self._state = 'new'
         self._pid = 0  # the process that entered the server
         self._ports: Ports | None = None  # the asyncio side, made on first use (_async_port.py)
@@ -237,6 +239,7 @@ class Server:
                 'otherwise every worker process would start the server again'
             )
         _process.keep_heap()
+        started_at = perf_counter()
         self._output = _core.Ring.create(_core.OUTPUT_RING_BYTES, 'mpserver-out')
         self._control = _core.Ring.create(_core.CONTROL_RING_BYTES, 'mpserver-ctl')
         self._supervisor = _core.Supervisor()
@@ -259,6 +262,11 @@ class Server:
         # From now on a worker that dies is noticed and replaced.
         self._guardian = _core.Guardian(self._supervisor)
         self.servlet._guard(self._guardian)
+        # The guardian's events and the workers' log records (also those of
+        # restarted workers) go to logging from now on.
+        self._guardian.set_events(self._control)
+        self._logs = LogPump(self._control, launch.names)
+        self._logs.start()
         self._guardian.start()
         msg = "the server's output ring was found corrupt; this request was lost"
         engine.set_failure(*PickleCodec.encode_error(RuntimeError(msg), f'RuntimeError: {msg}\n'))
@@ -268,6 +276,7 @@ class Server:
         self._pid = os.getpid()
         self._state = 'running'
         _RUNNING.add(self)
+        log_started(len(launch.names), launch.thread_count, self.servlet._label(), perf_counter() - started_at)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -277,6 +286,7 @@ class Server:
             view.stop()  # a last frame with the final numbers, before anything stops
         self._state = 'stopping'
         _RUNNING.discard(self)
+        _log.info('stopping the server of %s%s', self.servlet._label(), f' ({exc_type.__name__})' if exc_type else '')
         guardian = self._guardian
         if guardian is not None:
             # Deaths from now on are failed, not repaired; workers stuck for
@@ -295,9 +305,6 @@ class Server:
                 except BaseException:
                     self.servlet._kill(STOP_GRACE)
                     raise
-                finally:
-                    for line in guardian.stop_kills() if guardian is not None else ():
-                        _log.warning('%s (stop_grace); the requests it held failed', line)
         finally:
             engine = self._engine
             engine.stop()
@@ -315,6 +322,9 @@ class Server:
             self._engine = self._entry = self._output = self._control = self._path = None
             self._guardian = guardian = None  # before the supervisor it watches
             self._supervisor = None
+            logs, self._logs = self._logs, None
+            if logs is not None and not logs.close():  # every worker is gone: what is left, then None
+                _log.warning('the log records left on the control ring were not all handled within 10 s')
             self._dropped = self._board.dropped
             self._board = None
             self._meter = self._layout = None
