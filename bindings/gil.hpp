@@ -73,13 +73,13 @@ inline int64_t deadline_from(const py::object& timeout) {
 // Pushes with the GIL held if there is room now (no thread switch), else
 // releases it and waits for room until the deadline.
 inline mps::PushStatus push_with_gil_rules(mps::Ring& ring, const mps::OutMessage* msgs, size_t n,
-                                           int64_t deadline, size_t* written) {
-  mps::PushStatus st = ring.try_push(msgs, n, written);
+                                           int64_t deadline, size_t* written, int64_t stamp = 0) {
+  mps::PushStatus st = ring.try_push(msgs, n, written, stamp);
   if (st != mps::PushStatus::timeout) return st;
   size_t done = written ? *written : 0;
   py::gil_scoped_release nogil;
   size_t more = 0;
-  st = ring.push(msgs + done, n - done, deadline, &more);
+  st = ring.push(msgs + done, n - done, deadline, &more, stamp);
   if (written) *written = done + more;
   return st;
 }

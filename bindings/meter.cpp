@@ -79,7 +79,8 @@ void define_meter(py::module_& m) {
       py::dict(py::arg("admitted") = int(kServerAdmitted), py::arg("rejected") = int(kServerRejected),
                py::arg("timed_out") = int(kServerTimedOut), py::arg("cancelled") = int(kServerCancelled),
                py::arg("freed") = int(kServerFreed), py::arg("filed") = int(kServerFiled),
-               py::arg("late") = int(kServerLate), py::arg("capacity") = int(kServerCapacity));
+               py::arg("late") = int(kServerLate), py::arg("freed_late") = int(kServerFreedLate),
+               py::arg("capacity") = int(kServerCapacity));
   counts["router"] = py::dict(py::arg("routed") = int(kRouterRouted), py::arg("joined") = int(kRouterJoined),
                               py::arg("late") = int(kRouterLate));
   counts["kept"] = py::dict(py::arg("crashes") = int(kKeptCrashes), py::arg("restarts") = int(kKeptRestarts),

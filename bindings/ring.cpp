@@ -148,9 +148,10 @@ int PyRing::push(uint64_t id, uint32_t flags, py::handle payload, uint64_t aux, 
   prepare_payload(payload, flags, ref);
   OutMessage m{id, flags, aux, ref.parts, ref.nparts};
   add_refs(flags, ref.handle, object_refs);
-  PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr);
+  const int64_t now = worker_clock();  // the answer's time, and the frame's stamp
+  PushStatus st = push_with_gil_rules(*ring, &m, 1, deadline_from(timeout), nullptr, now);
   if (st != PushStatus::ok) drop_refs(flags, ref.handle, object_refs);
-  if (!(flags & kFlagControl)) answered(id, flags, worker_clock());  // a report or log record answers nothing
+  if (!(flags & kFlagControl)) answered(id, flags, now);  // a report or log record answers nothing
   return status_of(st);
 }
 
@@ -168,9 +169,9 @@ int PyRing::push_many(py::list items, uint64_t aux) {
   }
   for (size_t i = 0; i < n; ++i) add_refs(msgs[i].flags, refs[i].handle, object_refs);
   size_t written = 0;
-  PushStatus st = push_with_gil_rules(*ring, msgs.data(), n, kForever, &written);
+  const int64_t now = worker_clock();  // the answers' time, and the frames' stamp
+  PushStatus st = push_with_gil_rules(*ring, msgs.data(), n, kForever, &written, now);
   for (size_t i = written; i < n; ++i) drop_refs(msgs[i].flags, refs[i].handle, object_refs);
-  const int64_t now = worker_clock();
   for (size_t i = 0; i < n; ++i) answered(msgs[i].id, msgs[i].flags, now);
   return status_of(st);
 }

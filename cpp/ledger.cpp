@@ -62,15 +62,15 @@ Ledger::Finished Ledger::finish_quietly(uint32_t idx) {
   Slot& s = slots_[idx];
   const bool async = s.notify_async;  // read first: an abandoned slot is freed below
   uint32_t expected = kPending;
-  if (meter_) observe_time(meter_->times, now_ns() - s.t_start_ns);  // only the collector writes it
+  if (kMetering && meter_) observe_time(meter_->times, now_ns() - s.t_start_ns);  // the collector's line
   if (s.state.compare_exchange_strong(expected, kDone, std::memory_order_seq_cst)) {
-    count(kServerFiled);
+    collected(kServerFiled);
     return {s.sleeping.load(std::memory_order_seq_cst) != 0, async};
   }
-  count(kServerLate);
+  collected(kServerLate);
   if (expected == kAbandoned) {
     if (disposer_) disposer_(s.result.flags, s.result.payload);
-    free_slot(idx);
+    free_slot(idx, true);
   }
   return {false, async};
 }
@@ -95,7 +95,7 @@ bool Ledger::wait(uint32_t idx, int64_t deadline_ns, int spin) {
   }
 }
 
-void Ledger::free_slot(uint32_t idx) {
+void Ledger::free_slot(uint32_t idx, bool by_collector) {
   Slot& s = slots_[idx];
   s.result.payload.clear();
   // Keep the buffer for the next result, but do not hoard big ones.
@@ -106,7 +106,10 @@ void Ledger::free_slot(uint32_t idx) {
   free_.push_back(idx);
   in_use_.fetch_sub(1, std::memory_order_relaxed);
   if (acquire_waiters_) cv_.notify_one();
-  count(kServerFreed);
+  if (by_collector)
+    collected(kServerFreedLate);
+  else
+    count(kServerFreed);
 }
 
 bool Ledger::abandon(uint32_t idx, GiveUp why) {

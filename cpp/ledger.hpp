@@ -33,6 +33,9 @@
 //     release/acquire chain from that push to the result orders it.
 //   * The free list is guarded by a std::mutex; backlog is a relaxed counter
 //     (a snapshot for reporting, never used for admission).
+//   * The meter record (meter.hpp, the server's record): callers count into
+//     its first line with relaxed fetch_add, the collector into its second
+//     line and the latency histogram alone (relaxed stores).
 #pragma once
 
 #include <atomic>
@@ -138,7 +141,7 @@ class Ledger {
   // the first request.
   void set_meter(MeterRecord* m);
   // A result for a token that names no request in flight (stale or unknown).
-  void note_stale() { count(kServerLate); }
+  void note_stale() { collected(kServerLate); }  // the collector's
   // A refusal from acquire() was final: the request is refused.  Only the
   // caller knows (a refusal may be a probe before waiting, a wait may be cut
   // into slices, and a stream that meets a full backlog just waits, which is
@@ -164,9 +167,13 @@ class Ledger {
   };
   static_assert(std::atomic<uint32_t>::is_always_lock_free, "slot states are futex words");
 
-  void free_slot(uint32_t idx);
+  void free_slot(uint32_t idx, bool by_collector = false);
+  // A caller-side count (any thread) / a collector-side count (its thread only).
   void count(ServerCount c) {
     if (meter_) add(meter_->own[c]);
+  }
+  void collected(ServerCount c) {
+    if (meter_) bump(meter_->own[c]);
   }
 
   const uint32_t capacity_;

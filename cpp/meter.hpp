@@ -25,8 +25,10 @@
 //     thread or process; the collector; one router thread per counter), or
 //     the guardian under its mutex for the kept line.  So single-writer
 //     counters are bumped with a relaxed load and store, no read-modify-write
-//     instruction and no lock.  The exception is the request book's admission
-//     counters, written by every caller thread: add() (a relaxed fetch_add).
+//     instruction and no lock.  The exception is the request book's caller
+//     line, written by every caller thread: add() (a relaxed fetch_add).
+//     (At teardown the ledger's fail_pending() writes the collector's line
+//     from another thread, after the collector was joined.)
 //   * Records never move and are never freed while the board lives; a
 //     restarted worker process keeps counting into its predecessor's record
 //     (a record counts a worker *slot* over the server's life).
@@ -80,17 +82,20 @@ enum WorkerCount : uint32_t {
   kWorkerBatches = 5,  // units of work handed to user code (one item or one batch)
   kWorkerPid = 6,      // the process serving this slot now (0 for a thread)
 };
-// What the server's record (record 0) counts.
+// What the server's record (record 0) counts.  The first cache line is
+// written by callers (any thread: add()), the second by the collector
+// thread alone (bump()), so the two sides never fight over a line.
 enum ServerCount : uint32_t {
-  kServerAdmitted = 0,   // requests that got a slot
-  kServerRejected = 1,   // refused for lack of a slot (backlog full, or no slot until the deadline)
-  kServerTimedOut = 2,   // callers whose timeout passed before the result came
-  kServerCancelled = 3,  // callers that gave up otherwise (async cancel, a stream closed early, Ctrl-C)
-  kServerFreed = 4,      // slots given back (admitted - freed = backlog)
-  kServerFiled = 5,      // results the collector filed for a waiting caller
-  kServerLate = 6,       // results nobody took (the caller had given up, or a stale token)
-  kServerCapacity = 7,   // the ledger's capacity (a constant)
-};
+  kServerAdmitted = 0,    // requests that got a slot
+  kServerRejected = 1,    // refused for lack of a slot (backlog full, or no slot until the deadline)
+  kServerTimedOut = 2,    // callers whose timeout passed before the result came
+  kServerCancelled = 3,   // callers that gave up otherwise (async cancel, a stream closed early, Ctrl-C)
+  kServerFreed = 4,       // slots callers gave back
+  kServerCapacity = 7,    // the ledger's capacity (a constant)
+  kServerFiled = 8,       // results the collector filed for a waiting caller
+  kServerLate = 9,        // results nobody took (the caller had given up, or a stale token)
+  kServerFreedLate = 10,  // slots the collector gave back (their results came for nobody)
+};  // backlog = admitted - freed - freed_late
 // What an ensemble router's record counts.
 enum RouterCount : uint32_t {
   kRouterRouted = 0,  // items fanned out to the members (fan-out thread)

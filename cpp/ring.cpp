@@ -96,7 +96,7 @@ PushStatus Ring::wait_space(uint64_t head, size_t need, int64_t deadline_ns, boo
 }
 
 PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns, bool may_sleep,
-                           size_t* written) {
+                           size_t* written, int64_t stamp_ns) {
   if (written) *written = 0;
   if (closed()) return PushStatus::closed;
   ShmLockGuard guard(h_->producer, may_sleep ? deadline_ns : now_ns());
@@ -107,7 +107,7 @@ PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns
   size_t pending = 0;
   const size_t chunk_max = max_chunk();
   const uint64_t mask = cap_ - 1;
-  const int64_t stamp = kMetering ? now_ns() : 0;  // one clock read per push
+  const int64_t stamp = !kMetering ? 0 : stamp_ns ? stamp_ns : now_ns();  // at most one clock read per push
 
   for (size_t m = 0; m < n; ++m) {
     const OutMessage& msg = msgs[m];
@@ -183,12 +183,12 @@ PushStatus Ring::push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns
   return PushStatus::ok;
 }
 
-PushStatus Ring::push(const OutMessage* msgs, size_t n, int64_t deadline_ns, size_t* written) {
-  return push_impl(msgs, n, deadline_ns, true, written);
+PushStatus Ring::push(const OutMessage* msgs, size_t n, int64_t deadline_ns, size_t* written, int64_t stamp) {
+  return push_impl(msgs, n, deadline_ns, true, written, stamp);
 }
 
-PushStatus Ring::try_push(const OutMessage* msgs, size_t n, size_t* written) {
-  return push_impl(msgs, n, 0, false, written);
+PushStatus Ring::try_push(const OutMessage* msgs, size_t n, size_t* written, int64_t stamp) {
+  return push_impl(msgs, n, 0, false, written, stamp);
 }
 
 // ---------------------------------------------------------------- consumer

@@ -176,10 +176,13 @@ class Ring {
   // The deadline bounds waiting for space before a message's first frame;
   // once a frame is written the message is always completed (unless the
   // ring is closed).  *written receives the number of complete messages.
-  PushStatus push(const OutMessage* msgs, size_t n, int64_t deadline_ns, size_t* written = nullptr);
+  // `stamp` (now_ns) is the push time the frames carry; 0: the ring reads
+  // the clock (once per call) — a caller that has just read it passes it.
+  PushStatus push(const OutMessage* msgs, size_t n, int64_t deadline_ns, size_t* written = nullptr,
+                  int64_t stamp = 0);
   // Like push() but never sleeps: returns timeout if there is no room now,
   // or when the next message needs several frames (which may have to wait).
-  PushStatus try_push(const OutMessage* msgs, size_t n, size_t* written = nullptr);
+  PushStatus try_push(const OutMessage* msgs, size_t n, size_t* written = nullptr, int64_t stamp = 0);
 
   // ---- consumer side -------------------------------------------------
   // Spins briefly (`spin` rounds of pause, then `yields` rounds of
@@ -235,8 +238,8 @@ class Ring {
  private:
   Ring(FdHandle fd, Mapping map, size_t header_bytes, size_t cap);
   static size_t header_bytes();
-  PushStatus push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns, bool may_sleep,
-                       size_t* written);
+  PushStatus push_impl(const OutMessage* msgs, size_t n, int64_t deadline_ns, bool may_sleep, size_t* written,
+                       int64_t stamp);
   // Waits until `need` bytes are free.  Returns ok, timeout or closed.
   PushStatus wait_space(uint64_t head, size_t need, int64_t deadline_ns, bool may_sleep, uint64_t* published,
                         size_t* pending_msgs);

@@ -334,7 +334,7 @@ def snapshot(board: Any, layout: Layout) -> ServerStats:
     return ServerStats(
         taken_at=taken,
         capacity=s[own['capacity']],
-        backlog=max(0, s[own['admitted']] - s[own['freed']]),
+        backlog=max(0, s[own['admitted']] - s[own['freed']] - s[own['freed_late']]),
         admitted=s[own['admitted']],
         rejected=s[own['rejected']],
         timed_out=s[own['timed_out']],

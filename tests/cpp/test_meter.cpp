@@ -134,7 +134,8 @@ TEST_CASE("ledger: admissions, refusals noted by the caller, give-ups, frees and
   CHECK(rec.own[kServerCancelled].load() == 0);
   CHECK(rec.own[kServerFiled].load() == 1);
   CHECK(rec.own[kServerLate].load() == 1);
-  CHECK(rec.own[kServerFreed].load() == 2);
+  CHECK(rec.own[kServerFreed].load() == 1);      // b, by its caller
+  CHECK(rec.own[kServerFreedLate].load() == 1);  // a, by the collector
   uint64_t latencies = 0;
   for (const auto& bucket : rec.times.bucket) latencies += bucket.load();
   CHECK(latencies == 2);  // every result that arrived, wanted or not
