@@ -151,9 +151,10 @@ inline void set(std::atomic<uint64_t>& c, uint64_t v) {
 }
 
 inline size_t time_bucket(int64_t ns) {
-  // Branch-light search of 24 sorted bounds; most samples land low.
+  // The number of bounds below ns: 24 compares without a branch (the
+  // compiler vectorises them), cheaper than a search that mispredicts.
   size_t i = 0;
-  while (i < kTimeBoundsNs.size() && ns > kTimeBoundsNs[i]) ++i;
+  for (int64_t b : kTimeBoundsNs) i += size_t(ns > b);
   return i;
 }
 inline size_t size_bucket(uint64_t n) {
