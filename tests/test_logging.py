@@ -22,10 +22,16 @@ import textwrap
 import threading
 import time
 
+import mpserver
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: The package's sources (what the no-print check reads).
 PYTHON_DIR = os.path.join(os.path.dirname(HERE), 'python')
+#: Where the mpserver under test was imported from (the source tree with a
+#: built core, or an installed package): scripts run with it first on
+#: PYTHONPATH, never with a source tree that has no core.
+HOME = os.path.dirname(os.path.dirname(os.path.abspath(mpserver.__file__)))
 
 MAIN_FORMAT = 'MAIN %(levelname)s %(processName)s %(name)s %(message)s'
 
@@ -89,7 +95,7 @@ def run_script(tmp_path, backend_name: str, configure: str, body: str, timeout: 
     script = tmp_path / 'logging_script.py'
     script.write_text(PROLOGUE + configure + textwrap.indent(textwrap.dedent(body), '    '))
     env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (PYTHON_DIR, env.get('PYTHONPATH', '')) if p)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (HOME, env.get('PYTHONPATH', '')) if p)
     proc = subprocess.run(
         [sys.executable, str(script), backend_name],
         capture_output=True,
