@@ -13,14 +13,16 @@ from __future__ import annotations
 import threading
 import time
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._errors import ConfigError
 from ._launch import Launch
 from ._servlet import Servlet
-from ._stats import Layout
 from ._wire import FLAG_ERROR, Codec, by_reference_composite, codec_for, decode, pass_error
+
+if TYPE_CHECKING:  # imported where used: worker processes import this module too, and never need it
+    from ._stats import Layout
 
 __all__ = ['SequentialServlet', 'EnsembleServlet', 'SwitchServlet']
 
@@ -63,6 +65,8 @@ class _Compound(Servlet):
             s._guard(guardian)
 
     def _layout(self, path: str) -> Layout:
+        from ._stats import Layout
+
         return Layout(
             path,
             type(self).__name__,

@@ -11,7 +11,6 @@ through the same request path.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -24,7 +23,7 @@ from datetime import datetime, timezone
 from time import perf_counter
 from typing import IO, TYPE_CHECKING, Any, TypeAlias, cast, final
 
-from . import _core, _process, _stats, _top
+from . import _core, _process
 from ._config import check_seconds, normalize_cpus
 from ._errors import ConfigError, TimeoutError, check_timeout
 from ._launch import Launch
@@ -34,6 +33,7 @@ from ._servlet import Servlet
 from ._wire import FLAG_ERROR, Codec, ObjectCodec, PickleCodec, decode
 
 if TYPE_CHECKING:
+    from . import _stats
     from ._async_port import Ports
     from ._watch import Watch
 
@@ -250,12 +250,18 @@ class Server:
         try:
             entry, local = self.servlet._start(launch, self._output, True)
             launch.spawn_all()
+            # Main-process only, and imported while the workers start: every
+            # worker imports this package, and never needs these.
+            from . import _stats, _top  # noqa: F401 - _stats: for the servlets' _layout()
+
             launch.wait_ready()
         except BaseException:
             self.servlet._kill()
             self._output = self._control = self._supervisor = self._board = self._meter = None
             raise
         self._layout = self.servlet._layout('0')
+        from . import _top
+
         self._top = _top.announce(self._meter, self._layout, self._capacity)
         self._entry = entry
         self._codec = ObjectCodec if local else PickleCodec
@@ -328,7 +334,10 @@ class Server:
             self._dropped = self._board.dropped
             self._board = None
             self._meter = self._layout = None
-            _top.withdraw(self._top)
+            if self._top is not None:
+                from . import _top
+
+                _top.withdraw(self._top)
             self._top = None
 
     def _async_ports(self) -> Ports:
@@ -606,6 +615,8 @@ class Server:
         meter, layout = self._meter, self._layout  # once: another thread may be stopping the server
         if meter is None or layout is None:
             raise RuntimeError('the Server has been stopped')
+        from . import _stats
+
         return _stats.snapshot(meter, layout)
 
     def watch(self, interval: float = 1.0, *, file: IO[str] | None = None) -> Watch:
@@ -628,6 +639,8 @@ class Server:
 
     def debug_info(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: backlog entries, workers, their liveness."""
+        import dataclasses  # here: worker processes import this module too, and never need it
+
         if self._state == 'forked':
             self._require_running()
         eng = self._engine

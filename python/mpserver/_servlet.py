@@ -19,15 +19,17 @@ import pickle
 import sys
 import threading
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._config import Cpus, check_count, check_restarts, check_seconds, check_worker_cls, normalize_cpus
 from ._launch import Launch, ThreadStart, boot_fd
 from ._serve import serve
-from ._stats import Layout, WorkerLayout
 from ._wire import Codec, ObjectCodec, PickleCodec, pass_error
 from ._worker import Worker
+
+if TYPE_CHECKING:  # imported where used: worker processes import this module too, and never need it
+    from ._stats import Layout
 
 __all__ = ['Servlet', 'ProcessServlet', 'ThreadServlet']
 
@@ -121,6 +123,8 @@ class _Simple(Servlet):
     def _worker_names(self) -> list[str]: ...
 
     def _layout(self, path: str) -> Layout:
+        from ._stats import Layout, WorkerLayout
+
         kind = 'process' if isinstance(self, ProcessServlet) else 'thread'
         workers = [WorkerLayout(n, kind, r) for n, r in zip(self._worker_names(), self._records, strict=True)]
         return Layout(path, type(self).__name__, self._label(), self._input, workers=workers)
