@@ -74,6 +74,7 @@ import sysconfig
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -407,14 +408,15 @@ def load_run(data: dict) -> tuple[Run, dict]:
     return run, data['meta']
 
 
-def run_all(args: argparse.Namespace) -> Run:
+def run_all(args: argparse.Namespace, after_round: Callable[[Run, int], None] | None = None) -> Run:
     """Every round: every workload on both variants back to back, in alternating order.
 
     Before each pair the script waits (up to ``--quiet-wait`` s) for the
     machine to be quiet; a pair during which other processes kept more than
     DISTURBED_CORES cores busy on either side is measured again (up to
     ``--retries`` times), so that both values of a round come from one quiet
-    stretch."""
+    stretch.  ``after_round(run, rounds_done)`` runs after each round (``--json``
+    saves there, so that an interrupted run keeps its complete rounds)."""
     run = Run()
     names = list(VARIANTS)
     for r in range(args.rounds):
@@ -442,6 +444,8 @@ def run_all(args: argparse.Namespace) -> Run:
             for variant, (value, cores) in pair.items():
                 run.values.setdefault((w.key, variant), []).append(value)
                 run.other.setdefault((w.key, variant), []).append(cores)
+        if after_round is not None:
+            after_round(run, r + 1)
     return run
 
 
@@ -597,7 +601,7 @@ def report(run: Run, meta: dict) -> str:
             'edits between the meters:begin/end markers are overwritten -->',
             f'Setup: {setup}',
             markdown_table(values),
-            verdict,
+            *([verdict] if results else []),
             note,
         ]
     )
@@ -656,10 +660,14 @@ def main() -> None:
         }
         for variant in VARIANTS:
             build(variant, args.jobs)
-        run = run_all(args)
-        if args.json:
-            with open(args.json, 'w') as f:
-                json.dump(dump_run(run, meta), f, indent=1)
+
+        def save(run: Run, rounds_done: int) -> None:
+            tmp = args.json + '.tmp'
+            with open(tmp, 'w') as f:
+                json.dump(dump_run(run, {**meta, 'rounds': rounds_done}), f, indent=1)
+            os.replace(tmp, args.json)
+
+        run = run_all(args, save if args.json else None)
     text = report(run, meta)
     print(text)
     if args.write:
