@@ -731,17 +731,6 @@ def targets_table(rows: list[tuple[str, str, str, bool]]) -> str:
     return '\n'.join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
-
-
 def _git_revision() -> str:
     try:
         rev = subprocess.run(
@@ -773,7 +762,7 @@ def machine_description() -> str:
     return '\n'.join(
         [
             f'- date: {datetime.datetime.now().astimezone().isoformat(timespec="minutes")}',
-            f'- CPU: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable by this process)',
+            f'- CPU: {report.cpu_model()}, {os.cpu_count()} cores ({usable} usable by this process)',
             f'- Python {platform.python_version()} ({platform.python_implementation()}), '
             f'{platform.system()} {platform.release()}',
             f'- mpservice {mpservice.__version__}; '
@@ -950,7 +939,7 @@ def render_readme_region(run: RunData, workloads=WORKLOADS) -> str:
         [
             compact_table(run.values, workloads),
             '',
-            f'Medians of {run.rounds} round(s) on {_cpu_model()} ({os.cpu_count()} cores); '
+            f'Medians of {run.rounds} round(s) on {report.cpu_model()} ({os.cpu_count()} cores); '
             f'ratio > 1 means mpserver is better.  Regenerate with `{WRITE_COMMAND}`; '
             'full table, targets and plots in [docs/benchmarks.md](docs/benchmarks.md).',
         ]

@@ -76,6 +76,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import report as regions  # benchmarks/report.py, beside this script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DOCS_PAGE = os.path.join(ROOT, 'docs', 'benchmarks.md')
@@ -514,17 +516,6 @@ def markdown_table(values: Values) -> str:
     return '\n'.join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
-
-
 def _git(*args: str) -> str:
     try:
         return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
@@ -576,7 +567,7 @@ def report(run: Run, meta: dict) -> str:
     )
     sizes = ', '.join(f'{w.key} {w.items // 10 if meta["quick"] else w.items:,}' for w in WORKLOADS)
     setup = (
-        f'{meta["date"]}; {_cpu_model()}, '
+        f'{meta["date"]}; {regions.cpu_model()}, '
         f'{os.cpu_count()} cores ({usable} usable), shared with other work and noisy; '
         f'Python {platform.python_version()}, {platform.system()} {platform.release()}; '
         f'both variants built from the {meta["source"]}; {meta["rounds"]} round(s), variant order alternating '
@@ -683,8 +674,6 @@ def main() -> None:
     text = report(run, meta)
     print(text)
     if args.write:
-        import report as regions  # benchmarks/report.py (this script's directory is on sys.path)
-
         regions.replace_region(DOCS_PAGE, 'meters', text, required=True)
         _log(f'wrote the meters region of {DOCS_PAGE}')
     if any(not ok for _, _, ok in verdicts(run.values)):
