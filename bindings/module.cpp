@@ -91,6 +91,7 @@ PYBIND11_MODULE(_core, m) {
   mpb::define_payload(m);
   mpb::define_ring(m);
   mpb::define_meter(m);
+  mpb::define_exposition(m);
   mpb::define_requests(m);
   mpb::define_routers(m);
   mpb::define_process(m);

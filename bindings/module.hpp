@@ -17,4 +17,7 @@ void define_routers(py::module_& m);   // routers.cpp: EnsembleRouter
 void define_process(py::module_& m);   // process.cpp: SpawnSpec, Supervisor, Guardian, process tweaks
 void define_testing(py::module_& m);   // testing.cpp: fuzzing and test entry points
 
+// exposition.cpp: metrics_text, the Prometheus exposition (cpp/exposition.hpp)
+void define_exposition(py::module_& m);
+
 }  // namespace mpb

@@ -175,6 +175,12 @@ SIZE_BUCKETS: int
 TIME_BUCKETS: int
 METER_WORDS: dict[str, dict[str, int]]
 
+# ---- Prometheus exposition (bindings/exposition.cpp)
+
+def metrics_text(board: MeterBoard, layout: Any, prefix: str = 'mpserver') -> str: ...
+
+EXPOSED_METRICS: list[tuple[str, str, str, str]]
+
 def set_spin(worker: int, collector: int, worker_yields: int = 0, collector_yields: int = 100) -> None: ...
 def set_signal_checks(on: bool) -> None: ...
 
