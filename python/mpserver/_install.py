@@ -12,6 +12,8 @@ position 0) in front of the import system.  From then on
   :func:`~mpserver.get_remote_traceback` (the names the real module has), plus
   ``_rebuild_exception``, so that exceptions pickled by the real mpservice in
   other processes still unpickle here;
+- ``import mpservice.http`` gives :mod:`mpserver.http` (uvicorn serving of an
+  ASGI app, same functions); like the real module, it needs uvicorn;
 - if mpservice is not installed, ``mpservice`` and ``mpservice.multiprocessing``
   are stub packages (``__version__ == '0.16.8+mpserver'``) that hold only the
   modules above; any other ``mpservice.*`` import fails as usual.
@@ -47,6 +49,7 @@ STUB_VERSION = '0.16.8+mpserver'
 
 _SERVER = 'mpservice.mpserver'
 _REMOTE = 'mpservice.multiprocessing.remote_exception'
+_HTTP = 'mpservice.http'
 _STUBS = ('mpservice', 'mpservice.multiprocessing')
 
 
@@ -116,6 +119,8 @@ class _Finder(importlib.abc.MetaPathFinder):
             return ModuleSpec(fullname, _Loader(lambda: importlib.import_module(target_name)))
         if fullname == _REMOTE:
             return ModuleSpec(fullname, _Loader(_remote_exception_module))
+        if fullname == _HTTP:
+            return ModuleSpec(fullname, _Loader(lambda: importlib.import_module('mpserver.http')))
         if fullname in _STUBS and not self._found_elsewhere(fullname, path, target):
             return ModuleSpec(fullname, _Loader(_stub(fullname)), is_package=True)
         return None
@@ -148,8 +153,9 @@ def _replace(name: str) -> None:
 
 
 def install() -> None:
-    """Make ``mpservice.mpserver`` and ``mpservice.multiprocessing.remote_exception``
-    resolve to mpserver, in this process and in mpserver's worker processes.
+    """Make ``mpservice.mpserver``, ``mpservice.multiprocessing.remote_exception``
+    and ``mpservice.http`` resolve to mpserver, in this process and in
+    mpserver's worker processes.
 
     Idempotent, and it may run before or after ``mpservice`` is imported.
     The real ``mpservice/__init__.py`` imports ``mpservice.mpserver`` and
@@ -164,4 +170,5 @@ def install() -> None:
         sys.meta_path.insert(0, _finder)
         _replace(_SERVER)
         _replace(_REMOTE)
+        _replace(_HTTP)
     os.environ[ENV_VAR] = '1'
