@@ -27,6 +27,8 @@ enum class Flag : uint32_t {
   CRASH = kFlagCrash,
   RAW = kFlagRaw,
   OOB = kFlagOob,
+  HTTP = kFlagHttp,
+  REQUEST = kFlagRequest,
 };
 
 void define_wire(py::module_& m) {
@@ -38,6 +40,8 @@ void define_wire(py::module_& m) {
       .value("CRASH", Flag::CRASH, "with ERROR: a crash report written by the guardian")
       .value("RAW", Flag::RAW, "payload is the raw contents of a bytes value")
       .value("OOB", Flag::OOB, "payload is a pickle with out-of-band buffers")
+      .value("HTTP", Flag::HTTP, "payload is an HTTP response for the native front (HttpHead + body)")
+      .value("REQUEST", Flag::REQUEST, "payload is an HTTP request record from the native front")
       .finalize();
   py::native_enum<Status>(m, "Status", "enum.IntEnum", "What a request came to (cpp/wire.hpp).")
       .value("OK", Status::ok)
@@ -59,6 +63,7 @@ void define_wire(py::module_& m) {
       .value("INIT_FAILED", Control::init_failed)
       .value("LOG", Control::log)
       .value("EVENT", Control::event)
+      .value("ACCESS", Control::access)
       .finalize();
   py::native_enum<ChildFd>(m, "ChildFd", "enum.IntEnum", "The fds a worker process is handed.")
       .value("BOOT", kFdBoot)
@@ -77,6 +82,8 @@ void define_wire(py::module_& m) {
   m.attr("MAX_ENSEMBLE_MEMBERS") = kMaxEnsembleMembers;
   m.attr("PART_MISSING") = kPartMissing;
   m.attr("COMPOSITE_MAGIC") = kCompositeMagic;
+  m.attr("TOKEN_HTTP") = kTokenHttp;
+  m.attr("HTTP_HEAD_BYTES") = sizeof(HttpHead);
 }
 
 }  // namespace
@@ -95,5 +102,6 @@ PYBIND11_MODULE(_core, m) {
   mpb::define_requests(m);
   mpb::define_routers(m);
   mpb::define_process(m);
+  mpb::define_http(m);
   mpb::define_testing(m);
 }

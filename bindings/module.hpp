@@ -4,6 +4,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+namespace mps {
+class RequestBook;
+class Guardian;
+}  // namespace mps
+
 namespace mpb {
 
 namespace py = pybind11;
@@ -16,6 +21,12 @@ void define_requests(py::module_& m);  // requests.cpp: Engine (request book), S
 void define_routers(py::module_& m);   // routers.cpp: EnsembleRouter
 void define_process(py::module_& m);   // process.cpp: SpawnSpec, Supervisor, Guardian, process tweaks
 void define_testing(py::module_& m);   // testing.cpp: fuzzing and test entry points
+void define_http(py::module_& m);      // http.cpp: HttpFront, the native HTTP front
+
+// What another file's Python objects hold, for http.cpp (each defined where
+// its class lives; TypeError if the object is not of that class, or gone).
+mps::RequestBook& request_book_of(py::handle engine);  // requests.cpp: an Engine
+mps::Guardian& guardian_of(py::handle guardian);       // process.cpp: a Guardian
 
 // exposition.cpp: metrics_text, the Prometheus exposition (cpp/exposition.hpp)
 void define_exposition(py::module_& m);

@@ -137,10 +137,12 @@ class PyGuardian {
     d["overdue_kills"] = inf.overdue_kills;
     return d;
   }
+  bool serving() const { return guardian().serving(); }
 
- private:
+  // Every use goes through here: a forked child gets a clear error (owned.hpp).
   Guardian& guardian() const { return owned(g_, "guardian"); }
 
+ private:
   GuardedServlet base(const std::string& label, std::vector<std::string> names, uint32_t max_restarts,
                       double window, const std::shared_ptr<PyRing>& input,
                       const std::shared_ptr<PyRing>& output, const std::shared_ptr<PyClaimTable>& claims,
@@ -189,6 +191,8 @@ int memfd_from_bytes(const std::string& name, py::bytes data) {
 }
 
 }  // namespace
+
+Guardian& guardian_of(py::handle guardian) { return py::cast<PyGuardian&>(guardian).guardian(); }
 
 void define_process(py::module_& m) {
   py::class_<SpawnSpec>(m, "SpawnSpec", "How to start one worker process (cpp/supervisor.hpp).")
@@ -278,6 +282,9 @@ void define_process(py::module_& m) {
            "Whether a worker thread is stuck by the watchdog's rules: '' if not, else what it did.")
       .def("wait_idle", &PyGuardian::wait_idle, py::arg("timeout") = py::none(),
            "Waits until every worker exit seen so far is handled; False on timeout.")
+      .def("serving", &PyGuardian::serving,
+           "Whether every servlet has a live worker and none spent its restart budget (the HTTP front's "
+           "/readyz).")
       .def("info", &PyGuardian::info, py::arg("servlet"),
            "{restarts, crashes, pids, failed, overdue_kills} of a servlet.");
 

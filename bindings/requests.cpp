@@ -55,10 +55,11 @@ class Engine {
   std::pair<Status, uint32_t> submit(PyRing& entry, py::handle payload, uint32_t flags, bool wait,
                                      int64_t deadline, bool notify_async) {
     uint32_t idx = 0;
-    Status st = book().admit(false, 0, &idx, notify_async);
+    const Ledger::Notify notify = notify_async ? Ledger::Notify::async : Ledger::Notify::none;
+    Status st = book().admit(false, 0, &idx, notify);
     if (st == Status::backlog_full && wait) {
       wait_interruptibly(deadline, [&](int64_t until) {
-        st = book().admit(true, until, &idx, notify_async);
+        st = book().admit(true, until, &idx, notify);
         return st != Status::backlog_timeout;
       });
     }
@@ -242,6 +243,8 @@ class PyStreamWindow {
 };
 
 }  // namespace
+
+RequestBook& request_book_of(py::handle engine) { return py::cast<Engine&>(engine).book(); }
 
 void define_requests(py::module_& m) {
   py::class_<Engine>(m, "Engine", "The request book of one Server (cpp/requests.hpp).")

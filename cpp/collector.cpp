@@ -14,7 +14,7 @@ void Collector::Sink::begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t 
   result_->aux = aux;
   home_ = nullptr;
   filled_ = 0;
-  if (c_.home_ && total >= kLargePayloadBytes)
+  if (c_.home_ && total >= kLargePayloadBytes && !c_.ledger_.for_front(idx_))
     home_ = c_.home_->acquire(flags, total, &result_->flags, &result_->payload);
   if (!home_) result_->payload.reserve(total);
 }
@@ -33,7 +33,8 @@ void Collector::Sink::end() {
   if (result_) {
     Ledger::Finished f = c_.ledger_.finish_quietly(idx_);
     if (f.wake) to_wake.push_back(idx_);
-    if (f.async) async_done.push_back(id_);
+    if (f.notify == Ledger::Notify::async) async_done.push_back(id_);
+    if (f.notify == Ledger::Notify::front) front_done.push_back(id_);
     c_.delivered_.fetch_add(1, std::memory_order_relaxed);
   } else {
     c_.dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -76,8 +77,10 @@ void Collector::run() {
       ring_.abort();
       for (uint32_t idx : sink.to_wake) ledger_.wake(idx);
       sink.to_wake.clear();
-      std::vector<uint64_t> tokens = ledger_.fail_pending(failure_flags_, failure_payload_);
+      std::vector<uint64_t> front_tokens;
+      std::vector<uint64_t> tokens = ledger_.fail_pending(failure_flags_, failure_payload_, &front_tokens);
       if (completions_) completions_->publish(tokens);
+      tell_front(front_tokens);
       break;
     }
     for (uint32_t idx : sink.to_wake) ledger_.wake(idx);
@@ -85,6 +88,10 @@ void Collector::run() {
     if (!sink.async_done.empty()) {
       if (completions_) completions_->publish(sink.async_done);
       sink.async_done.clear();
+    }
+    if (!sink.front_done.empty()) {
+      tell_front(sink.front_done);
+      sink.front_done.clear();
     }
   }
   running_.store(false, std::memory_order_release);

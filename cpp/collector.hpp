@@ -19,8 +19,12 @@
 //     published on the CompletionQueue once per batch, after the slots were
 //     finished, so the event loop sees each result already in its slot.
 //
+//   * Tokens of finished Notify::front slots go to the front's listener in
+//     the same way, once per batch.
 //   * A result of at least kLargePayloadBytes is offered to the PayloadHome, if
-//     one is set (see payload_home.hpp); otherwise it is copied into the slot.
+//     one is set (see payload_home.hpp) and the slot is not the front's (the
+//     front writes from the slot, without Python); otherwise it is copied
+//     into the slot.
 //
 // Memory ordering: the ring's acquire on head covers the payload the sink
 // copies; Ledger::finish publishes the slot with a seq_cst CAS (see ledger.hpp).
@@ -28,6 +32,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +51,19 @@ class Collector {
 
   // Must be set before start().
   void set_completions(CompletionQueue* q) { completions_ = q; }
+  // Who hears of finished Notify::front slots (null: nobody).  May be set at
+  // any time; once set_front() returned, the previous listener is not called
+  // any more.
+  void set_front(CompletionListener* l) {
+    std::lock_guard<std::mutex> g(front_mu_);
+    front_ = l;
+  }
+  // Hands `tokens` to the front's listener, if there is one.
+  void tell_front(const std::vector<uint64_t>& tokens) {
+    if (tokens.empty()) return;
+    std::lock_guard<std::mutex> g(front_mu_);
+    if (front_) front_->completed(tokens);
+  }
   // The result given to every request in flight if the ring turns out corrupt.
   // Must be set before start().
   void set_failure(uint32_t flags, std::string payload) {
@@ -88,6 +106,7 @@ class Collector {
    public:
     std::vector<uint32_t> to_wake;     // slots whose owners to wake after the batch
     std::vector<uint64_t> async_done;  // tokens for the CompletionQueue
+    std::vector<uint64_t> front_done;  // tokens for the front's listener
   };
 
   void run();
@@ -96,6 +115,8 @@ class Collector {
   Ledger& ledger_;
   std::thread thread_;
   CompletionQueue* completions_ = nullptr;
+  std::mutex front_mu_;  // held while the listener is called: see set_front()
+  CompletionListener* front_ = nullptr;
   PayloadHome* home_ = nullptr;
   uint32_t failure_flags_ = 0;
   std::string failure_payload_;

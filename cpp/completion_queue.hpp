@@ -35,6 +35,15 @@
 
 namespace mps {
 
+// Someone who hears, once per drained batch, which of its requests finished
+// (the HTTP front).  completed() runs on the collector thread: it must be
+// quick and must not block (hand the tokens over and return).
+class CompletionListener {
+ public:
+  virtual ~CompletionListener() = default;
+  virtual void completed(const std::vector<uint64_t>& tokens) = 0;
+};
+
 class CompletionQueue {
  public:
   explicit CompletionQueue(size_t capacity) : ring_(capacity) {

@@ -165,6 +165,14 @@ Guardian::Info Guardian::info(uint32_t servlet) const {
   return i;
 }
 
+bool Guardian::serving() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (stopping_) return false;
+  for (const auto& e : entries_)
+    if (e->failed || e->live == 0) return false;
+  return true;
+}
+
 std::string Guardian::crash_payload(const char* kind, const GuardedServlet& s, uint32_t index, pid_t pid,
                                     int status, const std::string& note) {
   std::string p = kind;

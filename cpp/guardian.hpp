@@ -164,6 +164,9 @@ class Guardian {
     uint64_t overdue_kills = 0;  // workers the watchdog killed (item_timeout)
   };
   Info info(uint32_t servlet) const;
+  // Whether every servlet has a live worker and none has spent its restart
+  // budget (what the HTTP front's /readyz reports).  False once stopping.
+  bool serving() const;
 
   // The crash payload: fields separated by '\x1f' (unit separator): kind
   // ("process", "thread", or "servlet" when no single worker is to blame),

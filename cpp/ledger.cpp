@@ -9,7 +9,7 @@ Ledger::Ledger(uint32_t capacity) : capacity_(capacity), slots_(new Slot[capacit
   for (uint32_t i = capacity; i > 0; --i) free_.push_back(i - 1);
 }
 
-Status Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx, bool notify_async) {
+Status Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx, Notify notify) {
   std::unique_lock<std::mutex> lk(mu_);
   while (free_.empty()) {
     if (closed_.load(std::memory_order_relaxed)) return Status::closed;
@@ -27,12 +27,13 @@ Status Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx, bool notif
   lk.unlock();
   count(kServerAdmitted);
   Slot& s = slots_[i];
-  s.gen += 1;
+  // The low 31 bits count; the top bit marks a slot of the HTTP front (ledger.hpp).
+  s.gen = ((s.gen + 1) & 0x7fffffffu) | (notify == Notify::front ? 0x80000000u : 0u);
   s.result.flags = 0;
   s.result.aux = 0;
   s.result.payload.clear();
   s.t_start_ns = now_ns();
-  s.notify_async = notify_async;
+  s.notify = notify;
   s.state.store(kPending, std::memory_order_release);
   *idx = i;
   return Status::ok;
@@ -60,19 +61,19 @@ Ledger::Result* Ledger::open(uint64_t token, uint32_t* idx) {
 
 Ledger::Finished Ledger::finish_quietly(uint32_t idx) {
   Slot& s = slots_[idx];
-  const bool async = s.notify_async;  // read first: an abandoned slot is freed below
+  const Notify notify = s.notify;  // read first: an abandoned slot is freed below
   uint32_t expected = kPending;
   if (kMetering && meter_) observe_time(meter_->times, now_ns() - s.t_start_ns);  // the collector's line
   if (s.state.compare_exchange_strong(expected, kDone, std::memory_order_seq_cst)) {
     collected(kServerFiled);
-    return {s.sleeping.load(std::memory_order_seq_cst) != 0, async};
+    return {s.sleeping.load(std::memory_order_seq_cst) != 0, notify};
   }
   collected(kServerLate);
   if (expected == kAbandoned) {
     if (disposer_) disposer_(s.result.flags, s.result.payload);
     free_slot(idx, true);
   }
-  return {false, async};
+  return {false, notify};
 }
 
 bool Ledger::wait(uint32_t idx, int64_t deadline_ns, int spin) {
@@ -100,7 +101,7 @@ void Ledger::free_slot(uint32_t idx, bool by_collector) {
   s.result.payload.clear();
   // Keep the buffer for the next result, but do not hoard big ones.
   if (s.result.payload.capacity() > (1u << 20)) s.result.payload.shrink_to_fit();
-  s.notify_async = false;
+  s.notify = Notify::none;
   s.state.store(kFree, std::memory_order_release);
   std::lock_guard<std::mutex> lk(mu_);
   free_.push_back(idx);
@@ -147,7 +148,8 @@ void Ledger::close() {
   cv_.notify_all();
 }
 
-std::vector<uint64_t> Ledger::fail_pending(uint32_t flags, const std::string& payload) {
+std::vector<uint64_t> Ledger::fail_pending(uint32_t flags, const std::string& payload,
+                                           std::vector<uint64_t>* front) {
   std::vector<uint64_t> async_tokens;
   for (uint32_t i = 0; i < capacity_; ++i) {
     Slot& s = slots_[i];
@@ -158,7 +160,8 @@ std::vector<uint64_t> Ledger::fail_pending(uint32_t flags, const std::string& pa
       s.result.aux = 0;
       s.result.payload = payload;
       Finished f = finish_quietly(i);
-      if (f.async) async_tokens.push_back(tok);
+      if (f.notify == Notify::async) async_tokens.push_back(tok);
+      if (f.notify == Notify::front && front) front->push_back(tok);
       if (f.wake) wake(i);
     }
   }

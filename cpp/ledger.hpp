@@ -28,9 +28,13 @@
 //     on state.  Dekker's pattern: at least one side sees the other, so a wait
 //     never misses the completion.  The caller reads the result after an
 //     acquire load of `done`.
-//   * notify_async is written by the caller before the request is pushed and
+//   * `notify` is written by the caller before the request is pushed and
 //     read by the collector after the result arrived: the rings'
 //     release/acquire chain from that push to the result orders it.
+//   * A slot taken for the HTTP front (Notify::front) carries the top bit of
+//     its generation, so bit 63 of its token says "answer this as an HTTP
+//     response" to whoever produces the final result (kTokenHttp, wire.hpp);
+//     other slots keep that bit clear.  Generations count in the low 31 bits.
 //   * The free list is guarded by a std::mutex; backlog is a relaxed counter
 //     (a snapshot for reporting, never used for admission).
 //   * The meter record (meter.hpp, the server's record): callers count into
@@ -76,11 +80,14 @@ class Ledger {
   uint32_t capacity() const { return capacity_; }
   uint32_t backlog() const { return in_use_.load(std::memory_order_relaxed); }
 
+  // Who hears of a slot's completion besides a caller waiting on it: nobody,
+  // the server's CompletionQueue (asyncio), or the HTTP front's listener.
+  enum class Notify : uint8_t { none = 0, async = 1, front = 2 };
+
   // Takes a free slot: ok, backlog_full (none free and !wait),
-  // backlog_timeout (waited until the deadline) or closed.  With
-  // notify_async, the collector reports the slot's completion on the
-  // server's CompletionQueue.
-  Status acquire(bool wait, int64_t deadline_ns, uint32_t* idx, bool notify_async = false);
+  // backlog_timeout (waited until the deadline) or closed.  `notify` says
+  // where the collector reports the slot's completion.
+  Status acquire(bool wait, int64_t deadline_ns, uint32_t* idx, Notify notify = Notify::none);
   uint64_t token(uint32_t idx) const { return (uint64_t(slots_[idx].gen) << 32) | idx; }
   // The slot a token names; throws std::invalid_argument if the token is
   // out of range or stale (its slot was reused).
@@ -94,8 +101,8 @@ class Ledger {
   // wake-up to the collector, so that it can publish a whole batch of
   // results before waking anybody (a stream then wakes once per batch).
   struct Finished {
-    bool wake;   // the owner sleeps: call wake(idx) after the batch
-    bool async;  // the request was submitted with notify_async
+    bool wake;      // the owner sleeps: call wake(idx) after the batch
+    Notify notify;  // whom to tell, besides (as it was acquired)
   };
   Finished finish_quietly(uint32_t idx);
   void wake(uint32_t idx) { futex_wake(&slots_[idx].state, INT_MAX, false); }
@@ -129,10 +136,15 @@ class Ledger {
   // No new requests; wakes callers waiting for a slot.
   void close();
   bool closed() const { return closed_.load(std::memory_order_acquire); }
+  // Whether the slot was taken for the HTTP front (the collector asks before
+  // it writes a result: the front's results stay in the slot).
+  bool for_front(uint32_t idx) const { return slots_[idx].notify == Notify::front; }
   // Completes every pending request with the given result and frees
   // abandoned ones.  For teardown, when no result can come any more.
-  // Returns the tokens of the async requests it finished (for the CompletionQueue).
-  std::vector<uint64_t> fail_pending(uint32_t flags, const std::string& payload);
+  // Returns the tokens of the async requests it finished (for the
+  // CompletionQueue); those of the HTTP front's go to *front if given.
+  std::vector<uint64_t> fail_pending(uint32_t flags, const std::string& payload,
+                                     std::vector<uint64_t>* front = nullptr);
   void set_disposer(Disposer d) { disposer_ = std::move(d); }
   // Where abandoned requests are posted for the workers (may be null; must
   // outlive the ledger).  Before the first request.
@@ -161,7 +173,7 @@ class Ledger {
     std::atomic<uint32_t> state{kFree};
     std::atomic<uint32_t> sleeping{0};
     uint32_t gen = 0;
-    bool notify_async = false;
+    Notify notify = Notify::none;
     Result result;
     int64_t t_start_ns = 0;
   };

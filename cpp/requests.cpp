@@ -34,7 +34,9 @@ Status RequestBook::send(Ring& entry, uint32_t idx, OutMessage m, int64_t deadli
 }
 
 void RequestBook::fail_pending(uint32_t flags, const std::string& payload) {
-  completions_.publish(ledger_.fail_pending(flags, payload));
+  std::vector<uint64_t> front;
+  completions_.publish(ledger_.fail_pending(flags, payload, &front));
+  collector_.tell_front(front);
 }
 
 }  // namespace mps

@@ -55,6 +55,9 @@ class RequestBook {
   // The result every request in flight gets if the output ring turns out
   // corrupt.  Before start().
   void set_failure(uint32_t flags, std::string payload) { collector_.set_failure(flags, std::move(payload)); }
+  // Who hears of finished Notify::front requests (the HTTP front; null:
+  // nobody).  At any time; after it returns the previous one is not called.
+  void set_front(CompletionListener* l) { collector_.set_front(l); }
   // Starts the collector; it spins `spin` rounds and yields `yields` times
   // before it sleeps on an empty ring.
   void start(int spin, int yields);
@@ -63,9 +66,10 @@ class RequestBook {
 
   // ---- one request
   // Takes a slot: ok, backlog_full (none free, !wait), backlog_timeout or
-  // closed.  notify_async: report the completion on the completion queue.
-  Status admit(bool wait, int64_t deadline_ns, uint32_t* idx, bool notify_async = false) {
-    return ledger_.acquire(wait, deadline_ns, idx, notify_async);
+  // closed.  `notify`: where the completion is reported (the completion
+  // queue, or the HTTP front's listener).
+  Status admit(bool wait, int64_t deadline_ns, uint32_t* idx, Ledger::Notify notify = Ledger::Notify::none) {
+    return ledger_.acquire(wait, deadline_ns, idx, notify);
   }
   // Pushes `m` (its id is set to the slot's token) into `entry`.  Returns
   // ok; push_timeout when !may_block and there is no room now (the slot is

@@ -38,11 +38,34 @@ inline constexpr uint32_t kFlagCrash = 1u << 12;
 inline constexpr uint32_t kFlagRaw = 1u << 13;
 // Payload is a pickle with out-of-band buffers (see oob_message.hpp).
 inline constexpr uint32_t kFlagOob = 1u << 14;
+// Payload is an HTTP response made by a worker for the HTTP front: an
+// HttpHead (below), then the body.
+inline constexpr uint32_t kFlagHttp = 1u << 15;
+// Payload is an HTTP request record made by the front (http_message.hpp),
+// for a route whose workers asked for the whole request, not just its body.
+inline constexpr uint32_t kFlagRequest = 1u << 16;
 
-inline constexpr uint32_t kAllFlags =
-    kFlagObject | kFlagError | kFlagControl | kFlagEnsemble | kFlagCrash | kFlagRaw | kFlagOob;
+inline constexpr uint32_t kAllFlags = kFlagObject | kFlagError | kFlagControl | kFlagEnsemble | kFlagCrash |
+                                      kFlagRaw | kFlagOob | kFlagHttp | kFlagRequest;
 static_assert((kAllFlags & 0xffu) == 0, "message flags must leave the framing byte alone");
-static_assert(__builtin_popcount(kAllFlags) == 7, "message flags must be distinct bits");
+static_assert(__builtin_popcount(kAllFlags) == 9, "message flags must be distinct bits");
+
+// ---- the HTTP front's requests
+
+// Bit 63 of a request token: the request came through the HTTP front, so the
+// worker that makes its final result encodes it as an HTTP response
+// (kFlagHttp) instead of a pickle.  Set by the ledger (ledger.hpp); the token
+// travels unchanged through the tree, so no stage in between needs to know.
+inline constexpr uint64_t kTokenHttp = uint64_t(1) << 63;
+
+// What a kFlagHttp payload starts with (little-endian, no padding).
+enum class HttpBody : uint8_t { octets = 0, text = 1, json = 2 };
+struct HttpHead {
+  uint16_t status;  // 200, or 500 for a worker's exception
+  uint8_t body;     // HttpBody: the Content-Type the front writes
+  uint8_t reserved;
+};
+static_assert(sizeof(HttpHead) == 4, "HttpHead is part of the wire format");
 
 // ---- request statuses ----
 
@@ -73,6 +96,7 @@ enum class Control : uint64_t {
   init_failed = 2,  // its __init__ raised; payload: the pickled exception
   log = 3,          // a logging record of a worker process; payload: its pickled attribute dict
   event = 4,        // a lifecycle event seen by the guardian; payload: "<level>\x1f<text>" (UTF-8)
+  access = 5,       // an access-log line of the HTTP front; payload: UTF-8 text
 };
 
 // ---- the fds a worker process is handed (see python/mpserver/_child.py) ----

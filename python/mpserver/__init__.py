@@ -43,6 +43,9 @@ from ._worker import (
 
 if TYPE_CHECKING:  # at run time these are imported on first use (see __getattr__)
     from ._async import AsyncServer as AsyncServer
+    from ._front import HttpRoute as HttpRoute
+    from ._front import HttpService as HttpService
+    from ._http_wire import HttpRequest as HttpRequest
     from ._install import install as install
 
 
@@ -58,6 +61,14 @@ def __getattr__(name: str) -> object:
         from ._install import install
 
         return install
+    if name in ('HttpRoute', 'HttpService'):  # the native HTTP front (main process only)
+        from . import _front
+
+        return getattr(_front, name)
+    if name == 'HttpRequest':
+        from ._http_wire import HttpRequest
+
+        return HttpRequest
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
@@ -66,6 +77,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    'HttpRequest',
+    'HttpRoute',
+    'HttpService',
     'Worker',
     'make_worker',
     'PassThrough',

@@ -90,12 +90,13 @@ def main(argv: list[str]) -> int:
         control.push(key, flags | FLAG_CONTROL, payload, init_failed)
         return 1
     control.push(key, FLAG_CONTROL, pickle.dumps(worker.name), ready)
+    terminal = bool(boot.get('terminal'))
     del boot
 
     from ._serve import serve
 
     try:
-        serve(worker, inp, out, PickleCodec)
+        serve(worker, inp, out, PickleCodec, terminal)
     except BaseException as e:
         worker.cleanup(e)
         raise

@@ -216,6 +216,7 @@ class SwitchServlet(_Compound):
 
     def __init__(self, *servlets: Servlet) -> None:
         self._servlets = _check_members('SwitchServlet', servlets, 1)
+        self._member_inputs: list[Any] = []
         self._input: Any = None
         self._thread: threading.Thread | None = None
 
@@ -232,6 +233,7 @@ class SwitchServlet(_Compound):
             raise RuntimeError('this servlet is already running in a server')
         started = [s._start(launch, output, output_local) for s in self._servlets]
         local = all(loc for _, loc in started)
+        self._member_inputs = [r for r, _ in started]  # where the HTTP front's routes send (_front.py)
         self._input = _core.Ring.create(_core.INPUT_RING_BYTES, 'mpserver-switch-in')
         self._thread = threading.Thread(
             target=self._route,

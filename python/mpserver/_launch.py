@@ -98,6 +98,10 @@ class Launch:
         #: False while an ensemble starts its members: their inputs carry the
         #: router's tickets, not request tokens (cpp/cancel_board.hpp).
         self.carries_tokens = True
+        #: The server's output ring: a servlet writing into it makes final
+        #: results (it encodes those of HTTP-front requests as responses,
+        #: see _serve).
+        self.output: Any = None
         self._pending: list[_Pending] = []
         self._expect: dict[int, tuple[ProcessOwner, int, int]] = {}  # key -> (servlet, index, pid)
         self._threads: list[ThreadStart] = []
@@ -214,14 +218,22 @@ def _process_label(servlet: ProcessOwner, index: int, pid: int) -> str:
 
 
 def boot_fd(
-    prep: dict[str, Any], body: bytes, cpus: list[Cpus], names: list[str], board: bool, meter: list[int]
+    prep: dict[str, Any],
+    body: bytes,
+    cpus: list[Cpus],
+    names: list[str],
+    board: bool,
+    meter: list[int],
+    terminal: bool = False,
 ) -> int:
     """A memfd with what every worker process of a servlet reads at start-up
     (fd ``ChildFd.BOOT``): multiprocessing's preparation data (to import the
     user's main module), the pickled worker class and kwargs, CPUs, names,
     whether to skip the requests on the cancel board (``ChildFd.BOARD``), and
-    each worker's record on the meter board (``ChildFd.METER``)."""
+    each worker's record on the meter board (``ChildFd.METER``), and whether
+    its results are final (``terminal``, see _serve)."""
     boot = {'prep': prep, 'body': body, 'cpus': cpus, 'names': names, 'board': board, 'meter': meter}
+    boot['terminal'] = terminal
     boot['log_level'] = worker_level()  # the root level of its logging (_logs.forward_records)
     return _core.memfd_from_bytes('mpserver-boot', pickle.dumps(boot, 5))
 

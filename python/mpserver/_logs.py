@@ -46,6 +46,8 @@ _log = logging.getLogger('mpserver')
 
 _LOG = int(_core.Control.LOG)
 _EVENT = int(_core.Control.EVENT)
+_ACCESS = int(_core.Control.ACCESS)
+_access_log = logging.getLogger('mpserver.access')
 _READY = int(_core.Control.READY)
 _INIT_FAILED = int(_core.Control.INIT_FAILED)
 _OK = int(_core.Status.OK)
@@ -263,6 +265,9 @@ def dispatch(mid: int, flags: int, aux: int, payload: Any, names: Mapping[int, s
         level, _, text = bytes(payload).decode('utf-8', 'replace').partition('\x1f')
         levelno = logging.getLevelName(level)
         _log.log(levelno if isinstance(levelno, int) else logging.WARNING, '%s', text)
+        return True
+    if aux == _ACCESS:  # "METHOD TARGET STATUS SECONDS" from the native HTTP front
+        _access_log.info('%s', bytes(payload).decode('utf-8', 'replace'))
         return True
     if not started:
         return False

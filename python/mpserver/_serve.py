@@ -6,6 +6,12 @@ user's ``stream``), and pushes each item's result or error to the output
 ring.  Upstream errors pass through unchanged (made fit for the consumer by
 ``_wire.pass_error``).  The same loops run in worker processes and on
 ThreadServlet threads; only the codec differs.
+
+A *terminal* worker makes final results (its output is the server's output
+ring).  For the requests that came through the native HTTP front (their
+token is at least ``_http_wire.HTTP_MARK``) it encodes results and errors as
+HTTP responses instead (``_http_wire``); every other worker gets a mark no
+token reaches, so the check costs one integer comparison per item.
 """
 
 from __future__ import annotations
@@ -20,27 +26,54 @@ from ._worker import Worker
 __all__ = ['serve']
 
 
-def serve(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
+_NO_MARK = 1 << 64
+
+
+def serve(worker: Worker, inp: Any, out: Any, codec: Codec, terminal: bool = False) -> None:
     """Run ``worker`` on items from ring ``inp`` until it is closed and drained.
 
     ``codec`` encodes results for ``out`` (pickles across processes, object
-    references inside the main process).
+    references inside the main process).  ``terminal``: ``out`` is the
+    server's output ring (see the module docstring).
 
     A worker takes from its ring only what it starts at once: one item, or
     one batch.  What it has taken is claimed (cpp/claims.hpp), so if the
     worker dies, exactly that fails with WorkerCrashedError; everything else
     is still in the ring for its siblings or its replacement.
     """
+    mark = _NO_MARK
+    if terminal:
+        from ._http_wire import HTTP_MARK
+
+        mark = HTTP_MARK
     customised = type(worker).stream is not Worker.stream or worker.num_stream_threads > 0
     if customised:
-        _serve_via_stream(worker, inp, out, codec)
+        _serve_via_stream(worker, inp, out, codec, mark)
     elif worker.batch_size > 1:
-        _serve_batches(worker, inp, out, codec)
+        _serve_batches(worker, inp, out, codec, mark)
     else:
-        _serve_items(worker, inp, out, codec)
+        _serve_items(worker, inp, out, codec, mark)
 
 
-def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
+def _http() -> Any:
+    from . import _http_wire
+
+    return _http_wire
+
+
+def _result(codec: Codec, mid: int, mark: int, y: Any) -> tuple[int, Any]:
+    return codec.encode_result(y) if mid < mark else _http().http_result(y)
+
+
+def _error(codec: Codec, mid: int, mark: int, e: BaseException, tb: str | None = None) -> tuple[int, Any]:
+    return codec.encode_error(e, tb) if mid < mark else _http().http_error(e)
+
+
+def _passed(flags: int, payload: Any, codec: Codec, mid: int, mark: int) -> tuple[int, Any]:
+    return pass_error(flags, payload, codec) if mid < mark else _http().http_pass(flags, payload)
+
+
+def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec, mark: int) -> None:
     # The hot loop for one-at-a-time workers: it inlines what _admit() does
     # for batches, to keep per-item Python work to the minimum.
     preprocess = getattr(worker, 'preprocess', None)
@@ -56,7 +89,7 @@ def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
             return
         ((mid, flags, aux, payload),) = items
         if flags & FLAG_ERROR:  # an upstream error: pass it through
-            push(mid, *pass_error(flags, payload, codec), aux)
+            push(mid, *_passed(flags, payload, codec, mid, mark), aux)
             continue
         try:
             x = decode(flags, payload)
@@ -64,9 +97,9 @@ def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
                 x = preprocess(x)
             y = call([x])[0] if wrap else call(x)
         except Exception as e:  # noqa: BLE001 - the user's exception is this item's result
-            f, p = encode_error(e)
+            f, p = encode_error(e) if mid < mark else _http().http_error(e)
         else:
-            f, p = encode_result(y)
+            f, p = encode_result(y) if mid < mark else _http().http_result(y)
         push(mid, f, p, aux)
 
 
@@ -75,6 +108,7 @@ def _admit(
     preprocess: Callable[[Any], Any] | None,
     codec: Codec,
     reject: Callable[[int, int, Any, int], object],
+    mark: int,
 ) -> tuple[list[int], list[Any]]:
     """Decode (and preprocess) a gathered batch of messages.
 
@@ -87,21 +121,23 @@ def _admit(
     xs: list[Any] = []
     for mid, flags, aux, payload in items:
         if flags & FLAG_ERROR:
-            reject(mid, *pass_error(flags, payload, codec), aux)
+            reject(mid, *_passed(flags, payload, codec, mid, mark), aux)
             continue
         try:
             x = decode(flags, payload)
             if preprocess is not None:
                 x = preprocess(x)
         except Exception as e:  # noqa: BLE001 - a decode or preprocess failure is this item's result
-            reject(mid, *codec.encode_error(e), aux)
+            reject(mid, *_error(codec, mid, mark, e), aux)
             continue
         ids.append(mid)
         xs.append(x)
     return ids, xs
 
 
-def _batch_outcome(worker: Worker, ids: list[int], xs: list[Any], ys: Any, codec: Codec) -> list[tuple[int, int, Any]]:
+def _batch_outcome(
+    worker: Worker, ids: list[int], xs: list[Any], ys: Any, codec: Codec, mark: int
+) -> list[tuple[int, int, Any]]:
     """The (id, flags, payload) messages for a batch's results, or its error.
 
     ``ys`` is what ``call`` returned for ``xs``, or the exception it raised.
@@ -112,12 +148,15 @@ def _batch_outcome(worker: Worker, ids: list[int], xs: list[Any], ys: Any, codec
         ys, tb = ValueError(msg), f'ValueError: {msg}\n'
     if isinstance(ys, Exception):
         err = codec.encode_error(ys, tb)
-        return [(mid, *err) for mid in ids]
+        return [(mid, *(err if mid < mark else _http().http_error(ys))) for mid in ids]
     encode_result = codec.encode_result
-    return [(mid, *encode_result(y)) for mid, y in zip(ids, ys, strict=False)]  # len(ys) was checked above
+    return [
+        (mid, *(encode_result(y) if mid < mark else _http().http_result(y)))
+        for mid, y in zip(ids, ys, strict=False)  # len(ys) was checked above
+    ]
 
 
-def _serve_batches(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
+def _serve_batches(worker: Worker, inp: Any, out: Any, codec: Codec, mark: int) -> None:
     preprocess = getattr(worker, 'preprocess', None)
     call = worker.call
     size, wait = worker.batch_size, float(worker.batch_wait_time)
@@ -129,18 +168,18 @@ def _serve_batches(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
             return
         rejected: list[tuple[int, int, Any]] = []
         # The lambda runs only inside this _admit call, so it sees this round's list.
-        ids, xs = _admit(items, preprocess, codec, lambda *m: rejected.append(m[:3]))  # noqa: B023
+        ids, xs = _admit(items, preprocess, codec, lambda *m: rejected.append(m[:3]), mark)  # noqa: B023
         results = rejected
         if xs:
             try:
                 ys = call(xs)
             except Exception as e:  # noqa: BLE001 - the user's exception is every item's result
                 ys = e
-            results += _batch_outcome(worker, ids, xs, ys, codec)
+            results += _batch_outcome(worker, ids, xs, ys, codec, mark)
         push_many(results, 0)
 
 
-def _serve_via_stream(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
+def _serve_via_stream(worker: Worker, inp: Any, out: Any, codec: Codec, mark: int) -> None:
     """The general loop, for workers that customise ``stream`` or use stream threads.
 
     Items go into ``worker.stream`` as a generator; results come out in the
@@ -158,7 +197,7 @@ def _serve_via_stream(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
             items = inp.gather(size if batched else 1, wait if batched else 0.0, None)
             if items is None:
                 return
-            ids, xs = _admit(items, preprocess, codec, push)
+            ids, xs = _admit(items, preprocess, codec, push, mark)
             if batched:
                 if xs:
                     pending.append((ids, xs))
@@ -171,10 +210,10 @@ def _serve_via_stream(worker: Worker, inp: Any, out: Any, codec: Codec) -> None:
     for y in worker.stream(inputs()):
         if batched:
             ids, xs = pending.popleft()
-            out.push_many(_batch_outcome(worker, ids, xs, y, codec), 0)
+            out.push_many(_batch_outcome(worker, ids, xs, y, codec, mark), 0)
         else:
             mid = pending.popleft()
             if isinstance(y, Exception):
-                push(mid, *codec.encode_error(y), 0)
+                push(mid, *_error(codec, mid, mark, y), 0)
             else:
-                push(mid, *codec.encode_result(y[0] if wrap else y), 0)
+                push(mid, *_result(codec, mid, mark, y[0] if wrap else y), 0)

@@ -35,6 +35,7 @@ from ._wire import FLAG_ERROR, Codec, ObjectCodec, PickleCodec, decode
 if TYPE_CHECKING:
     from . import _stats
     from ._async_port import Ports
+    from ._front import HttpService
     from ._watch import Watch
 
     #: An input in a stream's window: ``(x, its local error or None)``; a fed
@@ -208,6 +209,8 @@ class Server:
         self._pid = 0  # the process that entered the server
         self._ports: Ports | None = None  # the asyncio side, made on first use (_async_port.py)
         self._ports_lock = threading.Lock()
+        self._fronts: set[HttpService] = set()  # native HTTP fronts serving it (_front.py), drained first at exit
+        self._http_stop: threading.Event | None = None  # set by stop_http() to end serve_http()
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(f"cannot pickle '{type(self).__name__}' object")
@@ -246,6 +249,7 @@ class Server:
         self._board = _core.CancelBoard.create(self._capacity)
         self._meter = _core.MeterBoard.create(METER_RECORDS)
         launch = Launch(self._supervisor, self._control, self._board, self._meter)
+        launch.output = self._output
         engine = _core.Engine(self._output, self._capacity, self._board, self._meter)
         try:
             entry, local = self.servlet._start(launch, self._output, True)
@@ -288,6 +292,8 @@ class Server:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if self._state != 'running':
             return  # also in a forked child: the parent's server is not ours to stop
+        for front in list(self._fronts):
+            front.stop(0.0)  # nothing new comes in; requests still waiting get 503
         for view in self._watches:
             view.stop()  # a last frame with the final numbers, before anything stops
         self._state = 'stopping'
@@ -602,6 +608,93 @@ class Server:
             win.close()
 
     # ------------------------------------------------------------ introspection
+
+    def start_http(
+        self,
+        host: str = '127.0.0.1',
+        port: int = 8000,
+        *,
+        routes: dict[str, Any] | None = None,
+        request: bool = False,
+        timeout: float = 60.0,
+        max_body: int = 16 << 20,
+        max_header: int = 16 << 10,
+        read_timeout: float = 30.0,
+        idle_timeout: float = 75.0,
+        max_connections: int = 10000,
+        threads: int = 1,
+        retry_after: int = 1,
+        access_log: bool = False,
+        metrics_prefix: str = 'mpserver',
+    ) -> HttpService:
+        """Serves this server over HTTP/1.1 with the native front (C++
+        threads of this process; no Python runs here per request) and
+        returns at once with the running :class:`HttpService` (``.url``,
+        ``.port``, ``.stop()``).  See ``docs/http.md``.
+
+        A server that has not started is started (after the front listens,
+        so that ``/readyz`` answers 503 while its workers start) and is
+        stopped with the service; a running one keeps running.
+
+        ``routes`` maps paths to :class:`HttpRoute`\\ s (or directly to the
+        servlet they feed: ``None`` for this server's servlet, a member index
+        or member of a top ``SwitchServlet``); without it the servlet answers
+        ``POST /``.  ``request=True``: workers receive an
+        :class:`HttpRequest` instead of the body.  ``timeout``: seconds a
+        request may take (504 after).  ``max_body`` (413 beyond),
+        ``max_header`` (431 beyond): bytes.  ``read_timeout``: seconds to
+        read one request once its first byte came; ``idle_timeout``: seconds
+        a keep-alive connection may sit idle.  ``port=0`` takes a free port.
+        ``access_log``: one INFO record per response on the
+        ``mpserver.access`` logger.  Raises ``OSError`` if it cannot listen.
+        """
+        from ._front import start_http
+
+        return start_http(
+            self,
+            host,
+            port,
+            routes=routes,
+            request=request,
+            timeout=timeout,
+            max_body=max_body,
+            max_header=max_header,
+            read_timeout=read_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+            threads=threads,
+            retry_after=retry_after,
+            access_log=access_log,
+            metrics_prefix=metrics_prefix,
+        )
+
+    def serve_http(
+        self,
+        host: str = '127.0.0.1',
+        port: int = 8000,
+        *,
+        routes: dict[str, Any] | None = None,
+        drain_timeout: float = 30.0,
+        debug: bool = False,
+        **options: Any,
+    ) -> None:
+        """Serves over HTTP (as :meth:`start_http`, same options) until
+        SIGINT or SIGTERM arrives (when called on the main thread) or
+        :meth:`stop_http` is called; then drains — no new connections,
+        ``/readyz`` 503, requests in flight answered for up to
+        ``drain_timeout`` seconds — and returns.  ``debug=True``: error
+        responses carry the worker's traceback (workers started by this call
+        see ``MPSERVER_HTTP_TRACEBACKS=1``)."""
+        from ._front import serve_http
+
+        serve_http(self, host, port, routes=routes, drain_timeout=drain_timeout, debug=debug, **options)
+
+    def stop_http(self) -> None:
+        """Ends :meth:`serve_http` (from another thread, or a signal
+        handler); it drains and returns.  Does nothing if it is not serving."""
+        stop = self._http_stop
+        if stop is not None:
+            stop.set()
 
     def stats(self) -> _stats.ServerStats:
         """A snapshot of the core's live counters: the server's requests and

@@ -233,7 +233,13 @@ class ProcessServlet(_Simple):
         board = launch.board if launch.carries_tokens else None
         self._take_records(launch, n)
         self._boot_fd = boot_fd(
-            prep, body, self._cpus, [self._process_name(i) for i in range(n)], board is not None, self._records
+            prep,
+            body,
+            self._cpus,
+            [self._process_name(i) for i in range(n)],
+            board is not None,
+            self._records,
+            output is launch.output,
         )
         self._input = _core.Ring.create(_core.INPUT_RING_BYTES, 'mpserver-in')
         self._output = output
@@ -395,6 +401,7 @@ class ThreadServlet(_Simple):
         self._claims: Any = None
         self._board: Any = None  # the server's cancel board, if this servlet's input carries request tokens
         self._codec: Codec = ObjectCodec
+        self._terminal = False
 
     def _start(self, launch: Launch, output: Any, output_local: bool) -> tuple[Any, bool]:
         if self._started:
@@ -405,6 +412,7 @@ class ThreadServlet(_Simple):
         self._take_records(launch, self._num_threads)
         self._output = output
         self._codec = ObjectCodec if output_local else PickleCodec
+        self._terminal = output is launch.output
         base = self._worker_name or f'{self._worker_cls.__name__}-thread'
         self._threads = []
         for i in range(self._num_threads):
@@ -445,6 +453,7 @@ class ThreadServlet(_Simple):
         # Locals: a thread left behind by a stop grace outlives the servlet's
         # references (the claim table must stay mapped while it is bound).
         inp, output, codec, claims, board = self._input, self._output, self._codec, self._claims, self._board
+        terminal = self._terminal
         meter = self._meter
         _core.bind_claims(claims, index)
         _core.bind_board(board)
@@ -452,7 +461,7 @@ class ThreadServlet(_Simple):
         try:
             while True:
                 try:
-                    serve(worker, inp, output, codec)
+                    serve(worker, inp, output, codec, terminal)
                 except BaseException as e:  # noqa: BLE001 - the guardian decides what happens next
                     _cleanup_quietly(worker, e)
                     guardian = self._guardian

@@ -38,6 +38,7 @@ FLAG_ENSEMBLE = int(_core.Flag.ENSEMBLE)
 FLAG_CRASH = int(_core.Flag.CRASH)
 FLAG_RAW = int(_core.Flag.RAW)
 FLAG_OOB = int(_core.Flag.OOB)
+FLAG_REQUEST = int(_core.Flag.REQUEST)
 _PART_MISSING = _core.PART_MISSING
 _composite_parts = _core.composite_parts
 
@@ -154,6 +155,10 @@ def decode(flags: int, payload: Any) -> Any:
         return _decode_ensemble(flags, payload)
     if flags & FLAG_CRASH:
         return crash_error(payload)
+    if flags & FLAG_REQUEST:  # from the native HTTP front, for a route that takes whole requests
+        from ._http_wire import decode_request
+
+        return decode_request(payload)
     if flags & FLAG_OBJECT:
         value = payload
     elif flags & FLAG_OOB:
