@@ -18,8 +18,15 @@ prints usage to stderr and exits with status 2.
     python -m mpserver top [PID] [--interval S] [--once]
 
 shows the live statistics of servers running in another process (see
-``_top.py``).  The subcommand takes precedence: a script file literally named
-``top`` runs as ``python -m mpserver ./top``.
+``_top.py``).
+
+::
+
+    python -m mpserver serve MODULE:ATTR [--host H] [--port P] [--capacity N] [--timeout S] ...
+
+serves a servlet over HTTP with the native front (see ``_serve_cli.py`` and
+``docs/http.md``).  Subcommands take precedence: a script file literally
+named ``top`` or ``serve`` runs as ``python -m mpserver ./top``.
 """
 
 from __future__ import annotations
@@ -32,13 +39,15 @@ USAGE = """\
 usage: python -m mpserver SCRIPT [ARGS...]
        python -m mpserver -m MODULE [ARGS...]
        python -m mpserver top [PID] [--interval S] [--once]
+       python -m mpserver serve MODULE:ATTR [--host H] [--port P] [--capacity N] [--timeout S]
 
 Run a program written for mpservice.mpserver on mpserver, unchanged:
 'import mpservice.mpserver' gives mpserver (in the program and in its
 worker processes), as if the program had called mpserver.install() first.
 SCRIPT and MODULE run as in 'python SCRIPT' / 'python -m MODULE'.
-'top' shows the live statistics of servers running in another process
-(a script named 'top' runs as './top').
+'top' shows the live statistics of servers running in another process;
+'serve' serves a servlet over HTTP (see 'python -m mpserver serve --help').
+(A script named 'top' or 'serve' runs as './top', './serve'.)
 """
 
 
@@ -57,6 +66,10 @@ def main(argv: list[str]) -> None:
         from ._top import main as top
 
         sys.exit(top(argv[1:]))
+    if first == 'serve':
+        from ._serve_cli import main as serve
+
+        sys.exit(serve(argv[1:]))
     if first.startswith('-m'):
         module = first[2:] or (argv[1] if len(argv) > 1 else '')
         if not module:

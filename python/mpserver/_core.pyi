@@ -24,6 +24,8 @@ class Flag(enum.IntFlag):
     CRASH = 4096
     RAW = 8192
     OOB = 16384
+    HTTP = 32768
+    REQUEST = 65536
 
 class Status(enum.IntEnum):
     """What a request came to (cpp/wire.hpp)."""
@@ -51,6 +53,7 @@ class Control(enum.IntEnum):
     INIT_FAILED = 2
     LOG = 3
     EVENT = 4
+    ACCESS = 5
 
 class ChildFd(enum.IntEnum):
     """The fds a worker process is handed."""
@@ -71,6 +74,8 @@ CLAIM_SLOTS: int
 MAX_ENSEMBLE_MEMBERS: int
 PART_MISSING: int
 COMPOSITE_MAGIC: int
+TOKEN_HTTP: int
+HTTP_HEAD_BYTES: int
 
 class RingCorrupt(Exception): ...
 
@@ -316,6 +321,7 @@ class Guardian:
     def stop(self, grace: float | None = None) -> None: ...
     def thread_stuck(self, servlet: int, index: int) -> str: ...
     def wait_idle(self, timeout: float | None = None) -> bool: ...
+    def serving(self) -> bool: ...
     def info(self, servlet: int) -> dict[str, Any]: ...
 
 def memfd_from_bytes(name: str, data: bytes) -> int: ...
@@ -327,3 +333,44 @@ def keep_heap(mmap_threshold: int, trim_threshold: int) -> bool: ...
 def _fuzz_frames(data: bytes) -> int: ...
 def _fuzz_composite(data: bytes) -> tuple[int, bool]: ...
 def compose_ensemble(flags: Sequence[int], parts: Sequence[bytes], finished: int) -> bytes: ...
+
+# ---- http.cpp: the native HTTP front (cpp/http_front.hpp)
+
+class HttpFront:
+    def __init__(
+        self,
+        routes: list[tuple[str, int, bool]],
+        host: str,
+        port: int,
+        threads: int,
+        max_body: int,
+        max_header: int,
+        timeout: float,
+        read_timeout: float,
+        idle_timeout: float,
+        max_connections: int,
+        retry_after: int,
+    ) -> None: ...
+    @property
+    def port(self) -> int: ...
+    def start(self) -> None: ...
+    def attach(
+        self,
+        engine: Engine,
+        entries: list[Ring],
+        guardian: Guardian | None,
+        meter: MeterBoard | None,
+        layout: Any,
+        prefix: str,
+        access_log: Ring | None,
+    ) -> None: ...
+    def drain(self, timeout: float) -> int: ...
+    def counts(self) -> dict[str, int]: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def attached(self) -> bool: ...
+
+def encode_request_record(method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes) -> bytes: ...
+def decode_request_record(record: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes] | None: ...
+def http_answer(flags: int, payload: bytes) -> tuple[int, str, bytes]: ...

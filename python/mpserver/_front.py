@@ -31,8 +31,10 @@ from . import _core
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
-    from ._server import Server
     from ._servlet import Servlet
+
+# The Server (not imported: _server imports this module).
+Server = Any
 
 __all__ = ['HttpRoute', 'HttpService', 'start_http', 'serve_http']
 
@@ -56,6 +58,8 @@ class HttpRoute:
 
 
 # ----------------------------------------------------------------- routes
+
+_RESERVED = frozenset({'/healthz', '/readyz', '/metrics'})  # HttpRoutes::reserved (cpp/http_message.cpp)
 
 
 def _final_targets(root: Servlet) -> list[tuple[Servlet, tuple[int, ...]]]:
@@ -109,6 +113,10 @@ def _resolve(root: Servlet, routes: Mapping[str, Any] | None, request: bool) -> 
     for path, spec in routes.items():
         if not isinstance(path, str):
             raise ConfigError(f'a route path must be a str, got {path!r}')
+        if not path.startswith('/') or '?' in path or '#' in path:
+            raise ConfigError(f"a route path starts with '/' and has no '?' or '#', got {path!r}")
+        if path in _RESERVED:
+            raise ConfigError(f'the front answers {path} itself; it cannot be a route')
         route = spec if isinstance(spec, HttpRoute) else HttpRoute(spec, request)
         target = route.servlet
         if target is None:
@@ -278,7 +286,9 @@ def start_http(
             retry_after,
         )
     except ValueError as e:
-        raise OSError(str(e)) from None
+        if str(e).startswith('cannot listen'):
+            raise OSError(str(e)) from None
+        raise ConfigError(str(e)) from None
     front.start()
     owns = server._state == 'new'
     if owns:
@@ -324,7 +334,7 @@ def serve_http(
         os.environ['MPSERVER_HTTP_TRACEBACKS'] = '1'  # workers started from here on inherit it
     svc = start_http(server, host, port, **kw)
     stop = threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
 
         def on_signal(signum: int, frame: Any) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _core
@@ -137,14 +137,13 @@ def http_error(exc: BaseException, *, with_traceback: bool = True) -> tuple[int,
     return FLAG_HTTP, _HEAD.pack(500, _JSON, 0) + body
 
 
-def http_pass(flags: int, payload: Any) -> tuple[int, Any]:
+def http_pass(flags: int, payload: Any, decode: Callable[[int, Any], Any]) -> tuple[int, Any]:
     """An upstream error reaching the last stage of a request from the
     front: a crash report passes on as it is (the front answers 502 with
-    its text); any other error becomes a 500 response here."""
+    its text); any other error (decoded with ``decode``, _wire's) becomes a
+    500 response here."""
     if flags & FLAG_CRASH:
         return flags, payload
-    from ._wire import decode
-
     try:
         exc = decode(flags, payload)
     except Exception as e:  # noqa: BLE001 - an undecodable error is still this request's error

@@ -70,7 +70,7 @@ def _error(codec: Codec, mid: int, mark: int, e: BaseException, tb: str | None =
 
 
 def _passed(flags: int, payload: Any, codec: Codec, mid: int, mark: int) -> tuple[int, Any]:
-    return pass_error(flags, payload, codec) if mid < mark else _http().http_pass(flags, payload)
+    return pass_error(flags, payload, codec) if mid < mark else _http().http_pass(flags, payload, decode)
 
 
 def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec, mark: int) -> None:
