@@ -24,6 +24,7 @@ import pytest
 httpx = pytest.importorskip('httpx')
 parser = pytest.importorskip('prometheus_client.parser')
 
+import _front_workers as fw  # noqa: E402
 import mpserver  # noqa: E402
 from mpserver import (  # noqa: E402
     ConfigError,
@@ -35,8 +36,6 @@ from mpserver import (  # noqa: E402
     SwitchServlet,
     ThreadServlet,
 )
-
-import _front_workers as fw  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 # The mpserver that is imported (an installed one, or the source tree with a
