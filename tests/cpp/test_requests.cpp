@@ -143,7 +143,7 @@ TEST_CASE("request book: teardown fails what is in flight and reports async requ
   RequestBook book(*output, 4, nullptr, nullptr);
   uint32_t sync_idx, async_idx;
   REQUIRE(book.admit(false, 0, &sync_idx) == Status::ok);
-  REQUIRE(book.admit(false, 0, &async_idx, true) == Status::ok);
+  REQUIRE(book.admit(false, 0, &async_idx, Ledger::Notify::async) == Status::ok);
   book.fail_pending(kFlagError, "stopped");
   CHECK(book.wait(sync_idx, now_ns(), 0));
   std::vector<uint64_t> tokens;
