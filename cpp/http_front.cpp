@@ -53,9 +53,10 @@ struct HttpFront::Impl {
         cfg(std::move(c)),
         access(std::move(a)),
         ioc(int(std::max(1u, cfg.threads))),
-        acceptor(ioc),
+        accepting(asio::make_strand(ioc)),
+        acceptor(accepting),
         sweeper(ioc),
-        backoff(ioc) {}
+        backoff(accepting) {}
 
   void accept();
   void sweep();
@@ -100,6 +101,9 @@ struct HttpFront::Impl {
   std::atomic<uint32_t> connections{0};
 
   asio::io_context ioc;
+  // The acceptor and its back-off timer live on one strand: accept handlers
+  // and the drain's close never run at once.
+  asio::strand<asio::io_context::executor_type> accepting;
   tcp::acceptor acceptor;
   asio::steady_timer sweeper;
   asio::steady_timer backoff;  // after accept() ran out of file descriptors
@@ -115,7 +119,9 @@ class HttpFront::Session : public std::enable_shared_from_this<Session> {
     f_.sessions.erase(this);
   }
 
-  void start() { read(); }
+  void start() {
+    asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); });
+  }
 
   // Answers the request in flight (on the session's strand).
   void respond(HttpAnswer a, bool close = false) {
@@ -148,6 +154,7 @@ class HttpFront::Session : public std::enable_shared_from_this<Session> {
   }
 
   void read_header() {
+    t0_ = now_ns();  // the request's clock starts with its first bytes
     stream_.expires_after(ns(f_.cfg.read_timeout_ns));
     http::async_read_header(
         stream_, buf_, *parser_,
@@ -157,6 +164,15 @@ class HttpFront::Session : public std::enable_shared_from_this<Session> {
   void on_header(beast::error_code ec) {
     if (ec) return on_error(ec);
     auto& req = parser_->get();
+    // Beast bounds each read of the header, not the header as a whole:
+    // count what it holds (request line, and each field with ": " and CRLF).
+    size_t header_bytes = req.method_string().size() + req.target().size() + 12;
+    for (const auto& h : req) header_bytes += h.name_string().size() + h.value().size() + 4;
+    if (header_bytes > f_.cfg.max_header) return on_error(http::error::header_limit);
+    // A transfer coding other than chunked leaves the body's length unknown
+    // (RFC 9112 6.3): refuse it rather than guess where the next request starts.
+    if (req.find(http::field::transfer_encoding) != req.end() && !parser_->chunked())
+      return on_error(http::error::bad_transfer_encoding);
     if (!parser_->is_done() && beast::iequals(req[http::field::expect], "100-continue")) {
       // The client waits for a go-ahead before it sends the body.
       auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, req.version());
@@ -187,6 +203,12 @@ class HttpFront::Session : public std::enable_shared_from_this<Session> {
     f_.bad.fetch_add(1, std::memory_order_relaxed);
     version_ = 11;
     keep_alive_ = false;
+    if (parser_ && parser_->is_header_done()) {
+      method_ = std::string(parser_->get().method_string());
+      target_ = std::string(parser_->get().target());
+    } else {
+      method_ = target_ = "-";
+    }
     if (ec == http::error::body_limit)
       return write(
           error_answer(413, "PayloadTooLarge",
@@ -207,9 +229,10 @@ class HttpFront::Session : public std::enable_shared_from_this<Session> {
     f_.requests.fetch_add(1, std::memory_order_relaxed);
     version_ = req.version();
     keep_alive_ = req.keep_alive();
-    t0_ = now_ns();
-    method_ = std::string(req.method_string());
-    target_ = std::string(req.target());
+    if (f_.access) {
+      method_ = std::string(req.method_string());
+      target_ = std::string(req.target());
+    }
     const auto [path, query] = split_target(req.target());
     if (f_.front.draining())
       return write(error_answer(503, "ServiceUnavailable", "the server is shutting down"), true);
@@ -547,7 +570,7 @@ uint32_t HttpFront::drain(int64_t deadline_ns) {
   const bool running = !f.threads.empty();
   if (running) {
     std::promise<void> closed;
-    asio::post(f.ioc, [&f, &closed] {
+    asio::post(f.accepting, [&f, &closed] {
       beast::error_code ec;
       f.acceptor.close(ec);
       f.backoff.cancel();

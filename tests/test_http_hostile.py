@@ -7,9 +7,7 @@ over MAX_BODY are 413, headers over MAX_HEADER 431.  Clients are raw
 sockets (what a broken or malicious client sends is not what an HTTP
 library would let us send); after every case a normal request must still be
 answered correctly (by httpx, an independent client).  Bugs of the front
-found here are xfail tests saying so (strict unless the outcome depends on
-how the kernel splits the bytes into reads): fixing one turns it red, to
-drop the mark.
+found here were fixed in the front; their tests stay as regression tests.
 
 Timing: only upper bounds, each at least 3x what the front promises (two
 shared cores); the whole module takes about 15 s (each test is bounded by
@@ -175,7 +173,6 @@ def test_a_truncated_request_then_close_is_closed_without_an_answer(front, sent)
 
 @pytest.mark.parametrize(
     'extra',
-    # (Many small headers are 431 only well past max_header: see the xfail below.)
     [b'X-Big: ' + b'a' * (MAX_HEADER + 100) + b'\r\n', b'X-Small: a\r\n' * (3 * MAX_HEADER // 12)],
     ids=['one-big-header', 'many-headers'],
 )
@@ -190,11 +187,6 @@ def test_headers_over_max_header_are_431_and_the_connection_closes(front, extra)
     assert_serves(front)
 
 
-@pytest.mark.xfail(
-    reason='BUG: headers of many short lines are accepted up to about 2x max_header when they arrive '
-    "together (Boost 1.85's parser seems to apply header_limit per parse call, not per header); "
-    'not strict: it depends on how the bytes are split into reads'
-)
 def test_many_small_headers_just_over_max_header_are_431(front):
     data, closed = exchange(
         front, post(b'x', extra=b'Connection: close\r\n' + b'X-Small: a\r\n' * (MAX_HEADER * 6 // 5 // 12))
@@ -308,11 +300,6 @@ def test_an_unknown_but_well_formed_method_is_405_not_400(front):
     assert_serves(front)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: a request with Transfer-Encoding but not chunked last is served as if bodiless '
-    '(RFC 9112 6.3: the server MUST answer 400 and close)',
-)
 def test_a_transfer_encoding_without_chunked_is_400(front):
     data, closed = exchange(
         front, b'POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nabc'
@@ -320,11 +307,6 @@ def test_a_transfer_encoding_without_chunked_is_400(front):
     assert is_error(responses(data)[0], 400, 'BadRequest'), data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the access-log line of a 400/413/431 names the connection's previous request "
-    '(or none) and times it from then (or from the clock epoch)',
-)
 def test_the_access_log_line_of_a_malformed_request_is_its_own(front):
     seen: list[str] = []
 
