@@ -153,8 +153,28 @@ class HttpFront::Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  // Parses what is buffered, without reading: the usual case, where one
+  // read brought the whole request, costs no asynchronous operation (nor its
+  // timer).  False if the parser failed (on_error() was called).
+  bool parse_buffered(bool header_only) {
+    while (buf_.size() > 0 && !(header_only ? parser_->is_header_done() : parser_->is_done())) {
+      beast::error_code ec;
+      const size_t n = parser_->put(buf_.data(), ec);
+      buf_.consume(n);
+      if (ec == http::error::need_more) break;
+      if (ec) {
+        on_error(ec);
+        return false;
+      }
+      if (n == 0) break;
+    }
+    return true;
+  }
+
   void read_header() {
     t0_ = now_ns();  // the request's clock starts with its first bytes
+    if (!parse_buffered(true)) return;
+    if (parser_->is_header_done()) return on_header({});
     stream_.expires_after(ns(f_.cfg.read_timeout_ns));
     http::async_read_header(
         stream_, buf_, *parser_,
@@ -187,6 +207,9 @@ class HttpFront::Session : public std::enable_shared_from_this<Session> {
   }
 
   void read_body() {
+    if (!parse_buffered(false)) return;
+    if (parser_->is_done()) return handle();
+    stream_.expires_after(ns(f_.cfg.read_timeout_ns));
     http::async_read(stream_, buf_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->on_error(ec);
       self->handle();
@@ -404,7 +427,11 @@ std::shared_ptr<HttpFront::Session> HttpFront::Impl::claim(uint32_t idx, uint64_
 }
 
 void HttpFront::Impl::accept() {
-  acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket sock) {
+  // One I/O thread needs no strands (their type-erased executors cost a few
+  // percent of the front's time); several do.
+  asio::any_io_executor ex =
+      cfg.threads > 1 ? asio::any_io_executor(asio::make_strand(ioc)) : ioc.get_executor();
+  acceptor.async_accept(ex, [this](beast::error_code ec, tcp::socket sock) {
     if (!acceptor.is_open()) return;
     if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
       // Out of file descriptors: let connections end before trying again (no busy loop).
