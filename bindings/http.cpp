@@ -21,6 +21,7 @@
 #include "exposition.hpp"
 #include "meter.hpp"
 #include "module.hpp"
+#include "owned.hpp"
 #include "ring.hpp"
 
 namespace mpb {
@@ -69,19 +70,22 @@ class PyHttpFront {
       (void)r->try_push(&m, 1);  // a full control ring drops the line: the front never waits for logging
     };
     try {
-      front_ = std::make_unique<HttpFront>(std::move(table), cfg, access);
+      front_ = make_process_local<HttpFront>(std::move(table), cfg, access);
     } catch (const std::runtime_error& e) {  // std::system_error and Boost's
       throw py::value_error("cannot listen on " + host + ":" + std::to_string(port) + ": " + e.what());
     }
   }
 
   ~PyHttpFront() {
+    if (!owned_here(front_)) return;  // a forked child's copy: leaked (its threads are the parent's)
     py::gil_scoped_release nogil;
     front_.reset();
   }
 
-  uint16_t port() const { return front_->port(); }
-  void start() { front_->start(); }
+  // Every use goes through here: a forked child gets a clear error (owned.hpp).
+  HttpFront& front() const { return owned(front_, "HTTP front"); }
+  uint16_t port() const { return front().port(); }
+  void start() { front().start(); }
 
   void attach(py::object engine, std::vector<std::shared_ptr<PyRing>> entries, py::object guardian,
               std::shared_ptr<PyMeterBoard> meter, py::object layout, const std::string& prefix,
@@ -108,7 +112,7 @@ class PyHttpFront {
     meter_ = std::move(meter);
     access_ring_ = std::move(access_log);
     try {
-      front_->attach(book, std::move(rings), std::move(probe), std::move(text));
+      front().attach(book, std::move(rings), std::move(probe), std::move(text));
     } catch (const std::exception& e) {
       throw py::value_error(e.what());
     }
@@ -117,17 +121,18 @@ class PyHttpFront {
 
   uint32_t drain(double timeout) {
     const int64_t deadline = timeout > 0 ? now_ns() + int64_t(std::min(timeout, 1e6) * 1e9) : 0;
+    HttpFront& f = front();  // with the GIL: it may raise
     uint32_t left = 0;
     {
       py::gil_scoped_release nogil;
-      left = front_->drain(deadline);
+      left = f.drain(deadline);
     }
     access_.store(nullptr, std::memory_order_release);
     return left;
   }
 
   py::dict counts() const {
-    HttpFrontCounts c = front_->counts();
+    HttpFrontCounts c = front().counts();
     py::dict d;
     d["accepted"] = c.accepted;
     d["requests"] = c.requests;
@@ -141,11 +146,11 @@ class PyHttpFront {
     return d;
   }
 
-  bool draining() const { return front_->draining(); }
-  bool attached() const { return front_->attached(); }
+  bool draining() const { return front().draining(); }
+  bool attached() const { return front().attached(); }
 
  private:
-  std::unique_ptr<HttpFront> front_;
+  ProcessLocal<HttpFront> front_;
   std::atomic<Ring*> access_{nullptr};
   py::object engine_, guardian_;
   std::vector<std::shared_ptr<PyRing>> entries_;

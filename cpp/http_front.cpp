@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "futex.hpp"
+#include "quiet_thread.hpp"
 #include "wire.hpp"
 
 namespace mps {
@@ -577,8 +578,10 @@ void HttpFront::start() {
   Impl& f = *impl_;
   f.accept();
   f.sweep();
-  f.pusher = std::thread([&f] { f.push_loop(); });
-  for (unsigned i = 0; i < std::max(1u, f.cfg.threads); ++i) f.threads.emplace_back([&f] { f.ioc.run(); });
+  // Quiet threads (every signal blocked): SIGINT and SIGTERM reach Python's main thread.
+  f.pusher = start_quiet_thread([&f] { f.push_loop(); });
+  for (unsigned i = 0; i < std::max(1u, f.cfg.threads); ++i)
+    f.threads.push_back(start_quiet_thread([&f] { f.ioc.run(); }));
 }
 
 void HttpFront::completed(const std::vector<uint64_t>& tokens) {

@@ -47,8 +47,11 @@
 //   * connections() never exceeds max_connections: further accepted sockets
 //     are closed at once.
 //
-// Threading and memory ordering: the I/O threads run the io_context; each
-// session's handlers run on its strand.  completed() runs on the collector
+// Threading and memory ordering: the I/O threads (and the pusher) are quiet
+// threads (quiet_thread.hpp: every signal blocked, so SIGTERM reaches the
+// embedding's main thread) that run the io_context; with several I/O
+// threads each session's handlers run on its strand, and the acceptor's on
+// a strand of its own.  completed() runs on the collector
 // thread: it appends tokens to `done_` under mu_ and posts one drain to the
 // io_context if none is pending (an atomic flag, exchanged acq_rel).  The
 // waiter table and the session set are guarded by mu_; counters are relaxed

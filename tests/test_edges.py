@@ -218,7 +218,11 @@ def test_invalid_settings_are_value_and_assertion_errors(mpserver_backend):
 
 
 CTRL_C_SCRIPT = r"""
-import os, sys, time
+import os, signal, sys, time
+# A program started in the background by a shell without job control
+# inherits SIGINT ignored (POSIX), and Python then leaves it so: this one
+# wants Ctrl-C, as an interactive program has it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path[:0] = {paths!r}
 from mpserver import Server, ProcessServlet
 import _backends

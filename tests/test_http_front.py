@@ -494,3 +494,17 @@ def test_json_of_every_status_is_an_object(echo):
     # Every error the front makes itself is {"error", "message"} JSON.
     for r in (httpx.post(echo.url + '/x', content=b''), httpx.get(echo.url + '/')):
         assert set(json.loads(r.content)) == {'error', 'message'}
+
+
+def test_a_forked_child_cannot_touch_its_parents_front(echo):
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the front is the parent's, not its own
+        code = 1
+        try:
+            echo.counts()
+        except RuntimeError as e:
+            code = 0 if 'process' in str(e) else 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert post(echo, b'still').content == b'still'
