@@ -1,4 +1,4 @@
-"""The HTTP servers ``benchmarks/http.py`` starts, other than mpserver's own front.
+"""The HTTP servers ``benchmarks/serving.py`` starts, other than mpserver's own front.
 
 ::
 

@@ -1,4 +1,4 @@
-"""The models ``benchmarks/http.py`` serves over HTTP, for every peer.
+"""The models ``benchmarks/serving.py`` serves over HTTP, for every peer.
 
 Two models, each a function of the request body (``bytes``) that returns
 ``bytes``:
@@ -6,9 +6,9 @@ Two models, each a function of the request body (``bytes``) that returns
 * ``trivial``: the body as it is (the serving machinery is all there is);
 * ``cpu``: about 1 ms of pure-Python CPU work (:func:`burn` for ``loops``
   iterations; ``loops`` comes from the environment variable
-  :data:`LOOPS_ENV`, calibrated once per run by ``http.py`` so that every peer
+  :data:`LOOPS_ENV`, calibrated once per run by ``serving.py`` so that every peer
   does the same work); the response is the seconds the loop took in the worker
-  (``b'0.001012345'``), which ``http.py`` averages into the service time.
+  (``b'0.001012345'``), which ``serving.py`` averages into the service time.
 
 Every peer runs the model in worker processes: one for ``trivial``,
 :data:`WORKERS_ENV` (default: the number of cores) for ``cpu``.  Worker
@@ -72,7 +72,7 @@ def workers(model: str) -> int:
 def _loops() -> int:
     value = os.environ.get(LOOPS_ENV)
     if not value:
-        raise RuntimeError(f'the cpu model needs {LOOPS_ENV} (set by benchmarks/http.py)')
+        raise RuntimeError(f'the cpu model needs {LOOPS_ENV} (set by benchmarks/serving.py)')
     return int(value)
 
 

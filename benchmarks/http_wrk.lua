@@ -1,4 +1,4 @@
--- wrk script of benchmarks/http.py: POST a small body, report the run as one JSON line.
+-- wrk script of benchmarks/serving.py: POST a small body, report the run as one JSON line.
 --
 -- Every request is `POST <url>` with HTTPBENCH_BODY (default 32 bytes) as an
 -- application/octet-stream body.  With HTTPBENCH_SERVICE_TIME=1 every response
