@@ -29,6 +29,7 @@ enum class Flag : uint32_t {
   OOB = kFlagOob,
   HTTP = kFlagHttp,
   REQUEST = kFlagRequest,
+  CHUNK = kFlagChunk,
 };
 
 void define_wire(py::module_& m) {
@@ -42,6 +43,8 @@ void define_wire(py::module_& m) {
       .value("OOB", Flag::OOB, "payload is a pickle with out-of-band buffers")
       .value("HTTP", Flag::HTTP, "payload is an HTTP response for the native front (HttpHead + body)")
       .value("REQUEST", Flag::REQUEST, "payload is an HTTP request record from the native front")
+      .value("CHUNK", Flag::CHUNK,
+             "payload is a chunk of several items, or one item's part of one (cpp/chunk.hpp)")
       .finalize();
   py::native_enum<Status>(m, "Status", "enum.IntEnum", "What a request came to (cpp/wire.hpp).")
       .value("OK", Status::ok)

@@ -7,6 +7,8 @@
 #include <memory>
 #include <vector>
 
+#include "../cpp/chunk.hpp"
+#include "../cpp/spin_governor.hpp"
 #include "../cpp/requests.hpp"
 #include "../cpp/stream_window.hpp"
 #include "../cpp/wire.hpp"
@@ -22,6 +24,11 @@ namespace mpb {
 using namespace mps;
 
 namespace {
+
+// Pause rounds a caller of Server.call spins for its result before sleeping
+// (a few tens of microseconds), while its calls come back that fast.
+constexpr int kCallerSpin = 1500;
+
 
 class Engine {
  public:
@@ -94,6 +101,23 @@ class Engine {
     return py::make_tuple(flags, std::move(obj));
   }
 
+  // Takes a done slot that holds a part of a chunk of results (flags has
+  // kFlagChunk): its header, and its blob if it holds the chunk's.  No
+  // Python object is made.  Returns false (taking nothing) for any other result.
+  bool take_part(uint32_t idx, uint32_t* flags, ChunkPartHeader* h, std::string* blob) {
+    bool part = false;
+    book().ledger().peek(idx, [&](const Ledger::Result& r) { part = (r.flags & kFlagChunk) != 0; });
+    if (!part) return false;
+    book().take(idx, [&](Ledger::Result& r) {
+      *flags = r.flags;
+      if (r.payload.size() < sizeof *h) throw std::runtime_error("corrupt chunk part");
+      std::memcpy(h, r.payload.data(), sizeof *h);
+      if (h->has_blob) blob->assign(r.payload, sizeof *h, std::string::npos);
+      return 0;
+    });
+    return true;
+  }
+
   // With the GIL, for every result handed to Python: a large raw result asks
   // the pool for a home for the next one.
   void note_taken(uint32_t flags, const py::object& obj) {
@@ -110,9 +134,15 @@ class Engine {
     auto [st, idx] = submit(entry, payload, flags, !backpressure, deadline, false);
     if (st != Status::ok) return py::make_tuple(int(st), 0, py::none());
     const int64_t t_enqueued = now_ns();
+    // A caller whose results come back within microseconds spins briefly
+    // instead of sleeping (a sleep and its wake-up cost more than the wait);
+    // one whose calls take longer goes straight to sleep (spin_governor.hpp).
+    thread_local SpinGovernor governor(kCallerSpin, 0);
+    const int spin = governor.spin();
     const bool done = wait_interruptibly(
-        deadline, [&, idx = idx](int64_t until) { return book().wait(idx, until); },
+        deadline, [&, idx = idx](int64_t until) { return book().wait(idx, until, spin); },
         [&, idx = idx] { book().abandon(idx, Ledger::GiveUp::cancelled); });
+    governor.waited(now_ns() - t_enqueued);
     if (!done) {
       book().abandon(idx, Ledger::GiveUp::timed_out);
       return py::make_tuple(int(Status::result_timeout), 0, double(t_enqueued - t0) / 1e9);
@@ -158,6 +188,10 @@ class Engine {
   ProcessLocal<RequestBook> book_;
 };
 
+// drain()'s outcome for a run of chunk values that are plain results:
+// (kOutcomeValues, 0, [value, ...]), one entry for the whole run.
+constexpr int kOutcomeValues = 100;
+
 class PyStreamWindow {
  public:
   PyStreamWindow(Engine& engine, std::shared_ptr<PyRing> entry, double item_timeout)
@@ -195,6 +229,22 @@ class PyStreamWindow {
     return py::make_tuple(k, int(st));
   }
 
+  // Sends `count` inputs as one chunk whose values `blob` (bytes: the pickle
+  // of their list) holds; returns (accepted: count or 0, status).  Never
+  // waits for a slot: with fewer than `count` free, the caller sends singly.
+  py::tuple submit_chunk(uint32_t count, py::bytes blob, double timeout) {
+    const std::string_view b = blob;
+    const Slice part{b.data(), b.size()};
+    Status st;
+    const int64_t deadline = deadline_after(timeout);
+    size_t k = win().submit_chunk(count, &part, 1, deadline, &st, false);
+    if (k == 0 && st == Status::push_timeout) {  // the ring is full: wait for space without the GIL
+      py::gil_scoped_release nogil;
+      k = win().submit_chunk(count, &part, 1, deadline, &st, true);
+    }
+    return py::make_tuple(k, int(st));
+  }
+
   void add_local() { win().add_local(); }
 
   // [(outcome, flags, payload), ...] for the ready prefix of the window
@@ -213,15 +263,38 @@ class PyStreamWindow {
       });
     }
     py::list res;
+    py::list values;  // a run of chunk values that are plain results
+    auto end_run = [&] {
+      if (values.empty()) return;
+      res.append(py::make_tuple(kOutcomeValues, 0, values));
+      values = py::list();
+    };
     for (const auto& d : out_) {
       if (d.outcome == Outcome::end) break;
       if (d.outcome == Outcome::ready) {
+        uint32_t flags;
+        ChunkPartHeader h;
+        if (engine_.take_part(d.slot, &flags, &h, &blob_)) {
+          part_failed_ = false;
+          py::object v = chunk_value(h);
+          if (!(flags & kFlagError) && chunk_failure_.is_none() && !part_failed_) {
+            values.append(std::move(v));
+            continue;
+          }
+          // An item's error, or a chunk (or an item of it) that did not unpickle.
+          end_run();
+          res.append(py::make_tuple(int(d.outcome), flags | kFlagError, std::move(v)));
+          continue;
+        }
+        end_run();
         py::tuple t = engine_.take(d.slot);
         res.append(py::make_tuple(int(d.outcome), t[0], t[1]));
       } else {
+        end_run();
         res.append(py::make_tuple(int(d.outcome), 0, py::none()));
       }
     }
+    end_run();
     return res;
   }
 
@@ -236,10 +309,50 @@ class PyStreamWindow {
  private:
   StreamWindow& win() { return owned(win_, "stream"); }
 
+  // One item's value from its part of a chunk of results (cpp/chunk.hpp):
+  // the part that holds the blob is unpickled once, and the list is kept
+  // for the chunk's later items, which follow it in the window.  A blob
+  // that does not unpickle gives every item of the chunk that exception.
+  py::object chunk_value(const ChunkPartHeader& h) {
+    if (h.has_blob) {
+      chunk_key_ = h.key;
+      try {
+        static const py::handle loads = py::object(py::module_::import("pickle").attr("loads")).release();
+        chunk_values_ = loads(py::memoryview::from_memory(blob_.data(), py::ssize_t(blob_.size())));
+        chunk_failure_ = py::none();
+      } catch (py::error_already_set& e) {
+        chunk_values_ = py::none();
+        chunk_failure_ = e.value();
+      }
+    } else if (chunk_key_ != h.key || (chunk_values_.is_none() && chunk_failure_.is_none())) {
+      throw std::runtime_error("a chunk's result arrived without its chunk");
+    }
+    if (!chunk_failure_.is_none()) return chunk_failure_;
+    // (0, [value, ...]) or (1, [pickle of value, ...]): see python/mpserver/_chunking.py.
+    py::tuple run = py::cast<py::tuple>(chunk_values_);
+    py::list values = py::cast<py::list>(run[1]);
+    if (h.index >= values.size()) throw std::runtime_error("corrupt chunk part");
+    py::object v = values[h.index];
+    if (run[0].cast<int>() == 0) return v;
+    static const py::handle loads =
+        py::object(py::module_::import("pickle").attr("loads")).release();  // kept for the process's life
+    try {
+      return loads(v);
+    } catch (py::error_already_set& e) {
+      part_failed_ = true;
+      return e.value();
+    }
+  }
+
   Engine& engine_;
   std::shared_ptr<PyRing> entry_;
   ProcessLocal<StreamWindow> win_;
   std::vector<StreamWindow::Drained> out_;
+  std::string blob_;        // the blob of the part being taken
+  uint64_t chunk_key_ = 0;  // the chunk whose values are kept (its first token)
+  py::object chunk_values_ = py::none();
+  py::object chunk_failure_ = py::none();
+  bool part_failed_ = false;  // its value did not unpickle
 };
 
 }  // namespace
@@ -277,14 +390,18 @@ void define_requests(py::module_& m) {
           "An eventfd readable when async requests finished.")
       .def("snapshot", &Engine::snapshot, "[(slot, state, age in seconds)] of the slots in use.");
 
+  m.attr("OUTCOME_VALUES") = kOutcomeValues;
   py::class_<PyStreamWindow>(m, "StreamWindow", "The ordered window of one stream (cpp/stream_window.hpp).")
       .def(py::init<Engine&, std::shared_ptr<PyRing>, double>(), py::arg("engine"), py::arg("ring"),
            py::arg("item_timeout"), py::keep_alive<1, 2>())
       .def("submit", &PyStreamWindow::submit, py::arg("encoded"), py::arg("wait"), py::arg("timeout"),
            "Sends [(flags, payload), ...]: (accepted, status).")
+      .def("submit_chunk", &PyStreamWindow::submit_chunk, py::arg("count"), py::arg("blob"),
+           py::arg("timeout"), "Sends `count` inputs as one chunk (cpp/chunk.hpp): (count or 0, status).")
       .def("add_local", &PyStreamWindow::add_local, "An input that failed before it was sent.")
       .def("drain", &PyStreamWindow::drain, py::arg("max") = 256, py::arg("wait") = true,
-           "[(outcome, flags, payload)] of the ready prefix; [] at the end.")
+           "[(outcome, flags, payload)] of the ready prefix, a run of plain chunk values as one "
+           "(OUTCOME_VALUES, 0, [value, ...]); [] at the end.")
       .def("finish", &PyStreamWindow::finish, "The feeder adds nothing more.")
       .def("close", &PyStreamWindow::close, "Abandons everything still outstanding.")
       .def("__len__", &PyStreamWindow::size);

@@ -3,7 +3,9 @@
 #include <cstring>
 
 #include "../cpp/batcher.hpp"
+#include "../cpp/chunk.hpp"
 #include "../cpp/guardian.hpp"
+#include "../cpp/spin_governor.hpp"
 #include "../cpp/wire.hpp"
 #include "gil.hpp"
 #include "meter.hpp"
@@ -78,10 +80,50 @@ struct GatherSink : MessageSink {
   ~GatherSink() override {  // runs with the GIL held (end of gather())
     for (Item& it : items) Py_XDECREF(it.direct);
   }
-  size_t skipped = 0;  // items dropped because nobody waits for them
+  size_t skipped = 0;      // items dropped because nobody waits for them
+  size_t chunk_items = 0;  // items inside the chunks gathered (beyond one per chunk)
+  int64_t chunk_since = 0;
+  bool chunk_claimed = false;
+
+  // A chunk's tokens are in its first frame (its header is far smaller than
+  // a frame): each is claimed there, still inside the consumer's critical
+  // section, exactly as a single item is claimed in begin().
+  void claim_chunk(const Item& it) {
+    if (it.len < sizeof(ChunkHeader)) return;
+    ChunkHeader h;
+    std::memcpy(&h, buf.data() + it.off, sizeof h);
+    if (h.count == 0 || h.count > kMaxChunkItems) return;  // gather() reports it as corrupt
+    if (it.len < chunk_head_bytes(h.count)) return;
+    chunk_claimed = true;
+    const char* tokens = buf.data() + it.off + sizeof h;
+    for (uint32_t i = 0; i < h.count; ++i) {
+      uint64_t t;
+      std::memcpy(&t, tokens + size_t(i) * 8, 8);
+      if (t_claims) (void)t_claims->claim(t_claim_worker, t, it.aux, chunk_since);
+    }
+    chunk_items += h.count - 1;
+    if (MeterRecord* r = t_meter) {
+      bump(r->own[kWorkerIn], h.count);
+      if (pushed_at) observe_time(r->waits, chunk_since - pushed_at, h.count);
+    }
+  }
+  void release_chunk(const Item& it) {
+    const ChunkView v = parse_chunk(buf.data() + it.off, it.len);
+    for (uint32_t i = 0; i < v.count; ++i)
+      if (t_claims) (void)t_claims->release(t_claim_worker, v.token(i));
+    chunk_items -= v.count - 1;
+  }
 
   void begin(uint64_t id, uint32_t flags, uint64_t aux, uint64_t total) override {
     const int64_t now = (t_claims || t_meter) ? now_ns() : 0;
+    if (flags & kFlagChunk) {  // claimed in append(), once its tokens are here
+      items.push_back({id, flags, aux, buf.size(), 0, nullptr, false});
+      chunk_since = now;
+      chunk_claimed = false;
+      dest = nullptr;
+      buf.reserve(buf.size() + total);
+      return;
+    }
     if (MeterRecord* r = t_meter) {
       bump(r->own[kWorkerIn]);
       if (flags & kFlagError) bump(r->own[kWorkerPassed]);
@@ -112,6 +154,12 @@ struct GatherSink : MessageSink {
   }
   void append(const char* d, size_t n) override {
     Item& it = items.back();
+    if (it.flags & kFlagChunk) {
+      buf.append(d, n);
+      it.len += n;
+      if (!chunk_claimed) claim_chunk(it);
+      return;
+    }
     if (it.dropped) {
       if (dropped_flags & (kFlagObject | kFlagEnsemble)) dropped_refs.append(d, n);
       return;
@@ -131,7 +179,11 @@ struct GatherSink : MessageSink {
   }
   void abort() override {
     Item& it = items.back();
-    if (!it.dropped && t_claims) (void)t_claims->release(t_claim_worker, it.id);
+    if (it.flags & kFlagChunk) {
+      if (chunk_claimed) release_chunk(it);
+    } else if (!it.dropped && t_claims) {
+      (void)t_claims->release(t_claim_worker, it.id);
+    }
     if (it.direct) {
       py::gil_scoped_acquire gil;
       Py_DECREF(it.direct);
@@ -176,30 +228,67 @@ int PyRing::push_many(py::list items, uint64_t aux) {
   return status_of(st);
 }
 
+int PyRing::push_chunk(py::sequence ids, py::bytes status, py::bytes blob, uint64_t aux) {
+  const size_t n = py::len(ids);
+  const std::string_view st = status;
+  if (n == 0 || n > kMaxChunkItems || st.size() != n)
+    throw py::value_error("a chunk needs 1..4096 ids and one status each");
+  std::vector<uint64_t> tokens(n);
+  for (size_t i = 0; i < n; ++i) tokens[i] = ids[i].cast<uint64_t>();
+  const std::string head =
+      chunk_head(tokens.data(), reinterpret_cast<const uint8_t*>(st.data()), uint32_t(n));
+  const std::string_view body = blob;
+  const Slice parts[2] = {{head.data(), head.size()}, {body.data(), body.size()}};
+  OutMessage m{tokens[0], kFlagChunk, aux, parts, 2};
+  const int64_t now = worker_clock();
+  PushStatus ps = push_with_gil_rules(*ring, &m, 1, kForever, nullptr, now);
+  for (size_t i = 0; i < n; ++i) answered(tokens[i], st[i] ? kFlagError : 0, now);
+  return status_of(ps);
+}
+
 py::object PyRing::gather(size_t max_items, double wait_time, py::object idle_timeout) {
   GatherSink sink;
   BatchPolicy policy;
-  policy.spin = g_spin.worker_spin;
-  policy.yields = g_spin.worker_yields;
+  // A worker spins before sleeping only while its items come close together.
+  thread_local SpinGovernor governor(0, 0);
+  governor.configure(g_spin.worker_spin, g_spin.worker_yields);
+  policy.spin = governor.spin();
+  policy.yields = governor.yields();
   policy.max_items = max_items;
   policy.wait_ns = int64_t(wait_time * 1e9);
   size_t n = 0;
+  const int64_t t0 = now_ns();
   wait_interruptibly(deadline_from(idle_timeout), [&](int64_t until) {
     n = mps::gather(*ring, sink, policy, until);
     return n > 0 || ring->finished();
   });
+  if (policy.wait_ns == 0) governor.waited(now_ns() - t0);
   if (n == 0) {
     if (ring->finished()) return py::none();
     return py::list();
   }
   if (MeterRecord* r = t_meter; r && n > sink.skipped) {
-    bump(r->own[kWorkerBatches]);
-    observe_size(r->sizes, n - sink.skipped);
+    if (sink.chunk_items) {  // a chunk's items go to user code one by one
+      const uint64_t calls = n - sink.skipped + sink.chunk_items;
+      bump(r->own[kWorkerBatches], calls);
+      bump(r->sizes.bucket[size_bucket(1)], calls);
+      bump(r->sizes.sum, calls);
+    } else {
+      bump(r->own[kWorkerBatches]);
+      observe_size(r->sizes, n - sink.skipped);
+    }
   }
   py::list out(n);
   for (size_t i = 0; i < n; ++i) {
     GatherSink::Item& it = sink.items[i];
     py::object payload;
+    if (it.flags & kFlagChunk) {  // (tokens, flags, aux, pickle of the values)
+      const ChunkView v = parse_chunk(sink.buf.data() + it.off, it.len);
+      py::tuple ids(v.count);
+      for (uint32_t j = 0; j < v.count; ++j) ids[j] = py::int_(v.token(j));
+      out[i] = py::make_tuple(std::move(ids), it.flags, it.aux, py::bytes(v.blob, v.blob_len));
+      continue;
+    }
     if (it.direct) {
       payload = py::reinterpret_steal<py::object>(it.direct);
       it.direct = nullptr;
@@ -250,6 +339,10 @@ void define_ring(py::module_& m) {
            py::arg("timeout") = py::none(), "Pushes one message; returns a Status.")
       .def("push_many", &PyRing::push_many, py::arg("items"), py::arg("aux") = 0,
            "Pushes [(id, flags, payload), ...] in order; returns a Status.")
+      .def("push_chunk", &PyRing::push_chunk, py::arg("ids"), py::arg("status"), py::arg("blob"),
+           py::arg("aux") = 0,
+           "Pushes the results of a chunk as one message (cpp/chunk.hpp): status[i] is 1 where value i "
+           "of the pickled list `blob` is item i's encoded error; returns a Status.")
       .def("gather", &PyRing::gather, py::arg("max_items") = 1, py::arg("wait_time") = 0.0,
            py::arg("idle_timeout") = py::none(),
            "The next unit of work: [(id, flags, aux, payload), ...], [] after idle_timeout, "
@@ -304,6 +397,26 @@ void define_ring(py::module_& m) {
       },
       py::arg("table").none(true), py::arg("worker") = 0,
       "Makes this thread's gather() claim and push() release items in `table` for `worker`.");
+  m.def(
+      "release_claims",
+      [](py::sequence ids) {
+        if (!t_claims) return;
+        for (py::handle id : ids) (void)t_claims->release(t_claim_worker, id.cast<uint64_t>());
+      },
+      py::arg("ids"),
+      "Releases this thread's claims of `ids` without answering them (items it handed back to its ring).");
+  m.def(
+      "note_answered",
+      [](py::sequence ids, py::bytes status) {
+        const std::string_view st = status;
+        if (st.size() != size_t(py::len(ids))) throw py::value_error("one status per id");
+        const int64_t now = worker_clock();
+        size_t i = 0;
+        for (py::handle id : ids) answered(id.cast<uint64_t>(), st[i++] ? kFlagError : 0, now);
+      },
+      py::arg("ids"), py::arg("status"),
+      "Ends this thread's claims of `ids`, answered by another thread of the worker, and counts their "
+      "answers.");
   m.def(
       "set_spin",
       [](int worker, int collector, int worker_yields, int collector_yields) {

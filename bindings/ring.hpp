@@ -44,6 +44,8 @@ struct PyRing {
   int push(uint64_t id, uint32_t flags, py::handle payload, uint64_t aux, py::object timeout);
   // Pushes [(id, flags, payload), ...] in order under one producer lock.
   int push_many(py::list items, uint64_t aux);
+  // Pushes a chunk of results (cpp/chunk.hpp) as one message.
+  int push_chunk(py::sequence ids, py::bytes status, py::bytes blob, uint64_t aux);
   // Takes the worker's next unit of work (batcher.hpp): a list of
   // (id, flags, aux, payload); [] if idle_timeout passed with nothing; None
   // once the ring is closed and drained.

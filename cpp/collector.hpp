@@ -21,6 +21,11 @@
 //
 //   * Tokens of finished Notify::front slots go to the front's listener in
 //     the same way, once per batch.
+//   * A chunk of results (kFlagChunk, chunk.hpp) is filed item by item: each
+//     live token's slot gets its part, and exactly one of them — the first
+//     whose result the ledger accepts — gets the chunk's blob.
+//   * Before sleeping on an empty ring it yields (set_spin), unless its
+//     recent waits were all longer than that would cover (spin_governor.hpp).
 //   * A result of at least kLargePayloadBytes is offered to the PayloadHome, if
 //     one is set (see payload_home.hpp) and the slot is not the front's (the
 //     front writes from the slot, without Python); otherwise it is copied
@@ -37,6 +42,7 @@
 #include <thread>
 #include <vector>
 
+#include "chunk.hpp"
 #include "completion_queue.hpp"
 #include "ledger.hpp"
 #include "payload_home.hpp"
@@ -96,7 +102,12 @@ class Collector {
     void abort() override;
 
    private:
+    void file(Ledger::Finished f, uint32_t idx, uint64_t token);
+    void file_chunk();
+
     Collector& c_;
+    bool chunk_ = false;  // the current message is a chunk of results (buffered in chunk_buf_)
+    std::string chunk_buf_;
     Ledger::Result* result_ = nullptr;  // the current message's slot, if it expects one
     uint32_t idx_ = 0;
     uint64_t id_ = 0;

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "chunk.hpp"
 #include "futex.hpp"
 #include "message_buffer.hpp"
 #include "quiet_thread.hpp"
@@ -498,6 +499,9 @@ void Guardian::run_failer(Entry* e) {
         Slice sl{m.payload.data(), m.payload.size()};
         OutMessage om{m.id, m.flags, m.aux, &sl, 1};
         (void)e->s.output->push(&om, 1, kForever);
+      } else if (m.flags & kFlagChunk) {  // every item of a chunk fails on its own
+        const ChunkView v = parse_chunk(m.payload.data(), m.payload.size());
+        for (uint32_t i = 0; i < v.count; ++i) items.emplace_back(v.token(i), m.aux);
       } else {
         if (relay) relay->drop(m);
         items.emplace_back(m.id, m.aux);

@@ -66,14 +66,14 @@ Ledger::Finished Ledger::finish_quietly(uint32_t idx) {
   if (kMetering && meter_) observe_time(meter_->times, now_ns() - s.t_start_ns);  // the collector's line
   if (s.state.compare_exchange_strong(expected, kDone, std::memory_order_seq_cst)) {
     collected(kServerFiled);
-    return {s.sleeping.load(std::memory_order_seq_cst) != 0, notify};
+    return {s.sleeping.load(std::memory_order_seq_cst) != 0, notify, true};
   }
   collected(kServerLate);
   if (expected == kAbandoned) {
     if (disposer_) disposer_(s.result.flags, s.result.payload);
     free_slot(idx, true);
   }
-  return {false, notify};
+  return {false, notify, false};
 }
 
 bool Ledger::wait(uint32_t idx, int64_t deadline_ns, int spin) {

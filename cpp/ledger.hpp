@@ -101,8 +101,9 @@ class Ledger {
   // wake-up to the collector, so that it can publish a whole batch of
   // results before waking anybody (a stream then wakes once per batch).
   struct Finished {
-    bool wake;      // the owner sleeps: call wake(idx) after the batch
-    Notify notify;  // whom to tell, besides (as it was acquired)
+    bool wake;       // the owner sleeps: call wake(idx) after the batch
+    Notify notify;   // whom to tell, besides (as it was acquired)
+    bool delivered;  // the result is the slot's (false: its caller had given up, dropped)
   };
   Finished finish_quietly(uint32_t idx);
   void wake(uint32_t idx) { futex_wake(&slots_[idx].state, INT_MAX, false); }
@@ -116,6 +117,12 @@ class Ledger {
   // the slot is not done.
   template <class Consume>
   decltype(auto) take(uint32_t idx, Consume&& consume);
+  // Calls look(const Result&) on a done slot without taking it (for its
+  // owner, to decide how to take it).  Does nothing if the slot is not done.
+  template <class Look>
+  void peek(uint32_t idx, Look&& look) const {
+    if (idx < capacity_ && is_done(idx)) look(slots_[idx].result);
+  }
   // Frees a pending slot whose request never left the main process (e.g.
   // its payload could not be sent).
   void withdraw(uint32_t idx) { free_slot(idx); }

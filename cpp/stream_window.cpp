@@ -3,6 +3,8 @@
 #include <chrono>
 #include <climits>
 
+#include "chunk.hpp"
+
 namespace mps {
 
 size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadline_ns, Status* st,
@@ -51,6 +53,62 @@ size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadl
   }
   cv_.notify_one();
   return written;
+}
+
+size_t StreamWindow::submit_chunk(uint32_t count, const Slice* blob, size_t nparts, int64_t deadline_ns,
+                                  Status* st, bool may_block) {
+  *st = Status::ok;
+  if (count == 0 || count > kMaxChunkItems) {
+    *st = Status::backlog_full;
+    return 0;
+  }
+  scratch_.clear();
+  std::vector<uint64_t> tokens;
+  tokens.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    uint32_t idx;
+    Status a = ledger_.acquire(false, deadline_ns, &idx);
+    if (a != Status::ok) {
+      for (uint32_t j : scratch_) ledger_.withdraw(j);
+      *st = a;
+      return 0;
+    }
+    scratch_.push_back(idx);
+    tokens.push_back(ledger_.token(idx));
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (closed_) {
+      for (uint32_t idx : scratch_) ledger_.withdraw(idx);
+      *st = Status::closed;
+      return 0;
+    }
+  }
+  const std::string head = chunk_head(tokens.data(), nullptr, count);
+  std::vector<Slice> parts;
+  parts.reserve(nparts + 1);
+  parts.push_back({head.data(), head.size()});
+  for (size_t i = 0; i < nparts; ++i) parts.push_back(blob[i]);
+  OutMessage m{tokens[0], kFlagChunk, 0, parts.data(), parts.size()};
+  size_t written = 0;
+  PushStatus ps = may_block ? entry_.push(&m, 1, deadline_ns, &written) : entry_.try_push(&m, 1, &written);
+  if (written == 0) {
+    for (uint32_t idx : scratch_) ledger_.withdraw(idx);
+    *st = ps == PushStatus::closed ? Status::closed : Status::push_timeout;
+    return 0;
+  }
+  const int64_t deadline = item_timeout_ns_ == kForever ? kForever : now_ns() + item_timeout_ns_;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!closed_) {
+      for (uint32_t idx : scratch_) entries_.push_back({idx, deadline});
+    } else {
+      for (uint32_t idx : scratch_) ledger_.give_up(idx, Ledger::GiveUp::cancelled);
+      *st = Status::closed;
+    }
+  }
+  cv_.notify_one();
+  return *st == Status::ok ? count : 0;
 }
 
 void StreamWindow::add_local() {

@@ -66,6 +66,16 @@ class StreamWindow {
     return k < n && ((st == Status::backlog_full && wait && k == 0) || st == Status::push_timeout);
   }
 
+  // Sends `count` items as one chunk message (chunk.hpp): takes `count`
+  // ledger slots — all of them or none, so that a chunk is never split —
+  // and pushes one message whose payload is the chunk header (written here,
+  // with the slots' tokens) followed by `blob` (parts[0..nparts), the
+  // pickle of the items' values).  Waits for ring space only if may_block.
+  // Returns count, or 0 with *st telling why (backlog_full when fewer than
+  // `count` slots are free now: the caller sends the items singly instead).
+  size_t submit_chunk(uint32_t count, const Slice* blob, size_t nparts, int64_t deadline_ns, Status* st,
+                      bool may_block);
+
   // Appends an entry for an input that failed before it could be sent.
   void add_local();
 

@@ -44,11 +44,14 @@ inline constexpr uint32_t kFlagHttp = 1u << 15;
 // Payload is an HTTP request record made by the front (http_message.hpp),
 // for a route whose workers asked for the whole request, not just its body.
 inline constexpr uint32_t kFlagRequest = 1u << 16;
+// Payload is a chunk: several items' tokens and one pickle of their values
+// (chunk.hpp); in a ledger slot, one item's part of a chunk of results.
+inline constexpr uint32_t kFlagChunk = 1u << 17;
 
 inline constexpr uint32_t kAllFlags = kFlagObject | kFlagError | kFlagControl | kFlagEnsemble | kFlagCrash |
-                                      kFlagRaw | kFlagOob | kFlagHttp | kFlagRequest;
+                                      kFlagRaw | kFlagOob | kFlagHttp | kFlagRequest | kFlagChunk;
 static_assert((kAllFlags & 0xffu) == 0, "message flags must leave the framing byte alone");
-static_assert(__builtin_popcount(kAllFlags) == 9, "message flags must be distinct bits");
+static_assert(__builtin_popcount(kAllFlags) == 10, "message flags must be distinct bits");
 
 // ---- the HTTP front's requests
 

@@ -290,8 +290,15 @@ def test_a_crash_fails_exactly_what_the_dead_worker_had_started(mps, tmp_path, w
     with b.Server(servlet) as server:
         out = list(server.stream(range(1000), return_exceptions=True))
     crashed = {i for i, y in enumerate(out) if isinstance(y, mpserver.WorkerCrashedError)}
-    assert crashed == set(_started_with(tmp_path, 500))
-    assert len(crashed) == 1 if not batch_size else 1 <= len(crashed) <= batch_size
+    if b.name == 'mpserver' and not batch_size:
+        # mpserver sends small items in chunks (docs/semantics.md): the dead
+        # worker's unanswered items of its chunk fail, the poison first of
+        # those it had started; test_chunking.py pins the exact set down.
+        assert 500 in crashed and len(crashed) <= 64
+        assert crashed == set(range(min(crashed), max(crashed) + 1))
+    else:
+        assert crashed == set(_started_with(tmp_path, 500))
+        assert len(crashed) == 1 if not batch_size else 1 <= len(crashed) <= batch_size
     assert all(y == i + 1 for i, y in enumerate(out) if i not in crashed)
 
 

@@ -17,9 +17,12 @@ token reaches, so the check costs one integer comparison per item.
 from __future__ import annotations
 
 import collections
+import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._chunking import FLAG_CHUNK, ChunkRunner, encode_run
+from ._core import note_answered, release_claims
 from ._wire import FLAG_ERROR, Codec, decode, pass_error
 from ._worker import Worker
 
@@ -27,6 +30,8 @@ __all__ = ['serve']
 
 
 _NO_MARK = 1 << 64
+_loads = pickle.loads
+_dumps = pickle.dumps
 
 
 def serve(worker: Worker, inp: Any, out: Any, codec: Codec, terminal: bool = False) -> None:
@@ -83,11 +88,18 @@ def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec, mark: int) ->
     push = out.push
     encode_result = codec.encode_result
     encode_error = codec.encode_error
+    chunk_out = mark != _NO_MARK  # a terminal worker answers a chunk with one chunk; others item by item
+    runner: ChunkRunner | None = None
     while True:
         items = gather(1, 0.0, None)
         if items is None:
             return
         ((mid, flags, aux, payload),) = items
+        if flags & FLAG_CHUNK:  # several items in one message (_chunking)
+            if runner is None:
+                runner = ChunkRunner(inp)
+            _serve_chunk(runner, mid, aux, payload, preprocess, call, wrap, codec, out, chunk_out)
+            continue
         if flags & FLAG_ERROR:  # an upstream error: pass it through
             push(mid, *_passed(flags, payload, codec, mid, mark), aux)
             continue
@@ -101,6 +113,94 @@ def _serve_items(worker: Worker, inp: Any, out: Any, codec: Codec, mark: int) ->
         else:
             f, p = encode_result(y) if mid < mark else _http().http_result(y)
         push(mid, f, p, aux)
+
+
+def _serve_chunk(
+    runner: ChunkRunner,
+    ids: tuple[int, ...],
+    aux: int,
+    payload: bytes,
+    preprocess: Callable[[Any], Any] | None,
+    call: Callable[[Any], Any],
+    wrap: bool,
+    codec: Codec,
+    out: Any,
+    chunk_out: bool,
+) -> None:
+    """Runs the items of one chunk in order and answers them (one chunk of
+    results when ``chunk_out``, else item by item).  Items that a stuck item
+    kept waiting are handed back to the ring by ``runner`` and not run here."""
+    encode_error = codec.encode_error
+    try:
+        pickled, values = _loads(payload)  # see _chunking: (0, values) or (1, pickles)
+    except Exception as e:  # noqa: BLE001 - an undecodable chunk: every item's error
+        err = encode_error(e)
+        out.push_many([(mid, *err) for mid in ids], aux)
+        return
+
+    def resend(j: int) -> tuple[int, bytes]:
+        return 0, values[j] if pickled else _dumps(values[j], 5)
+
+    n = len(ids)
+    results: list[Any] = [None] * n
+    status = bytearray(n)
+
+    def answer(lo: int, hi: int) -> None:
+        # One chunk of results for the collector (a terminal worker), else item by item.
+        blob = encode_run(results[lo:hi]) if chunk_out else None
+        if blob is not None:
+            out.push_chunk(ids[lo:hi], bytes(status[lo:hi]), blob, aux)
+            return
+        encode_result = codec.encode_result
+        out.push_many(
+            [
+                (ids[j], FLAG_ERROR, results[j]) if status[j] else (ids[j], *encode_result(results[j]))
+                for j in range(lo, hi)
+            ],
+            aux,
+        )
+
+    runner.start_chunk(ids, resend, answer, aux)
+    try:
+        while (i := runner.take()) >= 0:
+            try:
+                x = _loads(values[i]) if pickled else values[i]
+                if preprocess is not None:
+                    x = preprocess(x)
+                results[i] = call([x])[0] if wrap else call(x)
+            except Exception as e:  # noqa: BLE001 - the user's exception is this item's result
+                results[i] = encode_error(e)[1]
+                status[i] = 1
+    finally:
+        flushed, ran = runner.end_chunk()
+    if ran > flushed:
+        answer(flushed, ran)
+    if flushed:  # answered from the watcher's thread: settle their claims and meters here
+        note_answered(ids[:flushed], bytes(status[:flushed]))
+    if ran < n:  # handed back: whoever takes them claims them again
+        release_claims(ids[ran:])
+
+
+def _unchunked(
+    items: list[tuple[Any, int, int, Any]], codec: Codec, reject: Callable[[int, int, Any, int], object]
+) -> Iterator[tuple[int, int, int, Any]]:
+    """The gathered messages with every chunk opened into its items.
+
+    Chunks are sent only to workers of the plain item loop (_chunking), so
+    this is the safety net of the batching and streaming loops: a worker
+    that set its own ``batch_size`` still sees every item, one by one."""
+    for mid, flags, aux, payload in items:
+        if not flags & FLAG_CHUNK:
+            yield mid, flags, aux, payload
+            continue
+        try:
+            pickled, values = _loads(payload)
+        except Exception as e:  # noqa: BLE001 - an undecodable chunk: every item's error
+            for token in mid:
+                reject(token, *codec.encode_error(e), aux)
+            continue
+        for token, v in zip(mid, values, strict=True):
+            yield token, 0, aux, v if pickled else _dumps(v, 5)
 
 
 def _admit(
@@ -119,7 +219,7 @@ def _admit(
     """
     ids: list[int] = []
     xs: list[Any] = []
-    for mid, flags, aux, payload in items:
+    for mid, flags, aux, payload in _unchunked(items, codec, reject):
         if flags & FLAG_ERROR:
             reject(mid, *_passed(flags, payload, codec, mid, mark), aux)
             continue
@@ -170,12 +270,13 @@ def _serve_batches(worker: Worker, inp: Any, out: Any, codec: Codec, mark: int) 
         # The lambda runs only inside this _admit call, so it sees this round's list.
         ids, xs = _admit(items, preprocess, codec, lambda *m: rejected.append(m[:3]), mark)  # noqa: B023
         results = rejected
-        if xs:
+        for at in range(0, len(xs), size):  # more than one batch only from a chunk (_unchunked)
+            bxs = xs[at : at + size]
             try:
-                ys = call(xs)
+                ys = call(bxs)
             except Exception as e:  # noqa: BLE001 - the user's exception is every item's result
                 ys = e
-            results += _batch_outcome(worker, ids, xs, ys, codec, mark)
+            results += _batch_outcome(worker, ids[at : at + size], bxs, ys, codec, mark)
         push_many(results, 0)
 
 
@@ -199,9 +300,9 @@ def _serve_via_stream(worker: Worker, inp: Any, out: Any, codec: Codec, mark: in
                 return
             ids, xs = _admit(items, preprocess, codec, push, mark)
             if batched:
-                if xs:
-                    pending.append((ids, xs))
-                    yield xs
+                for at in range(0, len(xs), size):  # more than one batch only from a chunk (_unchunked)
+                    pending.append((ids[at : at + size], xs[at : at + size]))
+                    yield xs[at : at + size]
             else:
                 for mid, x in zip(ids, xs, strict=True):
                     pending.append(mid)

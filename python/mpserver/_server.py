@@ -24,6 +24,7 @@ from time import perf_counter
 from typing import IO, TYPE_CHECKING, Any, TypeAlias, cast, final
 
 from . import _core, _process
+from ._chunking import ChunkSizer, encode_run
 from ._config import check_seconds, normalize_cpus
 from ._errors import ConfigError, TimeoutError, check_timeout
 from ._launch import Launch
@@ -59,6 +60,7 @@ METER_RECORDS = 4096
 
 _READY = int(_core.Outcome.READY)
 _LOCAL = int(_core.Outcome.LOCAL)
+_VALUES = _core.OUTCOME_VALUES
 
 # A stream sends inputs in runs of up to _CHUNK (one ring push, one wake-up)
 # and takes up to _DRAIN_MAX ready results per crossing into the core.
@@ -211,6 +213,7 @@ class Server:
         self._ports_lock = threading.Lock()
         self._fronts: set[HttpService] = set()  # native HTTP fronts serving it (_front.py), drained first at exit
         self._http_stop: threading.Event | None = None  # set by stop_http() to end serve_http()
+        self._chunk_workers = 0  # workers reading the entry ring, if it takes chunks (_chunking)
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(f"cannot pickle '{type(self).__name__}' object")
@@ -253,6 +256,7 @@ class Server:
         engine = _core.Engine(self._output, self._capacity, self._board, self._meter)
         try:
             entry, local = self.servlet._start(launch, self._output, True)
+            self._chunk_workers = self.servlet._chunk_readers()
             launch.spawn_all()
             # Main-process only, and imported while the workers start: every
             # worker imports this package, and never needs these.
@@ -420,6 +424,7 @@ class Server:
         return_exceptions: bool = False,
         timeout: int | float = 3600,
         preprocessor: Callable[[Any], Any] | None = None,
+        chunk_size: int | None = None,
     ) -> Iterator[Any]:
         """Serve every input of ``data_stream``; yield results in input order.
 
@@ -441,11 +446,26 @@ class Server:
             A function applied to each input in this thread before it is
             sent; if it raises, that exception is the item's result.  With
             ``return_x``, the original input is returned.
+        chunk_size
+            (mpserver only.)  How many small inputs may travel together as
+            one message to the workers and back.  ``None`` (the default):
+            adaptive — when the servlet is a :class:`ProcessServlet` without
+            batching, items whose work is short travel in chunks of up to 64,
+            sized from how fast results come back, and slow items travel
+            singly; ``1``: always singly; ``k > 1``: chunks of ``k`` whenever
+            ``k`` inputs are at hand.  Order, errors, timeouts and
+            ``capacity`` count per item whatever the transport; a worker held
+            up on one item hands the items of its chunk that it has not
+            started back to its siblings.  See docs/semantics.md.
         """
         self._require_running()
         check_timeout(timeout)
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f'chunk_size must be None or an int >= 1, got {chunk_size!r}')
         if isinstance(data_stream, _NON_BLOCKING_INPUTS):
-            return self._stream_inline(data_stream, timeout, preprocessor, return_x, return_exceptions)
+            return self._stream_inline(data_stream, timeout, preprocessor, return_x, return_exceptions, chunk_size)
         return self._stream_fed(data_stream, timeout, preprocessor, return_x, return_exceptions)
 
     def _window(self, timeout: float) -> Any:
@@ -474,8 +494,18 @@ class Server:
     ) -> Iterator[Any]:
         """Yields what the stream's consumer sees for the window's ready prefix
         (waiting for its head, unless ``wait`` is false)."""
+        pop = xs.popleft
         for outcome, flags, payload in win.drain(_DRAIN_MAX, wait):
-            x, err = xs.popleft()
+            if outcome == _VALUES:  # a run of results from chunks: plain values
+                if return_x:
+                    for y in payload:
+                        yield pop()[0], y
+                else:
+                    for y in payload:
+                        pop()
+                        yield y
+                continue
+            x, err = pop()
             if outcome == _READY:
                 try:
                     y = decode(flags, payload)
@@ -500,6 +530,7 @@ class Server:
         preprocessor: Callable[[Any], Any] | None,
         return_x: bool,
         return_exceptions: bool,
+        chunk_size: int | None = None,
     ) -> Iterator[Any]:
         """Feeds and drains in the caller's thread: for inputs that never block."""
         win = self._window(timeout)
@@ -510,9 +541,18 @@ class Server:
         it = iter(data)
         exhausted = False
         encode = self._encode_for_stream
+        sizer = self._chunk_sizer(chunk_size) if preprocessor is None else None
         try:
             while True:
-                want = min(_CHUNK, cap - len(xs)) - len(todo)
+                chunk = sizer.size() if sizer is not None else 1
+                if chunk > 1 and not exhausted and not todo:
+                    # Small items, deep backlog: the next run goes as one chunk
+                    # (_chunking) once the capacity has room for all of it.
+                    if cap - len(xs) >= chunk:
+                        exhausted = self._send_chunk(win, it, chunk, xs, todo, timeout)
+                    want = 0
+                else:
+                    want = min(_CHUNK, cap - len(xs)) - len(todo)
                 if not exhausted and want > 0:
                     pulled = 0
                     for x in itertools.islice(it, want):
@@ -549,10 +589,42 @@ class Server:
                 # Wait for the head only when nothing more can be sent now;
                 # otherwise take what is ready and keep feeding: a worker
                 # gathering a batch may be waiting for exactly those inputs.
-                can_send = not stalled and len(xs) < cap and not (exhausted and not todo)
+                can_send = not stalled and len(xs) + chunk <= cap and not (exhausted and not todo)
+                before = len(xs)
                 yield from self._outcomes(win, xs, timeout, return_x, return_exceptions, not can_send)
+                if sizer is not None:
+                    sizer.observe(before - len(xs))
         finally:
             win.close()
+
+    def _chunk_sizer(self, chunk_size: int | None) -> ChunkSizer | None:
+        """The stream's chunk sizer, or None when its items travel singly."""
+        if chunk_size == 1 or not self._chunk_workers:
+            return None
+        return ChunkSizer(self._chunk_workers, self._capacity, chunk_size)
+
+    def _send_chunk(
+        self,
+        win: Any,
+        it: Iterator[Any],
+        size: int,
+        xs: collections.deque[_InWindow],
+        todo: collections.deque[tuple[Any, Any, Exception | None]],
+        timeout: float,
+    ) -> bool:
+        """Pulls up to ``size`` inputs and sends them as one chunk, or queues
+        them in ``todo`` to go singly (values a chunk cannot carry, or no room
+        in the capacity right now).  Returns whether ``it`` is exhausted."""
+        run = list(itertools.islice(it, size))
+        if len(run) > 1:
+            blob = encode_run(run)
+            if blob is not None and win.submit_chunk(len(run), blob, timeout)[0]:
+                xs.extend([(x, None) for x in run])
+                return len(run) < size
+        encode = self._encode_for_stream
+        for x in run:
+            todo.append((x, *encode(x, None)))
+        return len(run) < size
 
     def _stream_fed(
         self,

@@ -50,6 +50,11 @@ class Servlet(ABC):
         ``input_local`` tells producers whether they may send references.
         """
 
+    def _chunk_readers(self) -> int:
+        """How many workers read this servlet's input if it takes chunks of
+        items (_chunking), else 0."""
+        return 0
+
     @abstractmethod
     def _stop(self) -> None:
         """Close the input; wait for the workers to finish what they hold and exit.
@@ -202,6 +207,15 @@ class ProcessServlet(_Simple):
         self._control: Any = None
         self._claims: Any = None
         self._boot_fd: int | None = None
+
+    def _chunk_readers(self) -> int:
+        # Chunks go to workers of the plain item loop: no batching, no custom
+        # stream.  (Every loop opens a chunk correctly, see _serve, so a
+        # worker that sets batch_size in its own __init__ is still served.)
+        cls = self._worker_cls
+        if cls.stream is not Worker.stream or (self._init_kwargs.get('batch_size') or 0) > 1:
+            return 0
+        return len(self._cpus)
 
     def _process_name(self, index: int) -> str:
         base = self._worker_name or f'{self._worker_cls.__name__}-process'

@@ -39,6 +39,7 @@ FLAG_CRASH = int(_core.Flag.CRASH)
 FLAG_RAW = int(_core.Flag.RAW)
 FLAG_OOB = int(_core.Flag.OOB)
 FLAG_REQUEST = int(_core.Flag.REQUEST)
+FLAG_CHUNK = int(_core.Flag.CHUNK)
 _PART_MISSING = _core.PART_MISSING
 _composite_parts = _core.composite_parts
 
@@ -149,6 +150,11 @@ def decode(flags: int, payload: Any) -> Any:
     """The value of a received message; an error message gives the exception object."""
     if not flags:
         return _loads(payload)
+    if flags & FLAG_CHUNK:  # an item of a chunk of results, unpickled by the stream window
+        if not flags & FLAG_ERROR:
+            return payload
+        # The item's encoded error, or the exception that unpickling its chunk raised.
+        return payload if isinstance(payload, BaseException) else decode(FLAG_ERROR, payload)
     if flags & FLAG_RAW:
         return payload if type(payload) is bytes else bytes(payload)
     if flags & FLAG_ENSEMBLE:

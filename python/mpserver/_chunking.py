@@ -1,0 +1,211 @@
+"""Adaptive chunking: several small items in one message (cpp/chunk.hpp).
+
+A stream whose items are small and whose backlog is deep sends a run of
+inputs as one *chunk*: one pickle, one ring hand-off, one wake-up, each item
+still with its own request token.  A worker that takes a chunk runs its items
+one by one and answers with one chunk of results; the collector files them
+item by item.  Items whose work takes long travel singly, so that whichever
+worker is free takes the next one; and a worker stuck on one item of a chunk
+hands the items it has not started back to its ring (``ChunkRunner``).
+
+A chunk's values travel in one of two forms, chosen per run:
+
+* ``(0, [value, ...])``: one pickle of the list, when every value is an
+  immutable scalar (``int``, ``float``, ``str``, ``bytes``, ...), whose
+  identity nobody can observe;
+* ``(1, [pickle, ...])``: one pickle per value, inside the run's pickle, for
+  anything else, so that two items never share an object after unpickling
+  (as they would inside one pickle's memo) — each is the copy it would be
+  if sent alone.
+
+Values with large out-of-band buffers (numpy arrays, ``OOB_MIN_BYTES`` and
+up) never travel in a chunk: they go singly, through the zero-copy path.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from typing import Any
+
+from . import _core
+from ._wire import FLAG_CHUNK
+
+__all__ = ['FLAG_CHUNK', 'MAX_CHUNK', 'ChunkRunner', 'ChunkSizer', 'encode_run']
+
+#: The most items an adaptive chunk carries.
+MAX_CHUNK = 64
+#: The most an explicit ``chunk_size`` may ask for (cpp/chunk.hpp's limit).
+MAX_CHUNK_LIMIT = 4096
+# A chunk is sized so that one worker runs it in about this long: long enough
+# to spread the per-message costs over many items, short enough that a chunk
+# never holds many items back from an idle sibling.
+_CHUNK_SECONDS = 0.0002
+# The estimate is renewed every this many results (the first one included).
+_WINDOW_ITEMS = 64
+# A chunk's pickle larger than this goes singly: large items gain nothing.
+_MAX_BLOB_BYTES = 256 << 10
+
+_SCALARS = frozenset({int, float, str, bytes, bool, complex, type(None)})
+_dumps = pickle.dumps
+_OOB_MIN = _core.LARGE_PAYLOAD_BYTES
+
+
+def _no_oob(buf: pickle.PickleBuffer) -> bool:
+    """A pickle buffer_callback that keeps small buffers in-band and refuses large ones."""
+    try:
+        nbytes = buf.raw().nbytes
+    except BufferError:
+        return True
+    if nbytes >= _OOB_MIN:
+        raise _TooLarge
+    return True
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def encode_run(values: list[Any]) -> bytes | None:
+    """The pickle of a chunk's values, or None if they should travel singly."""
+    try:
+        if all(type(v) in _SCALARS for v in values):
+            blob = _dumps((0, values), 5)
+        else:
+            blob = _dumps((1, [_dumps(v, 5, buffer_callback=_no_oob) for v in values]), 5)
+    except Exception:  # noqa: BLE001 - unpicklable or large: the single path reports or handles it
+        return None
+    return blob if len(blob) <= _MAX_BLOB_BYTES else None
+
+
+class ChunkSizer:
+    """Picks a stream's chunk size from the rate its results come back.
+
+    The estimate of one item's work is ``workers / rate`` (every worker busy);
+    a chunk is as many items as one worker runs in ``_CHUNK_SECONDS``, at
+    most ``MAX_CHUNK`` and at most a share of the capacity that leaves every
+    worker something to take.  ``fixed``: the user's explicit chunk size.
+    """
+
+    def __init__(self, workers: int, capacity: int, fixed: int | None = None) -> None:
+        self._workers = max(1, workers)
+        self._cap_share = max(1, capacity // (2 * self._workers))
+        self._fixed = None if fixed is None else max(1, min(fixed, MAX_CHUNK_LIMIT, capacity))
+        self._mark = time.perf_counter()  # the estimate covers results since then
+        self._count = 0
+        self._size = 1
+
+    def observe(self, n: int) -> None:
+        """``n`` more results were taken by the stream."""
+        if self._fixed is not None:
+            return
+        self._count += n
+        if self._count < _WINDOW_ITEMS:
+            return
+        now = time.perf_counter()
+        per_item = self._workers * (now - self._mark) / self._count
+        self._mark, self._count = now, 0
+        fit = int(_CHUNK_SECONDS / per_item) if per_item > 0 else MAX_CHUNK
+        self._size = max(1, min(MAX_CHUNK, self._cap_share, fit))
+
+    def size(self) -> int:
+        """The size of the next chunk (1: send singly)."""
+        return self._fixed if self._fixed is not None else self._size
+
+
+class ChunkRunner:
+    """Keeps a stuck item from holding up the rest of its chunk.
+
+    The worker's item loop calls :meth:`start_chunk`, then :meth:`take` for
+    the index of each item it runs (writing its result into the chunk's
+    lists before it takes the next), then :meth:`end_chunk`.  A watcher
+    thread (it polls only while the worker is busy with chunks, and parks on
+    a condition otherwise) notices an item that has run for longer than
+    ``patience`` seconds, and then
+
+    * answers the items of the chunk that are already done (``flush``), so
+      that they are not kept waiting for the slow one, and
+    * re-sends the items not started yet singly to the worker's own input
+      ring, where an idle sibling (or this worker, later) takes them; the loop
+      no longer starts them.  They are re-sent before they are given up here,
+      so none is lost.
+
+    The watcher touches no claim and no meter (both belong to the loop's
+    thread): :meth:`end_chunk` tells the loop which items were answered by the
+    watcher and which were handed back, and the loop settles them.  The
+    watcher needs the GIL: an item that holds it for long (a C extension that
+    never releases it) delays the hand-back.
+    """
+
+    def __init__(self, ring: Any, patience: float = 0.005) -> None:
+        self._ring = ring
+        self._patience = patience
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ids: tuple[int, ...] = ()
+        self._resend: Any = None  # index -> (flags, payload) of an item to hand back
+        self._flush: Any = None  # (lo, hi) -> answers items lo..hi-1
+        self._aux = 0
+        self._next = 0  # the index of the next item to start
+        self._limit = 0  # items from here on are not started here
+        self._flushed = 0  # items before this were answered by the watcher
+        self._started_at = 0.0
+        self._chunks = 0  # chunks started, so the watcher can tell an idle worker
+        self._parked = False
+        self._thread: threading.Thread | None = None
+
+    def start_chunk(self, ids: tuple[int, ...], resend: Any, flush: Any, aux: int) -> None:
+        """``resend(j)``: the (flags, payload) message that sends item ``j``
+        singly; ``flush(lo, hi)``: answers the done items ``lo..hi-1``."""
+        with self._lock:
+            self._ids, self._resend, self._flush, self._aux = ids, resend, flush, aux
+            self._next, self._limit, self._flushed = 0, len(ids), 0
+            self._started_at = time.monotonic()
+            self._chunks += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name='mpserver.chunk-watcher', daemon=True)
+                self._thread.start()
+            elif self._parked:
+                self._wake.notify()
+
+    def take(self) -> int:
+        """The index of the next item to run, or -1 once the rest was handed back (or done)."""
+        with self._lock:
+            i = self._next
+            if i >= self._limit:
+                return -1
+            self._next = i + 1
+            self._started_at = time.monotonic()
+            return i
+
+    def end_chunk(self) -> tuple[int, int]:
+        """Ends the chunk: ``(flushed, ran)`` — items ``0..flushed-1`` were
+        answered by the watcher, ``flushed..ran-1`` ran and await their
+        answer, ``ran..`` were handed back."""
+        with self._lock:
+            done = self._flushed, self._next
+            self._ids, self._resend, self._flush = (), None, None
+            self._next = self._limit = self._flushed = 0
+            return done
+
+    def _watch(self) -> None:
+        seen = -1
+        while True:
+            with self._lock:
+                while self._next >= self._limit and self._chunks == seen:
+                    self._parked = True
+                    self._wake.wait()
+                self._parked = False
+                seen = self._chunks
+                if self._next > 0 and time.monotonic() - self._started_at >= self._patience:
+                    # Item next-1 is stuck: answer what is done, hand back what is not started.
+                    lo, hi = self._flushed, self._next - 1
+                    if hi > lo:
+                        self._flush(lo, hi)
+                        self._flushed = hi
+                    back = [(self._ids[j], *self._resend(j)) for j in range(self._next, self._limit)]
+                    self._limit = self._next
+                    if back:
+                        self._ring.push_many(back, self._aux)  # from this thread: no claim or meter is touched
+            time.sleep(self._patience)
