@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "../cpp/chunk.hpp"
-#include "../cpp/spin_governor.hpp"
 #include "../cpp/requests.hpp"
+#include "../cpp/spin_governor.hpp"
 #include "../cpp/stream_window.hpp"
 #include "../cpp/wire.hpp"
 #include "bytes_pool.hpp"
@@ -28,7 +28,6 @@ namespace {
 // Pause rounds a caller of Server.call spins for its result before sleeping
 // (a few tens of microseconds), while its calls come back that fast.
 constexpr int kCallerSpin = 1500;
-
 
 class Engine {
  public:

@@ -1,6 +1,8 @@
 #include "ring.hpp"
 
+#include <atomic>
 #include <cstring>
+#include <mutex>
 
 #include "../cpp/batcher.hpp"
 #include "../cpp/chunk.hpp"
@@ -27,6 +29,31 @@ thread_local uint32_t t_claim_worker = 0;
 // (cancel_board.hpp); null elsewhere.
 thread_local CancelBoard* t_board = nullptr;
 
+// A worker process's claims may also be released by its chunk watcher
+// thread (python/mpserver/_chunking.py), which hands back the items of a
+// stuck chunk: from then on every claim and release of the process goes
+// through this mutex (a section has one writer at a time, as claims.hpp
+// requires).  g_claims / g_claim_worker: the section of the process's
+// serving thread, for the watcher.
+std::mutex g_claims_mu;
+std::atomic<bool> g_claims_shared{false};
+ClaimTable* g_claims = nullptr;
+uint32_t g_claim_worker = 0;
+
+bool claim_item(uint64_t id, uint64_t aux, int64_t now) {
+  if (!t_claims) return false;
+  if (!g_claims_shared.load(std::memory_order_relaxed)) return t_claims->claim(t_claim_worker, id, aux, now);
+  std::lock_guard<std::mutex> g(g_claims_mu);
+  return t_claims->claim(t_claim_worker, id, aux, now);
+}
+
+int64_t release_item(uint64_t id) {
+  if (!t_claims) return 0;
+  if (!g_claims_shared.load(std::memory_order_relaxed)) return t_claims->release(t_claim_worker, id);
+  std::lock_guard<std::mutex> g(g_claims_mu);
+  return t_claims->release(t_claim_worker, id);
+}
+
 // The payload of an item skipped because its caller had given up: a crash
 // report of kind "dropped" (guardian.hpp's format), passed on like any error
 // until the collector frees the abandoned slot.
@@ -42,7 +69,7 @@ const std::string& dropped_report() {
 // and how long the item took.  (Other pushes of a worker — its reports and
 // log records on the control ring — hold no claim and count nothing.)
 void answered(uint64_t id, uint32_t flags, int64_t now) {
-  const int64_t since = t_claims ? t_claims->release(t_claim_worker, id) : 0;
+  const int64_t since = release_item(id);
   MeterRecord* r = t_meter;
   if (!r || !since) return;
   bump(r->own[kWorkerOut]);
@@ -99,7 +126,7 @@ struct GatherSink : MessageSink {
     for (uint32_t i = 0; i < h.count; ++i) {
       uint64_t t;
       std::memcpy(&t, tokens + size_t(i) * 8, 8);
-      if (t_claims) (void)t_claims->claim(t_claim_worker, t, it.aux, chunk_since);
+      (void)claim_item(t, it.aux, chunk_since);
     }
     chunk_items += h.count - 1;
     if (MeterRecord* r = t_meter) {
@@ -109,8 +136,7 @@ struct GatherSink : MessageSink {
   }
   void release_chunk(const Item& it) {
     const ChunkView v = parse_chunk(buf.data() + it.off, it.len);
-    for (uint32_t i = 0; i < v.count; ++i)
-      if (t_claims) (void)t_claims->release(t_claim_worker, v.token(i));
+    for (uint32_t i = 0; i < v.count; ++i) (void)release_item(v.token(i));
     chunk_items -= v.count - 1;
   }
 
@@ -142,7 +168,7 @@ struct GatherSink : MessageSink {
       return;
     }
     // Claimed while the ring still holds it: a death from here on is seen.
-    if (t_claims) (void)t_claims->claim(t_claim_worker, id, aux, now);
+    (void)claim_item(id, aux, now);
     PyObject* direct = total >= kLargePayloadBytes ? new_direct_object(flags, total) : nullptr;
     items.push_back({id, flags, aux, buf.size(), 0, direct, false});
     if (direct) {
@@ -182,7 +208,7 @@ struct GatherSink : MessageSink {
     if (it.flags & kFlagChunk) {
       if (chunk_claimed) release_chunk(it);
     } else if (!it.dropped && t_claims) {
-      (void)t_claims->release(t_claim_worker, it.id);
+      (void)release_item(it.id);
     }
     if (it.direct) {
       py::gil_scoped_acquire gil;
@@ -398,13 +424,27 @@ void define_ring(py::module_& m) {
       py::arg("table").none(true), py::arg("worker") = 0,
       "Makes this thread's gather() claim and push() release items in `table` for `worker`.");
   m.def(
-      "release_claims",
+      "share_claims",
+      [] {
+        g_claims = t_claims;
+        g_claim_worker = t_claim_worker;
+        g_claims_shared.store(true, std::memory_order_relaxed);  // before the watcher thread starts
+      },
+      "From the worker's serving thread: another thread of the process (the chunk watcher) may release "
+      "its claims from now on (release_handed_back).");
+  m.def(
+      "release_handed_back",
       [](py::sequence ids) {
-        if (!t_claims) return;
-        for (py::handle id : ids) (void)t_claims->release(t_claim_worker, id.cast<uint64_t>());
+        std::vector<uint64_t> v;
+        for (py::handle id : ids) v.push_back(id.cast<uint64_t>());
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> g(g_claims_mu);
+        if (!g_claims) return;
+        for (uint64_t id : v) (void)g_claims->release(g_claim_worker, id);
       },
       py::arg("ids"),
-      "Releases this thread's claims of `ids` without answering them (items it handed back to its ring).");
+      "Releases the serving thread's claims of `ids` (items handed back to the input ring; see "
+      "share_claims).");
   m.def(
       "note_answered",
       [](py::sequence ids, py::bytes status) {

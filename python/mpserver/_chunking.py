@@ -131,14 +131,18 @@ class ChunkRunner:
       no longer starts them.  They are re-sent before they are given up here,
       so none is lost.
 
-    The watcher touches no claim and no meter (both belong to the loop's
-    thread): :meth:`end_chunk` tells the loop which items were answered by the
-    watcher and which were handed back, and the loop settles them.  The
+    The watcher releases the claims of the items it hands back (the
+    process's claims are then taken under a lock, ``_core.share_claims``), so
+    that this worker's death cannot fail them while a sibling runs them; the
+    claims and meters of the items it answered are settled by the loop
+    (:meth:`end_chunk` says which) — a death before that only duplicates
+    answers already given, which the collector drops.  The
     watcher needs the GIL: an item that holds it for long (a C extension that
     never releases it) delays the hand-back.
     """
 
     def __init__(self, ring: Any, patience: float = 0.005) -> None:
+        _core.share_claims()  # on the serving thread, before the watcher exists
         self._ring = ring
         self._patience = patience
         self._lock = threading.Lock()
@@ -207,5 +211,8 @@ class ChunkRunner:
                     back = [(self._ids[j], *self._resend(j)) for j in range(self._next, self._limit)]
                     self._limit = self._next
                     if back:
-                        self._ring.push_many(back, self._aux)  # from this thread: no claim or meter is touched
+                        # Sent first, released after: a death in between makes a
+                        # duplicate (dropped by the collector), never a loss.
+                        self._ring.push_many(back, self._aux)
+                        _core.release_handed_back([mid for mid, _, _ in back])
             time.sleep(self._patience)

@@ -93,6 +93,9 @@ class SequentialServlet(_Compound):
             output, output_local = s._start(launch, output, output_local)
         return output, output_local
 
+    def _chunk_readers(self) -> int:
+        return self._servlets[0]._chunk_readers()  # its input is the first stage's
+
     def _stop(self) -> None:
         # In order: a stage is drained (and its workers gone) before the next
         # stage's input is closed, so nothing in flight is lost.

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._chunking import FLAG_CHUNK, ChunkRunner, encode_run
-from ._core import note_answered, release_claims
+from ._core import note_answered
 from ._wire import FLAG_ERROR, Codec, decode, pass_error
 from ._worker import Worker
 
@@ -177,8 +177,6 @@ def _serve_chunk(
         answer(flushed, ran)
     if flushed:  # answered from the watcher's thread: settle their claims and meters here
         note_answered(ids[:flushed], bytes(status[:flushed]))
-    if ran < n:  # handed back: whoever takes them claims them again
-        release_claims(ids[ran:])
 
 
 def _unchunked(
