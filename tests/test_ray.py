@@ -191,3 +191,25 @@ def test_example_pipeline(cluster):
     spec.loader.exec_module(mod)
     with Server(mod.build(num_cpus=0)) as server:
         assert list(server.stream(['1,2', '3,4'])) == ['5.0', '25.0']
+
+
+def test_example_http_front_per_node(cluster):
+    import importlib.util
+    import urllib.request
+
+    path = os.path.join(os.path.dirname(_HERE), 'examples', 'ray_http_per_node.py')
+    spec = importlib.util.spec_from_file_location('ray_http_per_node', path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules['ray_http_per_node'] = mod
+    spec.loader.exec_module(mod)
+    actors, urls = mod.start([ON_A, ON_B])
+    try:
+        assert len(set(urls)) == 2  # one front per node
+        for url in urls:
+            with urllib.request.urlopen(url, data=b'hello', timeout=30) as r:
+                assert r.read() == b'HELLO'
+    finally:
+        ray.get([a.stop.remote() for a in actors], timeout=60)
+        for a in actors:
+            ray.kill(a)
