@@ -180,29 +180,28 @@ def test_placement_failure_is_a_clear_error(cluster):
     assert time.perf_counter() - t0 < 60
 
 
-def test_example_pipeline(cluster):
+def _load_example(name):
+    """Import examples/<name>.py under its own name (the replicas' workers import it by name)."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(_HERE), 'examples', 'ray_pipeline.py')
-    spec = importlib.util.spec_from_file_location('ray_pipeline', path)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(_HERE), 'examples', f'{name}.py'))
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    sys.modules['ray_pipeline'] = mod  # the replicas' workers import it by name
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_example_pipeline(cluster):
+    mod = _load_example('ray_pipeline')
     with Server(mod.build(num_cpus=0)) as server:
         assert list(server.stream(['1,2', '3,4'])) == ['5.0', '25.0']
 
 
 def test_example_http_front_per_node(cluster):
-    import importlib.util
     import urllib.request
 
-    path = os.path.join(os.path.dirname(_HERE), 'examples', 'ray_http_per_node.py')
-    spec = importlib.util.spec_from_file_location('ray_http_per_node', path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules['ray_http_per_node'] = mod
-    spec.loader.exec_module(mod)
+    mod = _load_example('ray_http_per_node')
     actors, urls = mod.start([ON_A, ON_B])
     try:
         assert len(set(urls)) == 2  # one front per node

@@ -35,6 +35,9 @@ __all__ = ['RayServlet']
 
 _log = logging.getLogger('mpserver')
 
+# Seconds a stopping RayServlet waits for the chunks in flight to be answered.
+_STOP_WAIT = 60.0
+
 # One item on the wire between the dispatcher and a replica: (flags, payload)
 # with payload as bytes, or a tuple of bytes for an out-of-band pickle.
 _Msg = tuple[int, Any]
@@ -221,9 +224,15 @@ class RayServlet(Servlet):
         if self._input is None:
             return
         self._input.close()
+        # The threads end once every chunk in flight is answered; a replica
+        # that never answers (hung) is killed after the bound below.
+        deadline = time.monotonic() + _STOP_WAIT
         for t in self._threads:
-            t.join()
-        for s in self._slots:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                _log.warning('%s: replicas still busy after %g s at stop; killing them', self._label(), _STOP_WAIT)
+                break
+        for s in self._slots if not any(t.is_alive() for t in self._threads) else []:
             try:
                 import ray
 
