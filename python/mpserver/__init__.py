@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # at run time these are imported on first use (see __getattr_
     from ._front import HttpService as HttpService
     from ._http_wire import HttpRequest as HttpRequest
     from ._install import install as install
+    from .ray import RayServlet as RayServlet
 
 
 def __getattr__(name: str) -> object:
@@ -69,6 +70,10 @@ def __getattr__(name: str) -> object:
         from ._http_wire import HttpRequest
 
         return HttpRequest
+    if name == 'RayServlet':  # Ray itself is imported when one is made (the ray extra)
+        from .ray import RayServlet
+
+        return RayServlet
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
@@ -92,6 +97,7 @@ __all__ = [
     'SequentialServlet',
     'EnsembleServlet',
     'SwitchServlet',
+    'RayServlet',
     'CpuAffinity',
     'Server',
     'AsyncServer',
