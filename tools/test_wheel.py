@@ -31,7 +31,7 @@ from build_wheel import ROOT, find_python, log, run  # noqa: E402
 # They exercise pickling, multiprocessing start-up, threads and asyncio, the
 # parts that differ between Python versions.
 API_TESTS = ['test_server.py', 'test_compose.py', 'test_worker.py', 'test_async.py']
-TEST_DEPS = ['mpservice==0.16.8', 'pytest>=7', 'pytest-asyncio>=0.23', 'pytest-timeout>=2.1', 'numpy']
+TEST_DEPS = ['mpservice==0.16.8', 'pytest>=7', 'pytest-asyncio>=0.23', 'pytest-timeout>=2.1', 'numpy', 'uvloop']
 PYTEST_INI = """[pytest]
 asyncio_default_fixture_loop_scope = function
 timeout = 300
