@@ -423,8 +423,14 @@ def test_async_server_under_uvloop(ab):
             backlog = await wait_until(lambda: server.backlog == 0)
         return type(loop), one, many, streamed, err, backlog
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        loop_type, one, many, streamed, err, backlog = runner.run(main())
+    # A loop of our own rather than asyncio.Runner(loop_factory=...), which
+    # Python 3.10 lacks.
+    uvloop_loop = uvloop.new_event_loop()
+    try:
+        loop_type, one, many, streamed, err, backlog = uvloop_loop.run_until_complete(main())
+    finally:
+        uvloop_loop.run_until_complete(uvloop_loop.shutdown_asyncgens())
+        uvloop_loop.close()
     assert issubclass(loop_type, uvloop.Loop)
     assert one == [4, 4]
     assert many == [[(i + 1) * 2, (i + 1) ** 2] for i in range(6)]
