@@ -316,6 +316,12 @@ def test_a_crash_in_a_pipeline_fails_exactly_the_item_that_stage_had_started(mps
     with b.Server(b.SequentialServlet(*stages)) as server:
         out = list(server.stream(range(1000), return_exceptions=True))
     crashed = [i for i, y in enumerate(out) if isinstance(y, mpserver.WorkerCrashedError)]
-    assert crashed == [500]
+    if b.name == 'mpserver' and stage == 0:
+        # The first stage takes chunks (docs/semantics.md): its unanswered
+        # items of the dead worker's chunk fail, 500 among them.
+        assert 500 in crashed and len(crashed) <= 64
+        assert crashed == list(range(crashed[0], crashed[-1] + 1))
+    else:
+        assert crashed == [500]
     assert _started_with(dirs[stage], poison[stage]) == [poison[stage]]
-    assert all(y == i + 2 for i, y in enumerate(out) if i != 500)
+    assert all(y == i + 2 for i, y in enumerate(out) if i not in crashed)
