@@ -9,7 +9,6 @@
 
 #include "../cpp/chunk.hpp"
 #include "../cpp/requests.hpp"
-#include "../cpp/spin_governor.hpp"
 #include "../cpp/stream_window.hpp"
 #include "../cpp/wire.hpp"
 #include "bytes_pool.hpp"
@@ -24,10 +23,6 @@ namespace mpb {
 using namespace mps;
 
 namespace {
-
-// Pause rounds a caller of Server.call spins for its result before sleeping
-// (a few tens of microseconds), while its calls come back that fast.
-constexpr int kCallerSpin = 1500;
 
 class Engine {
  public:
@@ -133,15 +128,9 @@ class Engine {
     auto [st, idx] = submit(entry, payload, flags, !backpressure, deadline, false);
     if (st != Status::ok) return py::make_tuple(int(st), 0, py::none());
     const int64_t t_enqueued = now_ns();
-    // A caller whose results come back within microseconds spins briefly
-    // instead of sleeping (a sleep and its wake-up cost more than the wait);
-    // one whose calls take longer goes straight to sleep (spin_governor.hpp).
-    thread_local SpinGovernor governor(kCallerSpin, 0);
-    const int spin = governor.spin();
     const bool done = wait_interruptibly(
-        deadline, [&, idx = idx](int64_t until) { return book().wait(idx, until, spin); },
+        deadline, [&, idx = idx](int64_t until) { return book().wait(idx, until); },
         [&, idx = idx] { book().abandon(idx, Ledger::GiveUp::cancelled); });
-    governor.waited(now_ns() - t_enqueued);
     if (!done) {
       book().abandon(idx, Ledger::GiveUp::timed_out);
       return py::make_tuple(int(Status::result_timeout), 0, double(t_enqueued - t0) / 1e9);
