@@ -52,6 +52,7 @@ void Collector::Sink::file_chunk() {
   // A malformed chunk throws: the ring is then treated as corrupt (run()).
   const ChunkView v = parse_chunk(chunk_buf_.data(), chunk_buf_.size());
   bool blob_given = false;
+  const int64_t now = now_ns();  // one clock reading for the chunk's service times
   for (uint32_t i = 0; i < v.count; ++i) {
     const uint64_t token = v.token(i);
     uint32_t idx;
@@ -65,7 +66,7 @@ void Collector::Sink::file_chunk() {
     const ChunkPartHeader ph{v.token(0), i, blob_given ? 0u : 1u};
     r->payload.assign(reinterpret_cast<const char*>(&ph), sizeof ph);
     if (!blob_given) r->payload.append(v.blob, v.blob_len);
-    Ledger::Finished f = c_.ledger_.finish_quietly(idx);
+    Ledger::Finished f = c_.ledger_.finish_quietly(idx, now);
     file(f, idx, token);
     // An item whose caller gave up dropped its part: the next live one takes the blob.
     if (f.delivered) blob_given = true;

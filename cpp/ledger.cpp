@@ -9,7 +9,7 @@ Ledger::Ledger(uint32_t capacity) : capacity_(capacity), slots_(new Slot[capacit
   for (uint32_t i = capacity; i > 0; --i) free_.push_back(i - 1);
 }
 
-Status Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx, Notify notify) {
+Status Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx, Notify notify, int64_t now) {
   std::unique_lock<std::mutex> lk(mu_);
   while (free_.empty()) {
     if (closed_.load(std::memory_order_relaxed)) return Status::closed;
@@ -32,7 +32,7 @@ Status Ledger::acquire(bool wait, int64_t deadline_ns, uint32_t* idx, Notify not
   s.result.flags = 0;
   s.result.aux = 0;
   s.result.payload.clear();
-  s.t_start_ns = now_ns();
+  s.t_start_ns = now != 0 ? now : now_ns();
   s.notify = notify;
   s.state.store(kPending, std::memory_order_release);
   *idx = i;
@@ -59,11 +59,12 @@ Ledger::Result* Ledger::open(uint64_t token, uint32_t* idx) {
   return &s.result;
 }
 
-Ledger::Finished Ledger::finish_quietly(uint32_t idx) {
+Ledger::Finished Ledger::finish_quietly(uint32_t idx, int64_t now) {
   Slot& s = slots_[idx];
   const Notify notify = s.notify;  // read first: an abandoned slot is freed below
   uint32_t expected = kPending;
-  if (kMetering && meter_) observe_time(meter_->times, now_ns() - s.t_start_ns);  // the collector's line
+  if (kMetering && meter_)
+    observe_time(meter_->times, (now != 0 ? now : now_ns()) - s.t_start_ns);  // the collector's line
   if (s.state.compare_exchange_strong(expected, kDone, std::memory_order_seq_cst)) {
     collected(kServerFiled);
     return {s.sleeping.load(std::memory_order_seq_cst) != 0, notify, true};

@@ -86,8 +86,11 @@ class Ledger {
 
   // Takes a free slot: ok, backlog_full (none free and !wait),
   // backlog_timeout (waited until the deadline) or closed.  `notify` says
-  // where the collector reports the slot's completion.
-  Status acquire(bool wait, int64_t deadline_ns, uint32_t* idx, Notify notify = Notify::none);
+  // where the collector reports the slot's completion.  `now`, if not 0,
+  // is the caller's clock reading for the slot's start (a run of slots
+  // acquired together shares one reading instead of one each).
+  Status acquire(bool wait, int64_t deadline_ns, uint32_t* idx, Notify notify = Notify::none,
+                 int64_t now = 0);
   uint64_t token(uint32_t idx) const { return (uint64_t(slots_[idx].gen) << 32) | idx; }
   // The slot a token names; throws std::invalid_argument if the token is
   // out of range or stale (its slot was reused).
@@ -105,7 +108,8 @@ class Ledger {
     Notify notify;   // whom to tell, besides (as it was acquired)
     bool delivered;  // the result is the slot's (false: its caller had given up, dropped)
   };
-  Finished finish_quietly(uint32_t idx);
+  // `now`, if not 0, is the caller's clock reading (one per chunk).
+  Finished finish_quietly(uint32_t idx, int64_t now = 0);
   void wake(uint32_t idx) { futex_wake(&slots_[idx].state, INT_MAX, false); }
 
   // ---- caller side

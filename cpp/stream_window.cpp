@@ -12,9 +12,11 @@ size_t StreamWindow::submit(OutMessage* msgs, size_t n, bool wait, int64_t deadl
   if (!may_block) wait = false;
   *st = Status::ok;
   scratch_.clear();
+  int64_t t0 = 0;  // one clock reading for the run's start times, taken once the first slot is ours
   for (size_t i = 0; i < n; ++i) {
     uint32_t idx;
-    Status a = ledger_.acquire(wait && i == 0, deadline_ns, &idx);
+    Status a = ledger_.acquire(wait && i == 0, deadline_ns, &idx, Ledger::Notify::none, t0);
+    if (i == 0 && a == Status::ok) t0 = now_ns();
     if (a != Status::ok) {
       *st = a;
       if (a == Status::backlog_timeout) ledger_.note_rejected();  // the stream waited its whole timeout
@@ -65,9 +67,10 @@ size_t StreamWindow::submit_chunk(uint32_t count, const Slice* blob, size_t npar
   scratch_.clear();
   std::vector<uint64_t> tokens;
   tokens.reserve(count);
+  const int64_t t0 = now_ns();  // one reading for the chunk's start times
   for (uint32_t i = 0; i < count; ++i) {
     uint32_t idx;
-    Status a = ledger_.acquire(false, deadline_ns, &idx);
+    Status a = ledger_.acquire(false, deadline_ns, &idx, Ledger::Notify::none, t0);
     if (a != Status::ok) {
       for (uint32_t j : scratch_) ledger_.withdraw(j);
       *st = a;

@@ -70,7 +70,7 @@ class _TooLarge(Exception):
 def encode_run(values: list[Any]) -> bytes | None:
     """The pickle of a chunk's values, or None if they should travel singly."""
     try:
-        if all(type(v) in _SCALARS for v in values):
+        if _SCALARS.issuperset(map(type, values)):  # the types checked in C, not per item in Python
             blob = _dumps((0, values), 5)
         else:
             blob = _dumps((1, [_dumps(v, 5, buffer_callback=_no_oob) for v in values]), 5)
@@ -121,8 +121,9 @@ class ChunkRunner:
     the index of each item it runs (writing its result into the chunk's
     lists before it takes the next), then :meth:`end_chunk`.  A watcher
     thread (it polls only while the worker is busy with chunks, and parks on
-    a condition otherwise) notices an item that has run for longer than
-    ``patience`` seconds, and then
+    a condition otherwise) notices an item that has run for
+    ``patience`` seconds (at most twice that: it samples the loop's progress
+    rather than the loop reading a clock per item), and then
 
     * answers the items of the chunk that are already done (``flush``), so
       that they are not kept waiting for the slow one, and
@@ -154,7 +155,6 @@ class ChunkRunner:
         self._next = 0  # the index of the next item to start
         self._limit = 0  # items from here on are not started here
         self._flushed = 0  # items before this were answered by the watcher
-        self._started_at = 0.0
         self._chunks = 0  # chunks started, so the watcher can tell an idle worker
         self._parked = False
         self._thread: threading.Thread | None = None
@@ -165,7 +165,6 @@ class ChunkRunner:
         with self._lock:
             self._ids, self._resend, self._flush, self._aux = ids, resend, flush, aux
             self._next, self._limit, self._flushed = 0, len(ids), 0
-            self._started_at = time.monotonic()
             self._chunks += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name='mpserver.chunk-watcher', daemon=True)
@@ -180,7 +179,6 @@ class ChunkRunner:
             if i >= self._limit:
                 return -1
             self._next = i + 1
-            self._started_at = time.monotonic()
             return i
 
     def end_chunk(self) -> tuple[int, int]:
@@ -194,15 +192,22 @@ class ChunkRunner:
             return done
 
     def _watch(self) -> None:
+        # No clock on the item loop: the watcher samples (chunk, next index)
+        # once per ``patience``; the same pair at two samples in a row means
+        # item next-1 has run for at least ``patience`` (and at most twice).
         seen = -1
+        mark: tuple[int, int] | None = None
         while True:
             with self._lock:
                 while self._next >= self._limit and self._chunks == seen:
                     self._parked = True
+                    mark = None
                     self._wake.wait()
                 self._parked = False
                 seen = self._chunks
-                if self._next > 0 and time.monotonic() - self._started_at >= self._patience:
+                now = (self._chunks, self._next)
+                stuck, mark = self._next > 0 and now == mark, now
+                if stuck:
                     # Item next-1 is stuck: answer what is done, hand back what is not started.
                     lo, hi = self._flushed, self._next - 1
                     if hi > lo:

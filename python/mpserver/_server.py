@@ -68,6 +68,12 @@ _CHUNK = 64
 _DRAIN_MAX = 256
 
 
+def _popleft_n(xs: collections.deque[Any], n: int) -> None:
+    """Drops the first ``n`` entries of ``xs``, the loop run in C (a zero-length
+    deque consumes the calls), not once per item in Python."""
+    collections.deque(itertools.starmap(xs.popleft, itertools.repeat((), n)), maxlen=0)
+
+
 #: Inputs that can be iterated without ever blocking: a stream over one of
 #: these feeds and drains in the caller's thread; anything else (generators,
 #: queues, sockets, ...) is pulled by a feeder thread, because pulling the
@@ -501,9 +507,8 @@ class Server:
                     for y in payload:
                         yield pop()[0], y
                 else:
-                    for y in payload:
-                        pop()
-                        yield y
+                    _popleft_n(xs, len(payload))
+                    yield from payload
                 continue
             x, err = pop()
             if outcome == _READY:
@@ -619,7 +624,7 @@ class Server:
         if len(run) > 1:
             blob = encode_run(run)
             if blob is not None and win.submit_chunk(len(run), blob, timeout)[0]:
-                xs.extend([(x, None) for x in run])
+                xs.extend(zip(run, itertools.repeat(None)))
                 return len(run) < size
         encode = self._encode_for_stream
         for x in run:
