@@ -38,7 +38,8 @@ disturbed by someone else's compile or test is visible as such.
 plots (matplotlib: ``pip install '.[bench]'``) into ``docs/img/``, and
 rewrites the generated regions of ``docs/benchmarks.md`` (and of
 ``README.md``, if it has ``<!-- bench-table:begin -->`` /
-``<!-- bench-table:end -->`` markers).
+``<!-- bench-table:end -->`` markers); last, it runs ``peers.py --write``
+(mpserver next to the standard library's pools; ``--no-peers`` skips it).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ DOCS_PAGE = os.path.join(ROOT, 'docs', 'benchmarks.md')
 IMG_DIR = os.path.join(ROOT, 'docs', 'img')
 README = os.path.join(ROOT, 'README.md')
 RSS_SCRIPT = os.path.join(HERE, 'rss.py')
+PEERS_SCRIPT = os.path.join(HERE, 'peers.py')
 #: The documented command that regenerates the tables and plots.
 WRITE_COMMAND = 'python benchmarks/bench.py --rounds 5 --write'
 
@@ -1015,6 +1017,7 @@ def main(argv: list[str] | None = None) -> None:
         '(and README.md, if it has bench-table markers)',
     )
     parser.add_argument('--no-plots', action='store_true', help='do not draw plots (for machines without matplotlib)')
+    parser.add_argument('--no-peers', action='store_true', help='with --write: do not run peers.py --write')
     parser.add_argument(
         '--rss', action='store_true', help='only measure the main-process RSS over 1,000,000 streamed items'
     )
@@ -1075,6 +1078,10 @@ def main(argv: list[str] | None = None) -> None:
             f.write(render_docs_region(run, [], workloads) + '\n')
     if args.write:
         write_outputs(run, plots=not args.no_plots)
+        if not args.no_peers:
+            print('peers: mpserver next to the standard library (peers.py --write) ...', file=sys.stderr, flush=True)
+            extra = (['--quick'] if args.quick else []) + (['--no-plots'] if args.no_plots else [])
+            subprocess.run([sys.executable, PEERS_SCRIPT, '--write', *extra], check=True)
 
 
 if __name__ == '__main__':
