@@ -377,12 +377,7 @@ def plot(data: dict, outdir: str) -> str:
         ax.grid(True, axis='y', which='major', alpha=0.3)
     axes[0].set_ylabel('items/s (log scale)')
     fig.suptitle(f'Ordered parallel map, 2 worker processes, medians of {data["rounds"]} rounds', fontsize=10)
-    fig.tight_layout()
-    os.makedirs(outdir, exist_ok=True)
-    path = os.path.join(outdir, PLOT_FILE)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return regions.save_figure(plt, fig, outdir, PLOT_FILE)
 
 
 def main() -> int:

@@ -134,6 +134,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(plt, fig, outdir: str, filename: str) -> str:
+    """Lays out ``fig``, writes it to ``outdir/filename`` and closes it; returns the path."""
+    fig.tight_layout()
+    os.makedirs(outdir, exist_ok=True)
+    path = os.path.join(outdir, filename)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_figure(fig_spec: Figure, series: list[Series], outdir: str) -> str:
     """Draw ``series`` as lines with min-max error bars; return the PNG path."""
     plt = _pyplot()
@@ -183,12 +193,7 @@ def plot_figure(fig_spec: Figure, series: list[Series], outdir: str) -> str:
     ax.set_ylabel(fig_spec.ylabel)
     ax.grid(True, which='major', alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(outdir, exist_ok=True)
-    path = os.path.join(outdir, fig_spec.filename)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, outdir, fig_spec.filename)
 
 
 def _human(v: float) -> str:
@@ -227,9 +232,4 @@ def plot_rss(results: list[dict], outdir: str, filename: str = 'bench_rss.png') 
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f'{v / 1e6:g}M' if v else '0'))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc='upper left', ncol=len(results))
-    fig.tight_layout()
-    os.makedirs(outdir, exist_ok=True)
-    path = os.path.join(outdir, filename)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, outdir, filename)
