@@ -46,6 +46,7 @@ import report as regions  # noqa: E402
 from _bench_workers import burn  # noqa: E402
 
 WRITE_COMMAND = 'python benchmarks/peers.py --write'
+DOCS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'docs')
 MB = 1 << 20
 
 
@@ -356,7 +357,7 @@ PLOT_KINDS = {'trivial': 'trivial x * 2', 'cpu': '~1 ms pure Python', 'mb': '1 M
 def plot(data: dict, outdir: str) -> str:
     """Grouped bars: items/s of every peer per workload (median, min-max
     whiskers over the rounds), the no-IPC ceiling as a dashed line; log scale."""
-    plt = regions._pyplot()
+    plt = regions.pyplot()
     fig, axes = plt.subplots(1, len(PLOT_KINDS), figsize=(10.0, 3.8), dpi=110)
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
     for ax, (kind, title) in zip(axes, PLOT_KINDS.items(), strict=True):
@@ -429,11 +430,9 @@ def main() -> int:
             f'{main_table}\n{target_table}'
         )
         if not args.no_plots:
-            plot(data, os.path.join(os.path.dirname(__file__), '..', 'docs', 'img'))
+            plot(data, os.path.join(DOCS_DIR, 'img'))
             body += f'\n![Ordered parallel map: items/s per peer and workload](img/{PLOT_FILE})\n'
-        regions.replace_region(
-            os.path.join(os.path.dirname(__file__), '..', 'docs', 'benchmarks.md'), 'peers', body, required=True
-        )
+        regions.replace_region(os.path.join(DOCS_DIR, 'benchmarks.md'), 'peers', body, required=True)
     return 0
 
 

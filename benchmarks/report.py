@@ -124,7 +124,7 @@ def require_matplotlib() -> None:
         ) from e
 
 
-def _pyplot():
+def pyplot():
     require_matplotlib()
     import matplotlib
 
@@ -146,7 +146,7 @@ def save_figure(plt, fig, outdir: str, filename: str) -> str:
 
 def plot_figure(fig_spec: Figure, series: list[Series], outdir: str) -> str:
     """Draw ``series`` as lines with min-max error bars; return the PNG path."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
@@ -215,7 +215,7 @@ def _tick(x: float, as_bytes: bool) -> str:
 
 def plot_rss(results: list[dict], outdir: str, filename: str = 'bench_rss.png') -> str:
     """VmRSS, RssAnon and RssShmem (MB) against items streamed, per backend; return the PNG path."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     top = 0.0
     for r in results:
