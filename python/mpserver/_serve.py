@@ -160,9 +160,13 @@ def _serve_chunk(
             aux,
         )
 
-    runner.start_chunk(ids, resend, answer, aux)
+    popleft = runner.start_chunk(ids, resend, answer, aux).popleft
     try:
-        while (i := runner.take()) >= 0:
+        while True:
+            try:
+                i = popleft()  # the next item not handed back (ChunkRunner)
+            except IndexError:
+                break
             try:
                 x = _loads(values[i]) if pickled else values[i]
                 if preprocess is not None:
