@@ -304,24 +304,31 @@ class PyStreamWindow {
   py::object chunk_value(const ChunkPartHeader& h) {
     if (h.has_blob) {
       chunk_key_ = h.key;
+      chunk_values_ = py::none();
+      chunk_failure_ = py::none();
       try {
         static const py::handle loads = py::object(py::module_::import("pickle").attr("loads")).release();
-        chunk_values_ = loads(py::memoryview::from_memory(blob_.data(), py::ssize_t(blob_.size())));
-        chunk_failure_ = py::none();
+        // (0, [value, ...]) or (1, [pickle of value, ...]): see python/mpserver/_chunking.py.
+        // The list and its form are kept, so each later item is one list index.
+        py::object run = loads(py::memoryview::from_memory(blob_.data(), py::ssize_t(blob_.size())));
+        py::tuple t = py::cast<py::tuple>(run);
+        if (t.size() != 2 || !PyList_Check(t[1].ptr())) throw py::cast_error("corrupt chunk of results");
+        chunk_pickled_ = t[0].cast<int>() != 0;
+        chunk_values_ = t[1];
       } catch (py::error_already_set& e) {
-        chunk_values_ = py::none();
         chunk_failure_ = e.value();
+      } catch (const py::cast_error& e) {
+        chunk_failure_ =
+            py::reinterpret_steal<py::object>(PyObject_CallFunction(PyExc_ValueError, "s", e.what()));
       }
     } else if (chunk_key_ != h.key || (chunk_values_.is_none() && chunk_failure_.is_none())) {
       throw std::runtime_error("a chunk's result arrived without its chunk");
     }
     if (!chunk_failure_.is_none()) return chunk_failure_;
-    // (0, [value, ...]) or (1, [pickle of value, ...]): see python/mpserver/_chunking.py.
-    py::tuple run = py::cast<py::tuple>(chunk_values_);
-    py::list values = py::cast<py::list>(run[1]);
-    if (h.index >= values.size()) throw std::runtime_error("corrupt chunk part");
-    py::object v = values[h.index];
-    if (run[0].cast<int>() == 0) return v;
+    PyObject* values = chunk_values_.ptr();
+    if (h.index >= size_t(PyList_GET_SIZE(values))) throw std::runtime_error("corrupt chunk part");
+    py::object v = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(values, Py_ssize_t(h.index)));
+    if (!chunk_pickled_) return v;
     static const py::handle loads =
         py::object(py::module_::import("pickle").attr("loads")).release();  // kept for the process's life
     try {
@@ -336,9 +343,10 @@ class PyStreamWindow {
   std::shared_ptr<PyRing> entry_;
   ProcessLocal<StreamWindow> win_;
   std::vector<StreamWindow::Drained> out_;
-  std::string blob_;        // the blob of the part being taken
-  uint64_t chunk_key_ = 0;  // the chunk whose values are kept (its first token)
-  py::object chunk_values_ = py::none();
+  std::string blob_;                      // the blob of the part being taken
+  uint64_t chunk_key_ = 0;                // the chunk whose values are kept (its first token)
+  py::object chunk_values_ = py::none();  // the kept chunk's list of values (or pickles)
+  bool chunk_pickled_ = false;            // its entries are pickles, one per value
   py::object chunk_failure_ = py::none();
   bool part_failed_ = false;  // its value did not unpickle
 };
