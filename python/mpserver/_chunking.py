@@ -181,12 +181,12 @@ class ChunkRunner:
         return pending
 
     def end_chunk(self) -> tuple[int, int]:
-        """Ends the chunk (its pending deque is empty): ``(flushed, ran)`` —
-        items ``0..flushed-1`` were answered by the watcher,
-        ``flushed..ran-1`` ran and await their answer, ``ran..`` were handed
-        back."""
+        """Ends the chunk: ``(flushed, ran)`` — items ``0..flushed-1`` were
+        answered by the watcher, ``flushed..ran-1`` ran and await their
+        answer, ``ran..`` were handed back (or, if the loop was cut short,
+        never started)."""
         with self._lock:
-            done = self._flushed, len(self._ids) - self._handed
+            done = self._flushed, len(self._ids) - self._handed - len(self._pending)
             self._ids, self._resend, self._flush = (), None, None
             self._pending = collections.deque()
             self._handed = self._flushed = 0
