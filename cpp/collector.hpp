@@ -32,7 +32,7 @@
 //     into the slot.
 //
 // Memory ordering: the ring's acquire on head covers the payload the sink
-// copies; Ledger::finish publishes the slot with a seq_cst CAS (see ledger.hpp).
+// copies; Ledger::finish_quietly publishes the slot with a seq_cst CAS (see ledger.hpp).
 #pragma once
 
 #include <atomic>

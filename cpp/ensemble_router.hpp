@@ -19,7 +19,7 @@
 //
 // The result is a composite payload (composite.hpp) with frame flags
 // kFlagEnsemble, plus kFlagError when the item failed: fail_fast and some
-// member failed, or every member failed.  Python decodes it (_codec.py).
+// member failed, or every member failed.  Python decodes it (python/mpserver/_wire/codec.py).
 //
 // Invariants
 //   * ticket = generation (24 bits) << 40 | entry index (32 bits) << 8 |

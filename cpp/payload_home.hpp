@@ -17,7 +17,7 @@
 //     slot's payload still names the home.
 //   * Both are called only on the collector thread.  Implementations that
 //     share state with other threads lock it themselves.
-// Memory ordering: the collector finishes the slot with Ledger::finish
+// Memory ordering: the collector finishes the slot with Ledger::finish_quietly
 // (seq_cst), which publishes the bytes written into the home to the thread
 // that takes the slot.
 #pragma once

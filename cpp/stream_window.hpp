@@ -18,7 +18,7 @@
 //     (Server.stream's feeder thread); the deque is guarded by a mutex that
 //     is never held while waiting for a result.
 //
-// Memory ordering: slot results are published by Ledger::finish (seq_cst CAS)
+// Memory ordering: slot results are published by Ledger::finish_quietly (seq_cst CAS)
 // and observed with acquire loads in Ledger::wait/is_done; the deque itself
 // is only touched under mu_.
 #pragma once

@@ -1,7 +1,7 @@
 // supervisor.hpp — spawns worker interpreters and notices when they exit.
 //
 // Workers are plain child processes (posix_spawn of `sys.executable -m
-// mpserver._child ...`), not multiprocessing.  All spawning happens on the
+// mpserver._worker.child ...`), not multiprocessing.  All spawning happens on the
 // supervisor's own thread, which lives as long as the Supervisor: the kernel
 // ties PR_SET_PDEATHSIG to the *thread* that created the child, so spawning
 // from a caller's short-lived thread would kill the workers when that thread

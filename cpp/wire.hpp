@@ -102,7 +102,7 @@ enum class Control : uint64_t {
   access = 5,       // an access-log line of the HTTP front; payload: UTF-8 text
 };
 
-// ---- the fds a worker process is handed (see python/mpserver/_child.py) ----
+// ---- the fds a worker process is handed (see python/mpserver/_worker/child.py) ----
 
 enum ChildFd : int {
   kFdBoot = 3,     // bootstrap data: a memfd holding a pickle

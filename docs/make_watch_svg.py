@@ -7,7 +7,7 @@ Run from the repository root (needs rich):
 Starts a three-stage server (a batching process stage, an ensemble of two
 thread stages, a thread stage), streams through it for a few seconds with
 a few calls timing out, and renders the table ``Server.watch()`` draws
-(``mpserver._watch.render``) from two snapshots one second apart into an SVG
+(``mpserver._observe.watch.render``) from two snapshots one second apart into an SVG
 with rich's recording console.
 """
 
@@ -28,7 +28,7 @@ from mpserver import (
     TimeoutError,
     Worker,
 )
-from mpserver._watch import render
+from mpserver._observe.watch import render
 from rich.console import Console
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'img', 'watch.svg')

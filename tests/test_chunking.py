@@ -20,7 +20,7 @@ from mpserver import ProcessServlet, Server, ThreadServlet
 
 def _messages(server: Server) -> int:
     """Messages pushed into the server's entry ring so far (fewer than items when chunked)."""
-    return server._entry.pushed
+    return server._running().entry.pushed
 
 
 @pytest.mark.parametrize('chunk_size', [None, 1, 2, 7, 64])

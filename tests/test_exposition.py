@@ -18,9 +18,10 @@ from mpserver import (
     ThreadServlet,
     Worker,
     _core,
-    _stats,
     metrics,
 )
+from mpserver._observe import stats as _stats
+from mpserver._observe.layout import Layout, WorkerLayout
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -62,7 +63,8 @@ def idle_text(server, prefix='mpserver', timeout=30.0) -> tuple[str, str]:
     """The C++ and the Python exposition of an idle server: taken when two C++
     scrapes around the Python one agree (a result's last hop is counted just
     after the result is pushed, so counters settle a moment after the call)."""
-    board, layout = server._meter, server._layout
+    run = server._running()
+    board, layout = run.meter, run.layout
     deadline = time.monotonic() + timeout
     while True:
         a = _core.metrics_text(board, layout, prefix)
@@ -118,7 +120,7 @@ def test_metrics_table_is_metrics_METRICS():
 WEIRD = 'a "quoted" \\ back\nslash'
 
 
-def hand_made() -> tuple[object, _stats.Layout, list]:
+def hand_made() -> tuple[object, Layout, list]:
     """A board and a layout built by hand: odd names, big counts, every kind of servlet."""
     board = _core.MeterBoard.create(8)
     rings = [_core.Ring.create(1 << 16) for _ in range(4)]
@@ -134,7 +136,7 @@ def hand_made() -> tuple[object, _stats.Layout, list]:
     router = _core.METER_WORDS['router']
     for word, v in (('routed', 12), ('joined', 11), ('late', 1)):
         board.set(4, router[word], v)
-    L, W = _stats.Layout, _stats.WorkerLayout
+    L, W = Layout, WorkerLayout
     layout = L(
         '0',
         'SequentialServlet',
@@ -194,7 +196,7 @@ def test_a_hand_made_tree_odd_labels_and_big_counts():
 
 def test_a_malformed_layout_is_a_clear_error():
     board, layout, _rings = hand_made()
-    L, W = _stats.Layout, _stats.WorkerLayout
+    L, W = Layout, WorkerLayout
     with pytest.raises(TypeError, match="no attribute 'path'"):
         _core.metrics_text(board, object())
     with pytest.raises(TypeError, match='layout 0: ring must be a _core.Ring'):

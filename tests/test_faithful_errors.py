@@ -168,7 +168,7 @@ def test_faithful_inside_an_ensemble(backend, fail_fast):
 def test_exception_from_threads_reaching_a_process_stage(backend, shape, kind):
     """A thread worker's exception, or an ensemble result of thread members,
     is held by reference while it stays in the main process; a thread stage
-    whose next stage is a process pickles it on the way (_wire.pass_error):
+    whose next stage is a process pickles it on the way (_wire.codec.pass_error):
     it must arrive faithfully, unpicklable (``lock``) or not (``value``)."""
     if kind == 'lock':
         _mpserver_only(backend, MPSERVICE_DOES['thread-to-process'])

@@ -72,7 +72,7 @@ def test_request_records_round_trip_and_reject_every_damaged_copy():
     headers, big bodies); the bytes are the documented layout; every strict
     prefix, a trailing byte or a changed magic decodes to None."""
     from mpserver import _core
-    from mpserver._http_wire import decode_request
+    from mpserver._wire.http_request import decode_request
 
     rng = random.Random(13)
     for i in range(400):

@@ -481,9 +481,9 @@ def test_serve_http_returns_on_stop_http():
     t = threading.Thread(target=server.serve_http, kwargs={'port': 0})
     t.start()
     deadline = time.monotonic() + 30
-    while not server._fronts and time.monotonic() < deadline:
+    while (server._run is None or not server._run.fronts) and time.monotonic() < deadline:
         time.sleep(0.02)
-    (svc,) = server._fronts
+    (svc,) = server._run.fronts
     assert post(svc, b'x').content == b'x'
     server.stop_http()
     t.join(30)

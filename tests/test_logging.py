@@ -298,9 +298,14 @@ def test_a_forked_child_exiting_does_not_stop_the_forwarding(tmp_path):
 
 @pytest.fixture
 def core():
-    from mpserver import _core, _logs
+    from types import SimpleNamespace
 
-    return _core, _logs
+    from mpserver import _core
+    from mpserver._observe.logs import LogPump
+    from mpserver._worker.log_forward import RingHandler, pack
+
+    # The worker's half of the control channel (pack, RingHandler) and the main process's (LogPump).
+    return _core, SimpleNamespace(pack=pack, RingHandler=RingHandler, LogPump=LogPump)
 
 
 def _record(msg, *args, exc_info=None):
@@ -308,13 +313,13 @@ def _record(msg, *args, exc_info=None):
 
 
 def test_a_packed_record_is_self_contained(core):
-    _, _logs = core
+    _, logs = core
     try:
         raise ValueError('bad value')
     except ValueError:
         rec = _record('x=%s y=%d', 'a', 3, exc_info=sys.exc_info())
     rec.unpicklable = threading.Lock()
-    d = pickle.loads(_logs.pack(rec, 1 << 16))
+    d = pickle.loads(logs.pack(rec, 1 << 16))
     assert d['msg'] == 'x=a y=3' and d['args'] is None and d['exc_info'] is None
     assert 'ValueError: bad value' in d['exc_text']
     assert d['unpicklable'].startswith('<unlocked _thread.lock')
@@ -322,20 +327,20 @@ def test_a_packed_record_is_self_contained(core):
 
 
 def test_a_packed_record_fits_one_frame(core):
-    _core, _logs = core
+    _core, logs = core
     limit = _core.Ring.create(_core.CONTROL_RING_BYTES).max_chunk
     rec = _record('%s', 'é' * 200_000)
     rec.exc_text = 'Traceback\n' + 'x' * 50_000
-    data = _logs.pack(rec, limit)
+    data = logs.pack(rec, limit)
     assert len(data) <= limit
     d = pickle.loads(data)
     assert d['msg'].startswith('éééé') and d['msg'].endswith('characters cut to fit the control ring]')
 
 
 def test_a_full_ring_drops_records_after_the_timeout_and_says_so_later(core):
-    _core, _logs = core
+    _core, logs = core
     ring = _core.Ring.create(64 << 10)
-    handler = _logs.RingHandler(ring, timeout=0.2)
+    handler = logs.RingHandler(ring, timeout=0.2)
     rec = _record('%s', 'y' * 4000)
     t0 = time.monotonic()
     for _ in range(40):  # ~160 KB into a 64 KiB ring nobody reads
@@ -351,8 +356,8 @@ def test_a_full_ring_drops_records_after_the_timeout_and_says_so_later(core):
 
 
 def test_the_pump_survives_a_raising_handler_and_drains_at_close(core, monkeypatch):
-    _core, _logs = core
-    from mpserver._wire import FLAG_CONTROL
+    _core, logs = core
+    from mpserver._wire.codec import FLAG_CONTROL
 
     class Failing(logging.Handler):
         def emit(self, record):
@@ -377,11 +382,11 @@ def test_the_pump_survives_a_raising_handler_and_drains_at_close(core, monkeypat
     monkeypatch.setattr(sys, 'stderr', stderr)
     try:
         ring = _core.Ring.create(_core.CONTROL_RING_BYTES)
-        pump = _logs.LogPump(ring, {})
+        pump = logs.LogPump(ring, {})
         pump.start()
         for name, msg in [('test_logging.bad', 'one'), ('test_logging.good', 'two'), ('test_logging.good', 'three')]:
             rec = logging.LogRecord(name, logging.INFO, __file__, 1, msg, None, None)
-            assert ring.push(0, FLAG_CONTROL, _logs.pack(rec, ring.max_chunk), int(_core.Control.LOG)) == 0
+            assert ring.push(0, FLAG_CONTROL, logs.pack(rec, ring.max_chunk), int(_core.Control.LOG)) == 0
         assert pump.close(30)
     finally:
         bad.removeHandler(failing)

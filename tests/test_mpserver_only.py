@@ -124,17 +124,18 @@ def test_ensemble_composite_roundtrip_and_corruption(mpserver):
     # malformed one is a ValueError, never a crash or an out-of-bounds read.
     import pickle
 
-    from mpserver import _core, _wire
+    from mpserver import _core
+    from mpserver._wire import codec
 
     parts = [pickle.dumps(1), pickle.dumps('two'), b'']
     flags = [0, 0, _core.PART_MISSING]
     blob = _core.compose_ensemble(flags, parts, 2)
-    assert _wire.decode(_wire.FLAG_ENSEMBLE, blob) == [1, 'two', None]
-    err = _wire.decode(_wire.FLAG_ENSEMBLE | _wire.FLAG_ERROR, blob)
+    assert codec.decode(codec.FLAG_ENSEMBLE, blob) == [1, 'two', None]
+    err = codec.decode(codec.FLAG_ENSEMBLE | codec.FLAG_ERROR, blob)
     assert isinstance(err, mpserver.EnsembleError) and err.args[1] == {'y': [1, 'two', None], 'n': 2}
     for bad in (b'', blob[:10], b'XXXX' + blob[4:], blob[:-8], blob[:20]):
         with pytest.raises(ValueError):
-            _wire.decode(_wire.FLAG_ENSEMBLE, bad)
+            codec.decode(codec.FLAG_ENSEMBLE, bad)
 
 
 def test_frame_decoder_rejects_corrupt_frames(mpserver):

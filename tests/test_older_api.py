@@ -117,7 +117,7 @@ def test_server_async_call_from_several_event_loops():
         assert server.backlog == 0
         # Ports of finished loops are dropped when a new loop comes along.
         asyncio.run(server.async_call(1))
-        assert len(server._async_ports()._ports) == 1
+        assert len(server._running().ports()._ports) == 1
 
 
 # ---------------------------------------------------------------- Server keywords of mpservice <= 0.12

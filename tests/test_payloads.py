@@ -1,6 +1,6 @@
 """Payloads between processes: bytes, numpy arrays, bytearrays, containers.
 
-mpserver chooses one of three encodings per value (``mpserver._wire``): a
+mpserver chooses one of three encodings per value (``mpserver._wire.codec``): a
 value that is exactly ``bytes`` travels raw (FLAG_RAW); a value whose
 protocol-5 pickle has out-of-band buffers of at least 64 KiB (numpy arrays,
 PickleBuffers) travels as a directory + the pickle + the buffers
@@ -654,7 +654,7 @@ def test_large_results_built_in_the_worker(servers, backend, n):
 
 @pytest.fixture(scope='module')
 def codec():
-    import mpserver._wire as codec
+    import mpserver._wire.codec as codec
 
     return codec
 

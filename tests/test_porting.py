@@ -100,7 +100,7 @@ def test_script_argv_name_and_path():
     assert info['name'] == '__main__'
     assert info['path0'] == os.path.realpath(SCRIPTS)
     assert info['mpserver_module'] == 'mpserver'
-    assert info['remote_exception_module'] == 'mpserver._remote'
+    assert info['remote_exception_module'] == 'mpserver._wire.remote'
 
 
 @needs_mpservice
@@ -189,7 +189,7 @@ def test_install_after_mpservice_import():
 
 
 def test_install_exported():
-    assert mpserver.install is mpserver._install.install
+    assert mpserver.install is mpserver._compat.install.install
 
 
 @needs_mpservice
@@ -211,7 +211,7 @@ def test_real_mpservice_modules_still_work():
 def test_remote_exception_names():
     """Every public name of the real remote_exception module is served, as mpserver's object."""
     code = (
-        'import json, mpserver, mpserver._install as i\n'
+        'import json, mpserver, mpserver._compat.install as i\n'
         'import mpservice.multiprocessing.remote_exception as real\n'
         'names = [n for n, v in vars(real).items()\n'
         '         if not n.startswith("_") and getattr(v, "__module__", None) == real.__name__]\n'
@@ -234,7 +234,7 @@ def test_remote_exception_names():
 
 def test_stub_packages_without_mpservice(no_mpservice):
     code = (
-        'import json, sys, mpserver, mpserver._install as i\n'
+        'import json, sys, mpserver, mpserver._compat.install as i\n'
         'i.install()\n'
         'import mpservice, mpservice.multiprocessing as mm, mpservice.mpserver as ms\n'
         'from mpservice.multiprocessing.remote_exception import (RemoteException, EnsembleError,\n'

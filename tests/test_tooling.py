@@ -1,7 +1,7 @@
 """The tooling the code base promises, run as part of the suite: ruff (lint
 and format), mypy (strict on the public modules), clang-format on the C++,
-the extension module's stub against the module itself, and the import graph
-of the package (no cycles).  The tools come with the test extra; a missing
+the extension module's stub against the module itself (the package's
+import graph: test_layers.py).  The tools come with the test extra; a missing
 tool fails here rather than passing silently."""
 
 from __future__ import annotations
@@ -72,35 +72,3 @@ def test_core_stub_declares_exactly_what_the_module_defines():
     stub = _stub_names()
     assert defined - stub == set(), 'defined by _core but missing from _core.pyi'
     assert stub - defined == set(), 'declared in _core.pyi but not defined by _core'
-
-
-def test_package_has_no_import_cycle():
-    """Every ``from . import x`` / ``from .x import y`` inside the package,
-    at any depth (function-level imports included), forms an acyclic graph."""
-    modules = {p.stem: p for p in PACKAGE.glob('*.py')}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module:
-                    deps.add(node.module.split('.')[0])
-                else:
-                    deps.update(a.name for a in node.names)
-        graph[name] = {d for d in deps if d in modules and d != name}
-    assert graph, 'no modules found'
-    done: set[str] = set()
-
-    def visit(name: str, path: list[str]) -> None:
-        if name in path:
-            raise AssertionError('import cycle: ' + ' -> '.join([*path[path.index(name) :], name]))
-        if name in done:
-            return
-        for dep in sorted(graph[name]):
-            visit(dep, [*path, name])
-        done.add(name)
-
-    for name in sorted(graph):
-        visit(name, [])
-    # The check sees the edges it must: the server reaches the async side.
-    assert '_async_port' in graph['_server'] and '_server' in graph['_async']

@@ -1,5 +1,5 @@
 """The live view (Server.watch), ``python -m mpserver top`` and its channel
-(the announcement files of _top.py), and the progress-bar example.
+(the announcement files of ``_observe/announce.py``), and the progress-bar example.
 mpserver only: mpservice has none of this.
 
 Scripts that need a terminal or another process run as subprocesses with
@@ -29,8 +29,10 @@ import time
 
 import mpserver
 import pytest
-from mpserver import AsyncServer, ProcessServlet, SequentialServlet, Server, ThreadServlet, Worker, _top
-from mpserver._watch import Watch, render
+from mpserver import AsyncServer, ProcessServlet, SequentialServlet, Server, ThreadServlet, Worker
+from mpserver._cli.top import Monitor
+from mpserver._observe import announce
+from mpserver._observe.watch import Watch, render
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -383,13 +385,13 @@ def test_a_running_server_announces_itself(runtime_dir):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         d = json.loads(path.read_text())
         assert d['pid'] == os.getpid() and d['capacity'] == server.capacity
-        assert d['meter_fd'] == server._meter.fd
+        assert d['meter_fd'] == server._running().meter.fd
         assert d['layout']['children'][1]['label'] == 'ThreadServlet(Inc)'
         assert d['mpserver'] == mpserver.__version__
-        (entry,) = _top.servers(os.getpid())
+        (entry,) = announce.servers(os.getpid())
         # Attached from /proc as `top` does, the numbers are the server's own.
         list(server.stream(range(30)))
-        monitor = _top.Monitor(entry)
+        monitor = Monitor(entry)
         mine, theirs = server.stats(), monitor.stats()
         assert theirs.completed == mine.completed == 30
         assert [s.items_in for s in theirs.walk()] == [s.items_in for s in mine.walk()] == [30, 30, 30]
@@ -424,7 +426,7 @@ def test_a_failed_announcement_never_stops_a_server(tmp_path, monkeypatch, caplo
             assert server.call(1) == 2
             assert list((shared / 'mpserver').iterdir()) == []
     assert any('not a private directory' in r.getMessage() for r in caplog.records)
-    assert _top.servers() == []
+    assert announce.servers() == []
 
 
 def test_files_of_dead_processes_are_removed(runtime_dir):
@@ -433,13 +435,13 @@ def test_files_of_dead_processes_are_removed(runtime_dir):
     gone = subprocess.Popen([sys.executable, '-c', 'pass'])
     gone.wait()
     stale = folder / f'{gone.pid}-0.json'
-    entry = {'format': _top.FORMAT, 'pid': gone.pid, 'proc_start': 1, 'started': time.time(), 'capacity': 1}
+    entry = {'format': announce.FORMAT, 'pid': gone.pid, 'proc_start': 1, 'started': time.time(), 'capacity': 1}
     entry.update({'meter_fd': 3, 'layout': {}, 'python': '', 'mpserver': ''})
     stale.write_text(json.dumps(entry))
     # A live pid whose start time differs: a reused pid, as stale.
     reused = folder / f'{os.getpid()}-99.json'
     reused.write_text(json.dumps(dict(entry, pid=os.getpid(), proc_start=-1)))
-    assert _top.servers() == []
+    assert announce.servers() == []
     assert list(folder.iterdir()) == []
     # A server that starts sweeps away files of processes that are gone.
     stale.write_text(json.dumps(entry))

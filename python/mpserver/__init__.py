@@ -16,101 +16,93 @@ of the main process), and serve requests through a :class:`Server`::
             print(list(server.stream(range(5))))     # [0, 1, 4, 9, 16]
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
-from ._compose import EnsembleServlet, SequentialServlet, SwitchServlet
-from ._config import CpuAffinity
-from ._core import __version__ as __version__
-from ._errors import ConfigError, ServerBacklogFull, TimeoutError, WorkerCrashedError, WorkerStartupError
-from ._remote import (
-    EnsembleError,
-    RemoteError,
-    RemoteException,
-    RemoteTraceback,
-    get_remote_traceback,
-    is_remote_exception,
-)
-from ._server import Server
-from ._servlet import ProcessServlet, Servlet, ThreadServlet
-from ._worker import (
-    PassThrough,
-    ProcessWorker,
-    ThreadWorker,
-    Worker,
-    make_threadworker,
-    make_worker,
-)
+from mpserver._core import __version__ as __version__
 
-if TYPE_CHECKING:  # at run time these are imported on first use (see __getattr__)
-    from ._async import AsyncServer as AsyncServer
-    from ._front import HttpRoute as HttpRoute
-    from ._front import HttpService as HttpService
-    from ._http_wire import HttpRequest as HttpRequest
-    from ._install import install as install
-    from .ray import RayServlet as RayServlet
+#: Where each public name lives.  Nothing is imported until a name is first
+#: used (PEP 562): a worker process imports this package too, and must load
+#: only the worker side (``_wire``, ``_worker``), not the servers and
+#: servlets of the main process.
+_HOME = {
+    'Worker': 'mpserver._worker.api',
+    'make_worker': 'mpserver._worker.api',
+    'PassThrough': 'mpserver._worker.api',
+    'ProcessWorker': 'mpserver._worker.api',
+    'ThreadWorker': 'mpserver._worker.api',
+    'make_threadworker': 'mpserver._worker.api',
+    'Servlet': 'mpserver._graph.servlet',
+    'ProcessServlet': 'mpserver._graph.process_servlet',
+    'ThreadServlet': 'mpserver._graph.thread_servlet',
+    'SequentialServlet': 'mpserver._graph.compound',
+    'EnsembleServlet': 'mpserver._graph.compound',
+    'SwitchServlet': 'mpserver._graph.compound',
+    'RayServlet': 'mpserver.ray',  # Ray itself is imported when one is made (the ray extra)
+    'CpuAffinity': 'mpserver._graph.checks',
+    'Server': 'mpserver._serving.server',
+    'AsyncServer': 'mpserver._serving.async_server',
+    'HttpRoute': 'mpserver._http_front.front',
+    'HttpService': 'mpserver._http_front.front',
+    'HttpRequest': 'mpserver._wire.http_request',
+    'ServerBacklogFull': 'mpserver._wire.errors',
+    'TimeoutError': 'mpserver._wire.errors',
+    'WorkerStartupError': 'mpserver._wire.errors',
+    'WorkerCrashedError': 'mpserver._wire.errors',
+    'ConfigError': 'mpserver._wire.errors',
+    'RemoteError': 'mpserver._wire.remote',
+    'RemoteException': 'mpserver._wire.remote',
+    'RemoteTraceback': 'mpserver._wire.remote',
+    'is_remote_exception': 'mpserver._wire.remote',
+    'get_remote_traceback': 'mpserver._wire.remote',
+    'EnsembleError': 'mpserver._wire.remote',
+    'install': 'mpserver._compat.install',
+}
+
+__all__ = list(_HOME)
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from mpserver._compat.install import install as install
+    from mpserver._graph.checks import CpuAffinity as CpuAffinity
+    from mpserver._graph.compound import EnsembleServlet as EnsembleServlet
+    from mpserver._graph.compound import SequentialServlet as SequentialServlet
+    from mpserver._graph.compound import SwitchServlet as SwitchServlet
+    from mpserver._graph.process_servlet import ProcessServlet as ProcessServlet
+    from mpserver._graph.servlet import Servlet as Servlet
+    from mpserver._graph.thread_servlet import ThreadServlet as ThreadServlet
+    from mpserver._http_front.front import HttpRoute as HttpRoute
+    from mpserver._http_front.front import HttpService as HttpService
+    from mpserver._serving.async_server import AsyncServer as AsyncServer
+    from mpserver._serving.server import Server as Server
+    from mpserver._wire.errors import ConfigError as ConfigError
+    from mpserver._wire.errors import ServerBacklogFull as ServerBacklogFull
+    from mpserver._wire.errors import TimeoutError as TimeoutError
+    from mpserver._wire.errors import WorkerCrashedError as WorkerCrashedError
+    from mpserver._wire.errors import WorkerStartupError as WorkerStartupError
+    from mpserver._wire.http_request import HttpRequest as HttpRequest
+    from mpserver._wire.remote import EnsembleError as EnsembleError
+    from mpserver._wire.remote import RemoteError as RemoteError
+    from mpserver._wire.remote import RemoteException as RemoteException
+    from mpserver._wire.remote import RemoteTraceback as RemoteTraceback
+    from mpserver._wire.remote import get_remote_traceback as get_remote_traceback
+    from mpserver._wire.remote import is_remote_exception as is_remote_exception
+    from mpserver._worker.api import PassThrough as PassThrough
+    from mpserver._worker.api import ProcessWorker as ProcessWorker
+    from mpserver._worker.api import ThreadWorker as ThreadWorker
+    from mpserver._worker.api import Worker as Worker
+    from mpserver._worker.api import make_threadworker as make_threadworker
+    from mpserver._worker.api import make_worker as make_worker
+    from mpserver.ray import RayServlet as RayServlet
 
 
 def __getattr__(name: str) -> object:
-    # AsyncServer pulls in asyncio, and install() the import machinery's
-    # abstract classes, both slow to import: imported on first use, so that
-    # worker processes (every one imports this package) do not pay for them.
-    if name == 'AsyncServer':
-        from ._async import AsyncServer
-
-        return AsyncServer
-    if name == 'install':
-        from ._install import install
-
-        return install
-    if name in ('HttpRoute', 'HttpService'):  # the native HTTP front (main process only)
-        from . import _front
-
-        return getattr(_front, name)
-    if name == 'HttpRequest':
-        from ._http_wire import HttpRequest
-
-        return HttpRequest
-    if name == 'RayServlet':  # Ray itself is imported when one is made (the ray extra)
-        from .ray import RayServlet
-
-        return RayServlet
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups do not come here
+    return value
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-__all__ = [
-    'HttpRequest',
-    'HttpRoute',
-    'HttpService',
-    'Worker',
-    'make_worker',
-    'PassThrough',
-    'ProcessWorker',
-    'ThreadWorker',
-    'make_threadworker',
-    'Servlet',
-    'ProcessServlet',
-    'ThreadServlet',
-    'SequentialServlet',
-    'EnsembleServlet',
-    'SwitchServlet',
-    'RayServlet',
-    'CpuAffinity',
-    'Server',
-    'AsyncServer',
-    'ServerBacklogFull',
-    'TimeoutError',
-    'WorkerStartupError',
-    'WorkerCrashedError',
-    'ConfigError',
-    'RemoteError',
-    'RemoteException',
-    'RemoteTraceback',
-    'is_remote_exception',
-    'get_remote_traceback',
-    'EnsembleError',
-    'install',
-]

@@ -18,13 +18,13 @@ prints usage to stderr and exits with status 2.
     python -m mpserver top [PID] [--interval S] [--once]
 
 shows the live statistics of servers running in another process (see
-``_top.py``).
+``_cli/top.py``).
 
 ::
 
     python -m mpserver serve MODULE:ATTR [--host H] [--port P] [--capacity N] [--timeout S] ...
 
-serves a servlet over HTTP with the native front (see ``_serve_cli.py`` and
+serves a servlet over HTTP with the native front (see ``_cli/serve.py`` and
 ``docs/http.md``).  Subcommands take precedence: a script file literally
 named ``top`` or ``serve`` runs as ``python -m mpserver ./top``.
 """
@@ -63,11 +63,11 @@ def main(argv: list[str]) -> None:
         _usage_error(None if argv else 'no script or module given')
     first = argv[0]
     if first == 'top':
-        from ._top import main as top
+        from mpserver._cli.top import main as top
 
         sys.exit(top(argv[1:]))
     if first == 'serve':
-        from ._serve_cli import main as serve
+        from mpserver._cli.serve import main as serve
 
         sys.exit(serve(argv[1:]))
     if first.startswith('-m'):
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
     elif first.startswith('-'):
         _usage_error(f'unknown option {first!r}')
 
-    from ._install import install
+    from mpserver._compat.install import install
 
     install()
     if first.startswith('-m'):

@@ -49,6 +49,7 @@ extra to install (``pip install 'mpserver[http]'``).
 
 from __future__ import annotations
 
+import multiprocessing.spawn
 import os
 import pickle
 import select
@@ -60,6 +61,9 @@ import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
+
+from mpserver._compat.inherit import inherit
+from mpserver._graph.launch import child_env
 
 try:
     import uvicorn
@@ -261,10 +265,6 @@ def _run_workers(config: uvicorn.Config, app: Any, options: dict[str, Any], cont
     """Serve with ``len(contexts)`` uvicorn processes on one socket bound here;
     return 0 when stopped as asked, else the status of the process that ended
     on its own."""
-    import multiprocessing.spawn
-
-    from ._launch import child_env
-
     sock = config.bind_socket()
     stop = _StopPipe()
     env = dict(kv.split('=', 1) for kv in child_env()) or None
@@ -327,12 +327,7 @@ def _run_workers(config: uvicorn.Config, app: Any, options: dict[str, Any], cont
 
 def _worker_main() -> None:
     """A uvicorn process of ``start_server(workers=N)``: boot data on stdin."""
-    if os.environ.get('MPSERVER_INSTALL') == '1':  # the parent ran mpserver.install()
-        from ._install import install
-
-        install()
-    import multiprocessing.spawn
-
+    inherit()  # mpserver.install() in the parent: here too
     boot = pickle.loads(sys.stdin.buffer.read())
     multiprocessing.spawn.prepare(boot['prep'])  # sys.path, cwd, the main script as __mp_main__
     app, options, context = pickle.loads(boot['body'])

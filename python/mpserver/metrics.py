@@ -64,7 +64,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "mpserver.metrics needs prometheus_client: pip install 'mpserver[metrics]' (or prometheus_client>=0.17)"
     ) from e
 
-from ._stats import Histogram, ServerStats, ServletStats, WorkerStats
+from mpserver._observe.stats import Histogram, ServerStats, ServletStats, WorkerStats
 
 __all__ = ['METRICS', 'Metric', 'Collector', 'register', 'unregister', 'families']
 

@@ -21,16 +21,17 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from . import _core
-from ._config import check_count, check_seconds
-from ._errors import WorkerCrashedError, WorkerStartupError
-from ._servlet import Servlet
-from ._wire import FLAG_ERROR, FLAG_OOB, PickleCodec, codec_for, decode, pass_error
+from mpserver import _core
+from mpserver._graph.checks import check_count, check_seconds
+from mpserver._graph.servlet import Servlet
+from mpserver._observe.layout import Layout
+from mpserver._serving.server import Server
+from mpserver._wire.codec import FLAG_ERROR, FLAG_OOB, PickleCodec, codec_for, decode, pass_error
+from mpserver._wire.errors import WorkerCrashedError, WorkerStartupError
+from mpserver._wire.remote import is_remote_exception
 
 if TYPE_CHECKING:
-    from ._launch import Launch
-    from ._stats import Layout
-
+    from mpserver._graph.launch import Launch
 __all__ = ['RayServlet']
 
 _log = logging.getLogger('mpserver')
@@ -61,8 +62,6 @@ class _Replica:
     """The body of a replica actor: an mpserver Server on the actor's node."""
 
     def __init__(self, servlet: Servlet, capacity: int) -> None:
-        from ._server import Server
-
         self._server = Server(servlet, capacity=capacity)
         self._server.__enter__()
 
@@ -102,8 +101,6 @@ class _Replica:
 
 
 def _remote(e: BaseException) -> bool:
-    from ._remote import is_remote_exception
-
     return is_remote_exception(e)
 
 
@@ -408,8 +405,6 @@ class RayServlet(Servlet):
         }
 
     def _layout(self, path: str) -> Layout:
-        from ._stats import Layout
-
         return Layout(path, type(self).__name__, self._label(), self._input)
 
 

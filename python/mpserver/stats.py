@@ -34,7 +34,7 @@ caller wakes).
 
 from __future__ import annotations
 
-from ._stats import (
+from mpserver._observe.stats import (
     SIZE_BOUNDS,
     TIME_BOUNDS,
     Histogram,

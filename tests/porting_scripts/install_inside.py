@@ -12,7 +12,7 @@ import sys
 if '--late' in sys.argv:
     import mpservice.streamer  # noqa: F401
 
-from mpserver._install import install
+from mpserver._compat.install import install
 
 install()
 install()
@@ -25,7 +25,7 @@ def report(where):
     import mpservice.mpserver
     from mpservice.multiprocessing.remote_exception import RemoteException
 
-    finders = [f for f in sys.meta_path if type(f).__module__ == 'mpserver._install']
+    finders = [f for f in sys.meta_path if type(f).__module__ == 'mpserver._compat.install']
     return {
         'where': where,
         'module': sys.modules['mpservice.mpserver'].__name__,
