@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import re
 import statistics
 from collections.abc import Sequence
@@ -31,18 +30,6 @@ from collections.abc import Sequence
 
 class MissingRegion(LookupError):
     """A required generated region is not in the file."""
-
-
-def cpu_model() -> str:
-    """The CPU's model name, for a run's setup line."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
 
 
 def _markers(name: str) -> tuple[str, str]:
