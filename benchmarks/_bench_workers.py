@@ -11,16 +11,17 @@ re-import in the worker process, find exactly that class.
 
 * ``Echo``: ``call(x) -> x``, the trivial worker of every serving-overhead
   workload (with batching on, ``x`` is a list and comes back as it is).
-* ``Burn``: a CPU-bound worker; each call runs :func:`burn` for ``loops``
-  iterations of pure Python (``loops`` is a constructor argument, calibrated
-  by ``bench.py`` in the main process) and returns the seconds that took
-  (measured in the worker), so the caller can tell how busy the workers were.
+* ``Burn``: a CPU-bound worker; each call runs ``harness.burn`` for ``loops``
+  iterations of pure Python (``loops`` is a constructor argument: the ~1 ms
+  item's count, ``harness.burn_loops``, calibrated in the main process) and
+  returns the seconds that took (measured in the worker), so the caller can
+  tell how busy the workers were.
 * ``Parity``: a ``SwitchServlet`` that sends ``x`` to member ``x % 2``.  The
   switch runs in the main process on both backends; it is module-level anyway,
   like the workers.
 
-``bench.py`` uses ``BACKENDS[name]``, ``ECHO[name]``, ``BURN[name]`` and
-``PARITY[name]``, never the global names.
+``bench.py`` and its parts use ``BACKENDS[name]``, ``ECHO[name]``,
+``BURN[name]`` and ``PARITY[name]``, never the global names.
 """
 
 from __future__ import annotations
@@ -28,15 +29,9 @@ from __future__ import annotations
 import time
 import types
 
-__all__ = ['BACKENDS', 'BURN', 'ECHO', 'PARITY', 'burn']
+from harness import burn
 
-
-def burn(loops: int) -> int:
-    """Pure-Python busy work: ``loops`` additions in a ``for`` loop."""
-    total = 0
-    for i in range(loops):
-        total += i
-    return total
+__all__ = ['BACKENDS', 'BURN', 'ECHO', 'PARITY']
 
 
 def _define_echo(module: types.ModuleType) -> type:

@@ -4,10 +4,11 @@ Two models, each a function of the request body (``bytes``) that returns
 ``bytes``:
 
 * ``trivial``: the body as it is (the serving machinery is all there is);
-* ``cpu``: about 1 ms of pure-Python CPU work (:func:`burn` for ``loops``
-  iterations; ``loops`` comes from the environment variable
-  :data:`LOOPS_ENV`, calibrated once per run by ``serving.py`` so that every peer
-  does the same work); the response is the seconds the loop took in the worker
+* ``cpu``: the ~1 ms item of every benchmark (``harness.burn`` for
+  ``loops`` iterations; ``loops`` comes from the environment variable
+  ``MPSERVER_BENCH_LOOPS``, ``harness.LOOPS_ENV``, calibrated once per run by
+  ``serving.py`` with ``harness.burn_loops`` so that every peer does the same
+  work); the response is the seconds the loop took in the worker
   (``b'0.001012345'``), which ``serving.py`` averages into the service time.
 
 Every peer runs the model in worker processes: one for ``trivial``,
@@ -30,36 +31,15 @@ worker process imports only its own:
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 from typing import Any
 
-LOOPS_ENV = 'MPSERVER_HTTP_BENCH_LOOPS'
+from benchmarks.harness import LOOPS_ENV, burn
+
 WORKERS_ENV = 'MPSERVER_HTTP_BENCH_WORKERS'
 MODELS = ('trivial', 'cpu')
 BACKENDS = ('mpserver', 'mpservice', 'mosec')
-
-
-def burn(loops: int) -> int:
-    """Pure-Python busy work: ``loops`` additions in a ``for`` loop."""
-    total = 0
-    for i in range(loops):
-        total += i
-    return total
-
-
-def calibrate(seconds: float = 1e-3) -> int:
-    """The loop count for which :func:`burn` takes about ``seconds`` here (median of 21 timings)."""
-    loops = 10_000
-    for _ in range(3):
-        times = []
-        for _ in range(21):
-            start = time.perf_counter()
-            burn(loops)
-            times.append(time.perf_counter() - start)
-        loops = max(1, round(loops * seconds / statistics.median(times)))
-    return loops
 
 
 def workers(model: str) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from _bench_workers import burn
+from harness import burn
 
 __all__ = ['burn_item', 'double', 'echo', 'ceiling', 'worker_classes']
 
@@ -17,7 +17,7 @@ def double(x):
 
 
 def burn_item(loops, x):
-    """~1 ms of pure Python (``loops`` calibrated by peers.py); returns ``x``."""
+    """The ~1 ms item (``loops`` from ``harness.burn_loops``); returns ``x``."""
     burn(loops)
     return x
 

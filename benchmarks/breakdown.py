@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import pickle
 import statistics
 import time
 from collections.abc import Callable
 
 from _bench_workers import BACKENDS, ECHO
+from harness import children_cpu_seconds
 
 RUN = 64  # items per push_many / gather, as the stream and the sole worker use
 WARMUP_ITEMS = 2_000
@@ -139,26 +139,6 @@ def _ring_costs(n: int, repeat: int) -> dict[str, float]:
     }
 
 
-def _children_cpu_seconds() -> float:
-    """User + system CPU seconds of this process's live child processes (from /proc)."""
-    me = os.getpid()
-    tick = os.sysconf('SC_CLK_TCK')
-    total = 0.0
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f'/proc/{entry}/stat') as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # Fields after the parenthesised command name: state ppid ... utime(14) stime(15).
-        fields = stat[stat.rindex(')') + 2 :].split()
-        if int(fields[1]) == me:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def _end_to_end(n: int, repeat: int) -> dict[str, float]:
     """Per-item wall time and CPU time of stream(range(n)), medians over ``repeat`` streams.
 
@@ -172,13 +152,13 @@ def _end_to_end(n: int, repeat: int) -> dict[str, float]:
         for _ in server.stream(range(WARMUP_ITEMS)):
             pass
         for _ in range(repeat):
-            w0, c0, h0 = _children_cpu_seconds(), time.process_time(), time.thread_time()
+            w0, c0, h0 = children_cpu_seconds(), time.process_time(), time.thread_time()
             t0 = time.perf_counter()
             count = 0
             for _ in server.stream(range(n)):
                 count += 1
             t1 = time.perf_counter()
-            h1, c1, w1 = time.thread_time(), time.process_time(), _children_cpu_seconds()
+            h1, c1, w1 = time.thread_time(), time.process_time(), children_cpu_seconds()
             if count != n:
                 raise RuntimeError(f'stream returned {count} results for {n} items')
             wall.append((t1 - t0) / n * 1e9)

@@ -18,7 +18,8 @@ default loky backend, ``batch_size='auto'``) and mpservice 0.16.8; and the
 *no-IPC ceiling*: 2 plain processes each running the function over its half
 of the items, timed from inside (no pickling, no hand-off, no ordering).
 
-Workloads: a trivial ``x * 2``; a ~1 ms pure-Python item (calibrated here);
+Workloads: a trivial ``x * 2``; the ~1 ms pure-Python item of every
+benchmark (``harness.burn``, its loop count calibrated by ``harness.burn_loops``);
 1 MB payloads (a distinct ``bytes`` object per item, echoed back); one call
 at a time (p50/p99 of a blocking call); and a paced load (one call every
 1 ms for a few seconds), for which the CPU time per call of the main
@@ -32,21 +33,19 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import functools
-import json
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _peer_work as pw  # noqa: E402
-import report as regions  # noqa: E402
-from _bench_workers import burn  # noqa: E402
+import harness  # noqa: E402
+import report  # noqa: E402
+from harness import median  # noqa: E402
 
 WRITE_COMMAND = 'python benchmarks/peers.py --write'
-DOCS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'docs')
 MB = 1 << 20
 
 
@@ -207,27 +206,16 @@ def latency(peer, calls: int) -> tuple[float, float]:
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
+    return sum(harness.cpu_seconds(pid) for pid in pids)
 
 
 def paced(peer, seconds: float) -> tuple[float, float]:
     """CPU µs per call of (main process, all workers) under one call every 1 ms."""
-    import psutil
-
-    me = psutil.Process()
+    me = os.getpid()
     for i in range(200):
         peer.call(i)
-    workers = [p.pid for p in me.children(recursive=True)]
-    main0, work0 = _cpu_seconds([me.pid]), _cpu_seconds(workers)
+    workers = harness.descendants(me)[1:]
+    main0, work0 = _cpu_seconds([me]), _cpu_seconds(workers)
     n = int(seconds * 1000)
     start = time.perf_counter()
     for i in range(n):
@@ -236,27 +224,12 @@ def paced(peer, seconds: float) -> tuple[float, float]:
         delay = target - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-    main1, work1 = _cpu_seconds([me.pid]), _cpu_seconds(workers)
+    main1, work1 = _cpu_seconds([me]), _cpu_seconds(workers)
     return (main1 - main0) / n * 1e6, (work1 - work0) / n * 1e6
 
 
-def calibrate() -> int:
-    loops = 20_000
-    for _ in range(3):
-        best = min(_timed(loops) for _ in range(5))
-        loops = max(1000, round(loops * 1e-3 / best))
-    return loops
-
-
-def _timed(loops: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(10):
-        burn(loops)
-    return (time.perf_counter() - t0) / 10
-
-
 def run(args) -> dict:
-    loops = calibrate()
+    loops = harness.burn_loops()
     n = {'trivial': args.n_trivial, 'cpu': args.n_cpu, 'mb': args.n_mb}
     results: dict[str, dict[str, list[float]]] = {k: {p: [] for p in PEERS} for k in n}
     ceilings: dict[str, list[float]] = {'trivial': [], 'cpu': []}
@@ -294,10 +267,6 @@ def run(args) -> dict:
     return {'n': n, 'loops': loops, 'results': results, 'ceilings': ceilings, 'latency': lat, 'paced': pace}
 
 
-def _med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float('nan')
-
-
 def tables(run: dict) -> tuple[str, str]:
     res, ceil = run['results'], run['ceilings']
     names = {
@@ -308,18 +277,17 @@ def tables(run: dict) -> tuple[str, str]:
     head = '| workload | ' + ' | '.join(PEERS) + ' | no-IPC ceiling |\n|---|' + '---|' * (len(PEERS) + 1) + '\n'
     rows = []
     for kind, label in names.items():
-        cells = [f'{_med(res[kind][p]):,.0f}' if res[kind][p] else '—' for p in PEERS]
-        c = f'{_med(ceil[kind]):,.0f}' if kind in ceil and ceil[kind] else '—'
+        cells = [f'{median(res[kind][p]):,.0f}' if res[kind][p] else '—' for p in PEERS]
+        c = f'{median(ceil[kind]):,.0f}' if kind in ceil and ceil[kind] else '—'
         rows.append(f'| {label} | ' + ' | '.join(cells) + f' | {c} |')
     lat = run['latency']
     cells = [f'{lat[p][0]:.0f} / {lat[p][1]:.0f}' if p in lat else '—' for p in PEERS]
     rows.append('| one call at a time, p50 / p99 µs | ' + ' | '.join(cells) + ' | — |')
     main = head + '\n'.join(rows) + '\n'
 
-    def paired(xs: list[float], ys: list[float]) -> float:
-        # The median of the rounds' ratios: each round's pair ran seconds
-        # apart at most, so a slow phase of the machine cancels out.
-        return _med([x / y for x, y in zip(xs, ys, strict=True)])
+    # The median of the rounds' ratios: each round's pair ran seconds
+    # apart at most, so a slow phase of the machine cancels out.
+    paired = harness.paired_ratio
 
     def ratio(kind, a, b):
         return paired(res[kind][a], res[kind][b])
@@ -357,48 +325,25 @@ PLOT_KINDS = {'trivial': 'trivial x * 2', 'cpu': '~1 ms pure Python', 'mb': '1 M
 def plot(data: dict, outdir: str) -> str:
     """Grouped bars: items/s of every peer per workload (median, min-max
     whiskers over the rounds), the no-IPC ceiling as a dashed line; log scale."""
-    plt = regions.pyplot()
-    fig, axes = plt.subplots(1, len(PLOT_KINDS), figsize=(10.0, 3.8), dpi=110)
-    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    for ax, (kind, title) in zip(axes, PLOT_KINDS.items(), strict=True):
-        names = [p for p in PEERS if data['results'][kind][p]]
-        for i, name in enumerate(names):
-            r = data['results'][kind][name]
-            med = _med(r)
-            ax.bar(i, med, color=colors[PEERS.index(name) % len(colors)], label=name)
-            ax.errorbar(i, med, yerr=[[med - min(r)], [max(r) - med]], color='black', capsize=3, linewidth=1)
+    panels = []
+    for kind, title in PLOT_KINDS.items():
         ceil = data['ceilings'].get(kind)
-        if ceil:
-            ax.axhline(_med(ceil), color='gray', linestyle='--', linewidth=1)
-            ax.text(len(names) - 0.5, _med(ceil), 'no-IPC ceiling', ha='right', va='bottom', fontsize=7)
-        ax.set_yscale('log')
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=45, ha='right', fontsize=7)
-        ax.set_title(title, fontsize=9)
-        ax.grid(True, axis='y', which='major', alpha=0.3)
-    axes[0].set_ylabel('items/s (log scale)')
-    fig.suptitle(f'Ordered parallel map, 2 worker processes, medians of {data["rounds"]} rounds', fontsize=10)
-    return regions.save_figure(plt, fig, outdir, PLOT_FILE)
+        bars = [(p, data['results'][kind][p]) for p in PEERS if data['results'][kind][p]]
+        panels.append(report.Panel(title, bars, ('no-IPC ceiling', median(ceil)) if ceil else None))
+    title = f'Ordered parallel map, 2 worker processes, medians of {data["rounds"]} rounds'
+    return report.plot_bars(panels, PEERS, title, 'items/s (log scale)', outdir, PLOT_FILE)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--rounds', type=int, default=3)
-    p.add_argument('--quick', action='store_true', help='smaller sizes, one round')
-    p.add_argument('--write', action='store_true', help='write the section of docs/benchmarks.md and the plot')
-    p.add_argument('--no-plots', action='store_true', help='with --write: do not draw the plot')
-    p.add_argument('--json', metavar='PATH', help='save the raw results to PATH')
-    p.add_argument('--from-json', metavar='PATH', help='do not measure: report the results saved by --json')
-    args = p.parse_args()
-    if args.rounds < 1:
-        p.error('--rounds must be at least 1')
-    if args.write and not args.no_plots:
-        try:
-            regions.require_matplotlib()
-        except ImportError as e:
-            p.error(str(e))
-    if args.quick:
-        args.rounds = 1
+    harness.add_run_options(
+        p,
+        rounds=3,
+        quick_rounds=1,
+        quick='smaller sizes (and one round): a smoke run',
+        write='write the peers section of docs/benchmarks.md and the plot',
+    )
+    args = harness.parse_run_options(p)
     scale = 0.2 if args.quick else 1.0
     args.n_trivial = int(300_000 * scale)
     args.n_cpu = int(2000 * scale)
@@ -406,14 +351,12 @@ def main() -> int:
     args.calls = int(5000 * scale)
     args.paced_seconds = 3.0 * scale
     if args.from_json:
-        with open(args.from_json, encoding='utf-8') as f:
-            data = json.load(f)
+        data = harness.load_json(args.from_json)
     else:
         data = run(args)
         data.update(rounds=args.rounds, calls=args.calls, paced_seconds=args.paced_seconds, setup=_setup())
     if args.json:
-        with open(args.json, 'w', encoding='utf-8') as f:
-            json.dump(data, f, indent=1)
+        harness.save_json(args.json, data)
     main_table, target_table = tables(data)
     print()
     print(main_table)
@@ -430,15 +373,14 @@ def main() -> int:
             f'{main_table}\n{target_table}'
         )
         if not args.no_plots:
-            plot(data, os.path.join(DOCS_DIR, 'img'))
+            plot(data, harness.IMG_DIR)
             body += f'\n![Ordered parallel map: items/s per peer and workload](img/{PLOT_FILE})\n'
-        regions.replace_region(os.path.join(DOCS_DIR, 'benchmarks.md'), 'peers', body, required=True)
+        report.replace_region(harness.DOCS_PAGE, 'peers', body, required=True)
     return 0
 
 
 def _setup() -> str:
-    when = time.strftime('%Y-%m-%dT%H:%M+00:00', time.gmtime())
-    return f'{when}; {regions.cpu_model()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}'
+    return f'{harness.now()}; {harness.cpu_model()}, {os.cpu_count()} cores, Python {harness.python_version()}'
 
 
 if __name__ == '__main__':

@@ -6,7 +6,9 @@
 A two-node Ray cluster is started on this machine with Ray's own test
 utility (``ray.cluster_utils.Cluster``, one CPU per node), so every node
 shares this machine's cores.  Work per item: ``trivial`` (``x + 1``) and
-``1ms`` (1 ms of busy CPU).  Peers, each with two workers in all:
+``1ms``, the ~1 ms pure-Python item of every benchmark (``harness.burn``,
+its loop count calibrated once in the driver by ``harness.burn_loops`` and
+given to every worker and actor).  Peers, each with two workers in all:
 
 * ``local``: ``Server(ProcessServlet(W, cpus=2))`` (the replicas' capacity);
 * ``ray-1``: ``RayServlet(ProcessServlet(W, cpus=2))``, one replica;
@@ -25,14 +27,9 @@ import sys
 import time
 from typing import Any
 
+import harness
+from harness import burn
 from mpserver import ProcessServlet, Server, Worker
-
-
-def spin(x: int, seconds: float) -> int:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-    return x
 
 
 class Trivial(Worker):
@@ -41,16 +38,25 @@ class Trivial(Worker):
 
 
 class Milli(Worker):
+    def __init__(self, *, loops: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.loops = loops
+
     def call(self, x: int) -> int:
-        return spin(x, 0.001)
+        burn(self.loops)
+        return x
 
 
 class PoolActor:
+    def __init__(self, loops: int) -> None:
+        self.loops = loops
+
     def trivial(self, x: int) -> int:
         return x + 1
 
     def milli(self, x: int) -> int:
-        return spin(x, 0.001)
+        burn(self.loops)
+        return x
 
 
 def _best(run: Any, n: int, rounds: int) -> float:
@@ -87,10 +93,11 @@ def main() -> None:
     from ray.util import ActorPool
 
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--quick', action='store_true', help='fewer items and rounds')
-    p.add_argument('--rounds', type=int, default=3)
-    args = p.parse_args()
-    rounds = 1 if args.quick else args.rounds
+    harness.add_run_options(p, rounds=3, quick_rounds=1, quick='fewer items (and one round)', write=None)
+    args = harness.parse_run_options(p)
+    rounds = args.rounds
+    loops = harness.burn_loops()
+    harness.log(f'1ms item: {loops:,} loops')
     sizes = {'trivial': 2000 if args.quick else 20000, '1ms': 400 if args.quick else 3000}
     pool_sizes = {'trivial': 500 if args.quick else 3000, '1ms': 400 if args.quick else 3000}
 
@@ -107,17 +114,20 @@ def main() -> None:
         rows = []
         for work, cls in (('trivial', Trivial), ('1ms', Milli)):
             n = sizes[work]
+            kw = {'loops': loops} if cls is Milli else {}
             res = {
-                'local': _served(ProcessServlet(cls, cpus=2), n, rounds),
-                'ray-1': _served(RayServlet(ProcessServlet(cls, cpus=2), ray_actor_options={'num_cpus': 1}), n, rounds),
+                'local': _served(ProcessServlet(cls, cpus=2, **kw), n, rounds),
+                'ray-1': _served(
+                    RayServlet(ProcessServlet(cls, cpus=2, **kw), ray_actor_options={'num_cpus': 1}), n, rounds
+                ),
                 'ray-2': _served(
-                    RayServlet(ProcessServlet(cls, cpus=1), num_replicas=2, ray_actor_options={'num_cpus': 1}),
+                    RayServlet(ProcessServlet(cls, cpus=1, **kw), num_replicas=2, ray_actor_options={'num_cpus': 1}),
                     n,
                     rounds,
                 ),
             }
             actor = ray.remote(num_cpus=1)(PoolActor)
-            actors = [actor.remote() for _ in range(2)]
+            actors = [actor.remote(loops) for _ in range(2)]
             res['pool'] = _pooled(
                 ActorPool(actors), 'trivial' if work == 'trivial' else 'milli', pool_sizes[work], rounds
             )

@@ -3,17 +3,19 @@
 A *generated region* of a Markdown file is everything between the lines
 ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``; :func:`replace_region`
 rewrites only that, so the hand-written text around it stays as it is.
-``bench.py --write`` fills these regions:
+The regions and who fills them with ``--write``:
 
-* ``docs/benchmarks.md``, region ``bench``: machine, settings, the main
-  table, the targets, the plots and the RSS table (required);
-* ``docs/benchmarks.md``, region ``breakdown``: the per-item cost breakdown
-  (required);
-* ``README.md``, region ``bench-table``: a compact table (skipped when the
-  markers are absent).
+* ``docs/benchmarks.md``: ``bench`` (machine, settings, the main table, the
+  targets, the plots and the RSS table) and ``breakdown`` (the per-item cost
+  breakdown), by ``bench.py``; ``peers`` by ``peers.py``; ``http`` by
+  ``serving.py``; ``meters`` by ``meters.py``;
+* ``README.md``, region ``bench-table``: a compact table, by ``bench.py``
+  (skipped when the markers are absent).
 
-The plotting functions import matplotlib lazily (the optional ``bench``
-extra: ``pip install '.[bench]'``), so the rest of the harness runs without it.
+Every plot of every script is drawn here: :func:`plot_figure` (lines against
+one parameter), :func:`plot_rss` and :func:`plot_bars`.  They import
+matplotlib lazily (the optional ``bench`` extra: ``pip install '.[bench]'``),
+so the rest of the harness runs without it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import re
 import statistics
 from collections.abc import Sequence
@@ -29,18 +30,6 @@ from collections.abc import Sequence
 
 class MissingRegion(LookupError):
     """A required generated region is not in the file."""
-
-
-def cpu_model() -> str:
-    """The CPU's model name, for a run's setup line."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -232,4 +221,39 @@ def plot_rss(results: list[dict], outdir: str, filename: str = 'bench_rss.png') 
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f'{v / 1e6:g}M' if v else '0'))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc='upper left', ncol=len(results))
+    return save_figure(plt, fig, outdir, filename)
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One panel of a bar chart: a bar per name (median, min-max whiskers), and an optional reference line."""
+
+    title: str
+    bars: Sequence[tuple[str, Sequence[float]]]  # (name, values per round)
+    line: tuple[str, float] | None = None  # (label, value)
+
+
+def plot_bars(
+    panels: Sequence[Panel], names: Sequence[str], title: str, ylabel: str, outdir: str, filename: str
+) -> str:
+    """Panels side by side, log scale; a name keeps its color (its place in ``names``) across panels."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(10.0, 3.8), dpi=110)
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for ax, panel in zip(axes, panels, strict=True):
+        for i, (name, rounds) in enumerate(panel.bars):
+            med = statistics.median(rounds)
+            ax.bar(i, med, color=colors[names.index(name) % len(colors)], label=name)
+            ax.errorbar(i, med, yerr=[[med - min(rounds)], [max(rounds) - med]], color='black', capsize=3, linewidth=1)
+        if panel.line is not None:
+            label, value = panel.line
+            ax.axhline(value, color='gray', linestyle='--', linewidth=1)
+            ax.text(len(panel.bars) - 0.5, value, label, ha='right', va='bottom', fontsize=7)
+        ax.set_yscale('log')
+        ax.set_xticks(range(len(panel.bars)))
+        ax.set_xticklabels([name for name, _ in panel.bars], rotation=45, ha='right', fontsize=7)
+        ax.set_title(panel.title, fontsize=9)
+        ax.grid(True, axis='y', which='major', alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
     return save_figure(plt, fig, outdir, filename)
