@@ -202,7 +202,8 @@ void define_http(py::module_& m) {
       .def("start", &PyHttpFront::start, "Starts the I/O threads (routes answer 503 until attach()).")
       .def("attach", &PyHttpFront::attach, py::arg("engine"), py::arg("entries"), py::arg("guardian"),
            py::arg("meter"), py::arg("layout"), py::arg("prefix"), py::arg("access_log"),
-           "Serves the running server: its Engine, an entry ring per route index, its Guardian (readiness), "
+           "Serves the running server: its RequestBook, an entry ring per route index, its Guardian "
+           "(readiness), "
            "meter board and layout (GET /metrics), and the control ring for access-log lines (or None).")
       .def("drain", &PyHttpFront::drain, py::arg("timeout"),
            "Stops accepting, answers in-flight requests for up to `timeout` seconds, then stops; returns how "

@@ -24,10 +24,10 @@ using namespace mps;
 
 namespace {
 
-class Engine {
+class PyRequestBook {
  public:
-  Engine(std::shared_ptr<PyRing> output, uint32_t capacity, std::shared_ptr<PyCancelBoard> board,
-         std::shared_ptr<PyMeterBoard> meter)
+  PyRequestBook(std::shared_ptr<PyRing> output, uint32_t capacity, std::shared_ptr<PyCancelBoard> board,
+                std::shared_ptr<PyMeterBoard> meter)
       : output_(std::move(output)),
         board_(std::move(board)),
         meter_(std::move(meter)),
@@ -38,7 +38,7 @@ class Engine {
     if (meter_) book_->ledger().set_meter(&meter_->board->record(0));  // record 0: the server's
   }
 
-  ~Engine() {
+  ~PyRequestBook() {
     if (!owned_here(book_)) return;  // a forked child's copy: leaked, the parent's rings untouched
     py::gil_scoped_release nogil;    // the collector may need the GIL to finish its batch
     book_.reset();
@@ -165,7 +165,7 @@ class Engine {
   }
 
   // Every use goes through here: a forked child gets a clear error (owned.hpp).
-  RequestBook& book() { return owned(book_, "request engine"); }
+  RequestBook& book() { return owned(book_, "request book"); }
   BytesPool& pool() { return pool_; }
 
  private:
@@ -182,7 +182,7 @@ constexpr int kOutcomeValues = 100;
 
 class PyStreamWindow {
  public:
-  PyStreamWindow(Engine& engine, std::shared_ptr<PyRing> entry, double item_timeout)
+  PyStreamWindow(PyRequestBook& engine, std::shared_ptr<PyRing> entry, double item_timeout)
       : engine_(engine),
         entry_(std::move(entry)),
         win_(make_process_local<StreamWindow>(engine.book().ledger(), *entry_->ring,
@@ -339,7 +339,7 @@ class PyStreamWindow {
     }
   }
 
-  Engine& engine_;
+  PyRequestBook& engine_;
   std::shared_ptr<PyRing> entry_;
   ProcessLocal<StreamWindow> win_;
   std::vector<StreamWindow::Drained> out_;
@@ -353,42 +353,44 @@ class PyStreamWindow {
 
 }  // namespace
 
-RequestBook& request_book_of(py::handle engine) { return py::cast<Engine&>(engine).book(); }
+RequestBook& request_book_of(py::handle book) { return py::cast<PyRequestBook&>(book).book(); }
 
 void define_requests(py::module_& m) {
-  py::class_<Engine>(m, "Engine", "The request book of one Server (cpp/requests.hpp).")
+  py::class_<PyRequestBook>(m, "RequestBook", "The request book of one Server (cpp/requests.hpp).")
       .def(py::init<std::shared_ptr<PyRing>, uint32_t, std::shared_ptr<PyCancelBoard>,
                     std::shared_ptr<PyMeterBoard>>(),
            py::arg("output"), py::arg("capacity"), py::arg("board") = nullptr, py::arg("meter") = nullptr)
-      .def("start", &Engine::start, "Starts the collector.")
-      .def("stop", &Engine::stop, "Closes the output ring and waits for the collector to drain it.")
-      .def("call", &Engine::call, py::arg("ring"), py::arg("payload"), py::arg("flags"), py::arg("timeout"),
-           py::arg("backpressure"), "One request, waited for: (status, flags, payload).")
-      .def_property_readonly("backlog", [](Engine& e) { return e.book().backlog(); })
-      .def_property_readonly("capacity", [](Engine& e) { return e.book().capacity(); })
-      .def_property_readonly("collector_running", [](Engine& e) { return e.book().collector_running(); })
-      .def_property_readonly("delivered", [](Engine& e) { return e.book().delivered(); })
+      .def("start", &PyRequestBook::start, "Starts the collector.")
+      .def("stop", &PyRequestBook::stop, "Closes the output ring and waits for the collector to drain it.")
+      .def("call", &PyRequestBook::call, py::arg("ring"), py::arg("payload"), py::arg("flags"),
+           py::arg("timeout"), py::arg("backpressure"), "One request, waited for: (status, flags, payload).")
+      .def_property_readonly("backlog", [](PyRequestBook& e) { return e.book().backlog(); })
+      .def_property_readonly("capacity", [](PyRequestBook& e) { return e.book().capacity(); })
+      .def_property_readonly("collector_running",
+                             [](PyRequestBook& e) { return e.book().collector_running(); })
+      .def_property_readonly("delivered", [](PyRequestBook& e) { return e.book().delivered(); })
       .def(
-          "close", [](Engine& e) { e.book().close(); }, "Admits no more requests.")
-      .def("fail_pending", &Engine::fail_pending, py::arg("flags"), py::arg("payload"),
+          "close", [](PyRequestBook& e) { e.book().close(); }, "Admits no more requests.")
+      .def("fail_pending", &PyRequestBook::fail_pending, py::arg("flags"), py::arg("payload"),
            "Completes every request in flight with this result (teardown).")
-      .def("set_failure", &Engine::set_failure, py::arg("flags"), py::arg("payload"),
+      .def("set_failure", &PyRequestBook::set_failure, py::arg("flags"), py::arg("payload"),
            "The result every request in flight gets if the output ring turns out corrupt.")
-      .def("submit_async", &Engine::submit_async, py::arg("ring"), py::arg("payload"), py::arg("flags"),
-           "Admits (without waiting) and sends an async request: (status, token).")
-      .def("drain_async", &Engine::drain_async, "Tokens of async requests finished since the last call.")
-      .def("take_token", &Engine::take_token, py::arg("token"),
+      .def("submit_async", &PyRequestBook::submit_async, py::arg("ring"), py::arg("payload"),
+           py::arg("flags"), "Admits (without waiting) and sends an async request: (status, token).")
+      .def("drain_async", &PyRequestBook::drain_async,
+           "Tokens of async requests finished since the last call.")
+      .def("take_token", &PyRequestBook::take_token, py::arg("token"),
            "(flags, payload) of a finished async request.")
-      .def("abandon_token", &Engine::abandon_token, py::arg("token"), py::arg("timed_out") = false,
+      .def("abandon_token", &PyRequestBook::abandon_token, py::arg("token"), py::arg("timed_out") = false,
            "The async caller gave up on this request (its timeout passed, or it was cancelled).")
       .def_property_readonly(
-          "async_fd", [](Engine& e) { return e.book().async_fd(); },
+          "async_fd", [](PyRequestBook& e) { return e.book().async_fd(); },
           "An eventfd readable when async requests finished.")
-      .def("snapshot", &Engine::snapshot, "[(slot, state, age in seconds)] of the slots in use.");
+      .def("snapshot", &PyRequestBook::snapshot, "[(slot, state, age in seconds)] of the slots in use.");
 
   m.attr("OUTCOME_VALUES") = kOutcomeValues;
   py::class_<PyStreamWindow>(m, "StreamWindow", "The ordered window of one stream (cpp/stream_window.hpp).")
-      .def(py::init<Engine&, std::shared_ptr<PyRing>, double>(), py::arg("engine"), py::arg("ring"),
+      .def(py::init<PyRequestBook&, std::shared_ptr<PyRing>, double>(), py::arg("engine"), py::arg("ring"),
            py::arg("item_timeout"), py::keep_alive<1, 2>())
       .def("submit", &PyStreamWindow::submit, py::arg("encoded"), py::arg("wait"), py::arg("timeout"),
            "Sends [(flags, payload), ...]: (accepted, status).")

@@ -68,7 +68,7 @@ uint64_t EnsembleRouter::open_entry(const OwnedMessage& m) {
     idx = uint32_t(table_.size());
     table_.emplace_back();
   }
-  Entry& e = table_[idx];
+  Gathering& e = table_[idx];
   e.id = m.id;
   e.aux = m.aux;
   e.finished = e.failed = 0;
@@ -136,7 +136,7 @@ void EnsembleRouter::file_result(OwnedMessage& m, std::vector<OwnedMessage>& out
     dropped.push_back(std::move(m));
     return;
   }
-  Entry& e = table_[idx];
+  Gathering& e = table_[idx];
   if (!e.open || (e.gen & 0xffffffu) != gen || e.part_flags[member] != kPartMissing) {
     dropped_.fetch_add(1, std::memory_order_relaxed);  // emitted already (fail_fast) or stale
     if (meter_) bump(meter_->own[kRouterLate]);

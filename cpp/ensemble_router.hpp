@@ -90,7 +90,8 @@ class EnsembleRouter {
   size_t open_entries() const;
 
  private:
-  struct Entry {
+  // One item whose members' results are being gathered.
+  struct Gathering {
     uint64_t id = 0;
     uint64_t aux = 0;
     uint32_t gen = 0;
@@ -126,7 +127,7 @@ class EnsembleRouter {
   MeterRecord* meter_ = nullptr;
 
   mutable std::mutex mu_;
-  std::deque<Entry> table_;
+  std::deque<Gathering> table_;
   std::vector<uint32_t> free_;
 
   std::thread fanout_, fanin_;

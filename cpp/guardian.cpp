@@ -85,7 +85,7 @@ Guardian::~Guardian() {
 }
 
 uint32_t Guardian::add(GuardedServlet s) {
-  auto e = std::make_unique<Entry>();
+  auto e = std::make_unique<Ward>();
   e->live = 0;
   e->killed_for.assign(s.names.size(), std::string());
   e->idle_since.assign(s.names.size(), 0);
@@ -157,7 +157,7 @@ Guardian::Info Guardian::info(uint32_t servlet) const {
   std::lock_guard<std::mutex> lk(mu_);
   Info i;
   if (servlet >= entries_.size()) return i;
-  const Entry& e = *entries_[servlet];
+  const Ward& e = *entries_[servlet];
   i.restarts = e.restarts;
   i.crashes = e.crashes;
   i.pids = e.s.pids;
@@ -233,7 +233,7 @@ void Guardian::run() {
   }
 }
 
-Guardian::Stuck Guardian::stuck_locked(Entry& e, uint32_t i, int64_t now, int64_t* next) {
+Guardian::Stuck Guardian::stuck_locked(Ward& e, uint32_t i, int64_t now, int64_t* next) {
   const int64_t since = e.s.claims ? e.s.claims->oldest_since(i) : 0;
   const int64_t limit = e.s.item_timeout_ns;
   if (limit > 0) {
@@ -252,7 +252,7 @@ Guardian::Stuck Guardian::stuck_locked(Entry& e, uint32_t i, int64_t now, int64_
   return now - e.idle_since[i] > grace ? Stuck::lingering_at_stop : Stuck::no;
 }
 
-std::string Guardian::stuck_reason(const Entry& e, Stuck why) const {
+std::string Guardian::stuck_reason(const Ward& e, Stuck why) const {
   switch (why) {
     case Stuck::item_timeout:
       return "held this item for longer than its servlet's item_timeout of " + seconds(e.s.item_timeout_ns) +
@@ -274,7 +274,7 @@ std::string Guardian::thread_stuck(uint32_t servlet, uint32_t index) {
   if (servlet >= entries_.size() || entries_[servlet]->s.kind != WorkerKind::thread ||
       index >= entries_[servlet]->s.names.size())
     throw std::out_of_range("no such thread worker");
-  Entry& e = *entries_[servlet];
+  Ward& e = *entries_[servlet];
   int64_t next = 0;
   return stuck_reason(e, stuck_locked(e, index, now_ns(), &next));
 }
@@ -308,13 +308,13 @@ int64_t Guardian::watch() {
   return next;
 }
 
-size_t Guardian::fail_claims(Entry& e, uint32_t index, const std::string& payload) {
+size_t Guardian::fail_claims(Ward& e, uint32_t index, const std::string& payload) {
   auto held = e.s.claims ? e.s.claims->take(index) : std::vector<std::pair<uint64_t, uint64_t>>{};
   push_errors(*e.s.output, held, payload);
   return held.size();
 }
 
-MeterRecord* Guardian::record_of(const Entry& e, uint32_t index) {
+MeterRecord* Guardian::record_of(const Ward& e, uint32_t index) {
   if (!e.s.meter || index >= e.s.records.size()) return nullptr;
   return &e.s.meter->record(e.s.records[index]);
 }
@@ -327,7 +327,7 @@ void Guardian::event(const char* level, const std::string& text) {
   (void)events_->try_push(&m, 1);  // a full ring drops the event: the guardian never waits on logging
 }
 
-bool Guardian::spend_restart_locked(Entry& e) {
+bool Guardian::spend_restart_locked(Ward& e) {
   e.crashes += 1;
   const int64_t now = now_ns();
   while (!e.restart_times.empty() && now - e.restart_times.front() > e.s.window_ns)
@@ -338,7 +338,7 @@ bool Guardian::spend_restart_locked(Entry& e) {
   return true;
 }
 
-bool Guardian::lose_worker_locked(Entry& e) {
+bool Guardian::lose_worker_locked(Ward& e) {
   e.live -= 1;
   if (e.live == 0 && !e.failed && !stopping_ && !e.s.input->closed()) {
     e.failed = true;
@@ -347,7 +347,7 @@ bool Guardian::lose_worker_locked(Entry& e) {
   return false;
 }
 
-void Guardian::start_failer(Entry* e) {
+void Guardian::start_failer(Ward* e) {
   event("ERROR", e->s.label + " has no live worker left and its restart budget is spent (max_restarts=" +
                      std::to_string(e->s.max_restarts) + " within " + seconds(e->s.window_ns) +
                      " seconds): every item sent to it now fails with WorkerCrashedError");
@@ -355,7 +355,7 @@ void Guardian::start_failer(Entry* e) {
 }
 
 void Guardian::handle(pid_t pid, int status) {
-  Entry* e = nullptr;
+  Ward* e = nullptr;
   uint32_t index = 0;
   std::string killed_for;
   {
@@ -445,7 +445,7 @@ void Guardian::handle(pid_t pid, int status) {
 }
 
 bool Guardian::thread_stopped(uint32_t servlet, uint32_t index, const std::string& cause) {
-  Entry* e;
+  Ward* e;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (servlet >= entries_.size() || entries_[servlet]->s.kind != WorkerKind::thread)
@@ -474,7 +474,7 @@ bool Guardian::thread_stopped(uint32_t servlet, uint32_t index, const std::strin
 
 void Guardian::thread_lost(uint32_t servlet, uint32_t index) {
   (void)index;
-  Entry* e;
+  Ward* e;
   bool failer;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -486,7 +486,7 @@ void Guardian::thread_lost(uint32_t servlet, uint32_t index) {
   if (failer) start_failer(e);
 }
 
-void Guardian::run_failer(Entry* e) {
+void Guardian::run_failer(Ward* e) {
   const std::string payload =
       crash_payload("servlet", e->s, 0, 0, -1, "has no live worker left (restart budget spent)");
   std::vector<std::pair<uint64_t, uint64_t>> items;

@@ -175,7 +175,8 @@ class Guardian {
                                    int status, const std::string& note);
 
  private:
-  struct Entry {
+  // One servlet the guardian keeps alive: its workers, restart budget and counts.
+  struct Ward {
     GuardedServlet s;
     std::deque<int64_t> restart_times;
     uint64_t restarts = 0;
@@ -196,28 +197,28 @@ class Guardian {
   enum class Stuck { no, item_timeout, busy_at_stop, lingering_at_stop };
   // Whether worker i of `e` is stuck now; keeps *next the earliest round its
   // limits need (under mu_).
-  Stuck stuck_locked(Entry& e, uint32_t i, int64_t now, int64_t* next);
+  Stuck stuck_locked(Ward& e, uint32_t i, int64_t now, int64_t* next);
   // What a worker stuck for `why` did, for crash reports and warnings (under mu_).
-  std::string stuck_reason(const Entry& e, Stuck why) const;
+  std::string stuck_reason(const Ward& e, Stuck why) const;
   void handle(pid_t pid, int status);
   // Fails what worker `index` held; returns how many items that was.
-  size_t fail_claims(Entry& e, uint32_t index, const std::string& payload);
+  size_t fail_claims(Ward& e, uint32_t index, const std::string& payload);
   // The meter record of worker `index`, or null.
-  static MeterRecord* record_of(const Entry& e, uint32_t index);
+  static MeterRecord* record_of(const Ward& e, uint32_t index);
   // Reports a lifecycle event (never under mu_).
   void event(const char* level, const std::string& text);
   // Counts a crash; true if the servlet may restart a worker now (under mu_).
-  bool spend_restart_locked(Entry& e);
+  bool spend_restart_locked(Ward& e);
   // A worker is gone for good: starts the failer if it was the last (under mu_;
   // returns whether the caller must start it, outside the lock).
-  bool lose_worker_locked(Entry& e);
-  void start_failer(Entry* e);
-  void run_failer(Entry* e);
+  bool lose_worker_locked(Ward& e);
+  void start_failer(Ward* e);
+  void run_failer(Ward* e);
 
   Supervisor& sup_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::unique_ptr<Entry>> entries_;
+  std::deque<std::unique_ptr<Ward>> entries_;
   std::deque<std::pair<pid_t, int>> exits_;
   bool started_ = false;
   bool stopping_ = false;

@@ -64,8 +64,8 @@ struct HttpFront::Impl {
   void on_done();
   void push_loop();
   // Takes the waiter of slot idx if it is still `token`'s (under mu).
-  std::shared_ptr<Session> claim(uint32_t idx, uint64_t token);
-  std::shared_ptr<Session> claim_locked(uint32_t idx);
+  std::shared_ptr<Session> take_waiter(uint32_t idx, uint64_t token);
+  std::shared_ptr<Session> take_waiter_locked(uint32_t idx);
   void count_response(unsigned status);
 
   HttpFront& front;
@@ -352,7 +352,7 @@ class HttpFront::Session : public std::enable_shared_from_this<Session> {
       return;
     }
     // Closed: the slot was withdrawn.
-    std::shared_ptr<Session> self = f_.claim(idx, token);
+    std::shared_ptr<Session> self = f_.take_waiter(idx, token);
     if (self) write(error_answer(503, "ServiceUnavailable", "the server is not running"), true);
   }
 
@@ -413,7 +413,7 @@ void HttpFront::Impl::count_response(unsigned status) {
   if (status == 504) timed_out.fetch_add(1, std::memory_order_relaxed);
 }
 
-std::shared_ptr<HttpFront::Session> HttpFront::Impl::claim_locked(uint32_t idx) {
+std::shared_ptr<HttpFront::Session> HttpFront::Impl::take_waiter_locked(uint32_t idx) {
   Waiter& w = waiting[idx];
   std::shared_ptr<Session> s = std::move(w.session);
   w = Waiter{};
@@ -421,10 +421,10 @@ std::shared_ptr<HttpFront::Session> HttpFront::Impl::claim_locked(uint32_t idx) 
   return s;
 }
 
-std::shared_ptr<HttpFront::Session> HttpFront::Impl::claim(uint32_t idx, uint64_t token) {
+std::shared_ptr<HttpFront::Session> HttpFront::Impl::take_waiter(uint32_t idx, uint64_t token) {
   std::lock_guard<std::mutex> g(mu);
   if (!waiting[idx].session || waiting[idx].token != token) return nullptr;
-  return claim_locked(idx);
+  return take_waiter_locked(idx);
 }
 
 void HttpFront::Impl::accept() {
@@ -475,7 +475,7 @@ void HttpFront::Impl::sweep() {
       if (in_flight)
         for (uint32_t i = 0; i < waiting.size(); ++i)
           if (waiting[i].session && waiting[i].pushed && waiting[i].deadline <= now)
-            late.emplace_back(i, claim_locked(i));
+            late.emplace_back(i, take_waiter_locked(i));
     }
     for (auto& [idx, s] : late) {
       book().abandon(idx, Ledger::GiveUp::timed_out);
@@ -496,7 +496,7 @@ void HttpFront::Impl::on_done() {
   for (uint64_t tok : tokens) {
     const uint32_t idx = uint32_t(tok & 0xffffffffu);
     if (idx >= waiting.size()) continue;
-    std::shared_ptr<Session> s = claim(idx, tok);
+    std::shared_ptr<Session> s = take_waiter(idx, tok);
     if (!s) continue;  // given up (timeout, drain): the ledger dropped or will drop it
     HttpAnswer a =
         book().take(idx, [](Ledger::Result& r) { return answer_for(r.flags, std::move(r.payload)); });
@@ -528,7 +528,7 @@ void HttpFront::Impl::push_loop() {
       if (waiting[job.idx].token == token) waiting[job.idx].pushed = true;
       continue;
     }
-    std::shared_ptr<Session> s = claim(job.idx, token);
+    std::shared_ptr<Session> s = take_waiter(job.idx, token);
     if (!s) continue;
     if (st == Status::push_timeout)
       s->respond(error_answer(504, "TimeoutError", "the request could not be queued within its timeout"));
@@ -634,7 +634,7 @@ uint32_t HttpFront::drain(int64_t deadline_ns) {
     for (uint32_t i = 0; i < f.waiting.size(); ++i)
       if (f.waiting[i].session) {
         const bool pushed = f.waiting[i].pushed;
-        auto s = f.claim_locked(i);
+        auto s = f.take_waiter_locked(i);
         if (pushed) rest.emplace_back(i, std::move(s));
       }
   }
@@ -672,7 +672,7 @@ uint32_t HttpFront::drain(int64_t deadline_ns) {
     for (uint32_t i = 0; i < f.waiting.size(); ++i)
       if (f.waiting[i].session) {
         if (f.waiting[i].pushed) f.book().abandon(i, Ledger::GiveUp::cancelled);
-        gone.push_back(f.claim_locked(i));
+        gone.push_back(f.take_waiter_locked(i));
       }
   }
   return left;

@@ -169,8 +169,8 @@ std::vector<uint64_t> Ledger::fail_pending(uint32_t flags, const std::string& pa
   return async_tokens;
 }
 
-std::vector<Ledger::Entry> Ledger::snapshot() const {
-  std::vector<Entry> out;
+std::vector<Ledger::SlotSnapshot> Ledger::snapshot() const {
+  std::vector<SlotSnapshot> out;
   const int64_t now = now_ns();
   for (uint32_t i = 0; i < capacity_; ++i) {
     uint32_t st = slots_[i].state.load(std::memory_order_acquire);

@@ -172,12 +172,12 @@ class Ledger {
   void note_rejected() { count(kServerRejected); }
 
   // Snapshot for debug_info: (slot, state, age in ns) of slots in use.
-  struct Entry {
+  struct SlotSnapshot {
     uint32_t idx;
     uint32_t state;
     int64_t age_ns;
   };
-  std::vector<Entry> snapshot() const;
+  std::vector<SlotSnapshot> snapshot() const;
 
  private:
   struct Slot {

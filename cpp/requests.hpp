@@ -108,7 +108,7 @@ class RequestBook {
   uint32_t capacity() const { return ledger_.capacity(); }
   bool collector_running() const { return collector_.running(); }
   uint64_t delivered() const { return collector_.delivered(); }
-  std::vector<Ledger::Entry> snapshot() const { return ledger_.snapshot(); }
+  std::vector<Ledger::SlotSnapshot> snapshot() const { return ledger_.snapshot(); }
 
  private:
   Ring& output_;

@@ -123,7 +123,7 @@ void StreamWindow::add_local() {
 }
 
 size_t StreamWindow::drain(size_t max, int spin, int64_t wake_by_ns, std::vector<Drained>& out) {
-  Entry head;
+  InFlight head;
   {
     std::unique_lock<std::mutex> lk(mu_);
     auto ready = [&] { return !entries_.empty() || finished_ || closed_; };
@@ -159,7 +159,7 @@ size_t StreamWindow::drain(size_t max, int spin, int64_t wake_by_ns, std::vector
   entries_.pop_front();
   size_t n = 1;
   while (n < max && !entries_.empty()) {
-    const Entry& e = entries_.front();
+    const InFlight& e = entries_.front();
     if (e.slot == kNoSlot) {
       out.push_back({Outcome::local, 0});
     } else if (ledger_.is_done(e.slot)) {
@@ -182,7 +182,7 @@ void StreamWindow::finish() {
 }
 
 void StreamWindow::close() {
-  std::deque<Entry> left;
+  std::deque<InFlight> left;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (closed_) return;
@@ -190,7 +190,7 @@ void StreamWindow::close() {
     left.swap(entries_);
   }
   cv_.notify_all();
-  for (const Entry& e : left) {
+  for (const InFlight& e : left) {
     if (e.slot == kNoSlot) continue;
     ledger_.give_up(e.slot, Ledger::GiveUp::cancelled);  // done: dropped now
   }

@@ -97,7 +97,8 @@ class StreamWindow {
   }
 
  private:
-  struct Entry {
+  // One input of the stream, in input order: its ledger slot (or local) and deadline.
+  struct InFlight {
     uint32_t slot;  // UINT32_MAX: local
     int64_t deadline_ns;
   };
@@ -108,7 +109,7 @@ class StreamWindow {
   const int64_t item_timeout_ns_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Entry> entries_;
+  std::deque<InFlight> entries_;
   bool finished_ = false;
   bool closed_ = false;
   std::vector<uint32_t> scratch_;

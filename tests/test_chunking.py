@@ -1,4 +1,4 @@
-"""Adaptive chunking (python/mpserver/_chunking.py, cpp/chunk.hpp).
+"""Adaptive chunking (python/mpserver/_wire/chunks.py, _serving/chunk_sizer.py, _worker/chunk_runner.py; cpp/chunk.hpp).
 
 mpserver only: mpservice sends every item alone.  Small items of a stream
 into a ProcessServlet travel several to a message; these tests hold the

@@ -197,7 +197,7 @@ def set_signal_checks(on: bool) -> None: ...
 
 # ---- requests (bindings/requests.cpp)
 
-class Engine:
+class RequestBook:
     """The request book of one Server (cpp/requests.hpp)."""
 
     def __init__(
@@ -230,7 +230,7 @@ class Engine:
 class StreamWindow:
     """The ordered window of one stream (cpp/stream_window.hpp)."""
 
-    def __init__(self, engine: Engine, ring: Ring, item_timeout: float) -> None: ...
+    def __init__(self, engine: RequestBook, ring: Ring, item_timeout: float) -> None: ...
     def submit(self, encoded: list[tuple[int, Any]], wait: bool, timeout: float) -> tuple[int, int]: ...
     def submit_chunk(self, count: int, blob: bytes, timeout: float) -> tuple[int, int]: ...
     def add_local(self) -> None: ...
@@ -363,7 +363,7 @@ class HttpFront:
     def start(self) -> None: ...
     def attach(
         self,
-        engine: Engine,
+        engine: RequestBook,
         entries: list[Ring],
         guardian: Guardian | None,
         meter: MeterBoard | None,

@@ -299,7 +299,7 @@ def start_http(
         run = server._running()
         entries = [_entry_ring(run, w) for w in wheres]
         front.attach(
-            run.engine,
+            run.book,
             entries,
             run.guardian,
             run.meter,

@@ -3,7 +3,7 @@
 An async request takes a slot in the request book and is pushed into the
 servlet graph like a sync one, but nobody blocks on it: its slot is flagged
 so that the C++ collector, when the result lands, publishes the request's
-token on the engine's completion queue and writes the queue's eventfd (once
+token on the request book's completion queue and writes the queue's eventfd (once
 per drained batch).  That eventfd is registered as a reader on the event
 loop; its callback drains every finished token at once and resolves the
 futures.  So a burst of results costs one loop wake-up, with no helper
@@ -53,12 +53,12 @@ def _expire(fut: asyncio.Future[Any]) -> None:
 
 
 class Port:
-    """Connects one running Server's engine to one event loop."""
+    """Connects one running Server's request book to one event loop."""
 
     def __init__(self, ports: Ports, loop: asyncio.AbstractEventLoop) -> None:
         self.path = ports.path
         self.loop = loop
-        self.engine = ports.path.engine
+        self.book = ports.path.book
         self.entry = ports.path.entry
         self.codec = ports.path.codec
         # Shared by every loop's port: whichever loop drains the completion
@@ -69,20 +69,20 @@ class Port:
         self.pending = ports.pending
         self.lock = ports.lock
         self.space_waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # FIFO
-        self.fd = self.engine.async_fd
+        self.fd = self.book.async_fd
         loop.add_reader(self.fd, self._on_completions)
         self.closed = False
 
     def _on_completions(self) -> None:
-        engine = self.engine
-        tokens = engine.drain_async()
+        book = self.book
+        tokens = book.drain_async()
         pending = self.pending
         with self.lock:
             owned = [(token, pending.pop(token, None)) for token in tokens]
         for token, fut in owned:
             if fut is None:
                 continue  # its caller gave up; the collector already dropped the result
-            done = engine.take_token(token)
+            done = book.take_token(token)
             owner = fut.get_loop()
             if owner is self.loop:
                 _resolve(fut, done)
@@ -109,7 +109,7 @@ class Port:
             if self.closed:
                 raise RuntimeError('the Server has been stopped')
             with self.lock:
-                status, token = self.engine.submit_async(self.entry, payload, flags)
+                status, token = self.book.submit_async(self.entry, payload, flags)
                 if status == OK:
                     fut = self.pending[token] = self.loop.create_future()
                     return token, fut
@@ -147,7 +147,7 @@ class Port:
         with self.lock:
             mine = self.pending.pop(token, None) is not None
         if mine and not self.closed:
-            self.engine.abandon_token(token, timed_out)
+            self.book.abandon_token(token, timed_out)
 
     def close(self) -> None:
         """After the server stopped: resolve what is left, unregister the eventfd."""

@@ -1,7 +1,7 @@
 """The main process's side of a request, shared by Server and AsyncServer.
 
-A running Server exposes its request path — the engine (the C++ request
-book), the entry ring, the codec its entry takes and the capacity — as a
+A running Server exposes its request path — the request book (C++), the
+entry ring, the codec its entry takes and the capacity — as a
 :class:`RequestPath`; the sync and the asyncio fronts submit through it.
 What a request came to is a ``_core.Status`` (cpp/wire.hpp); this module is
 the one place where a status becomes the exception the caller sees.
@@ -27,14 +27,14 @@ PUSH_TIMEOUT = int(_core.Status.PUSH_TIMEOUT)
 
 
 class RequestPath:
-    """How requests enter one running Server: its engine (``_core.Engine``),
+    """How requests enter one running Server: its request book (``_core.RequestBook``),
     the entry servlet's input ring, the codec that ring takes (references if
     its consumers are in this process) and the server's capacity."""
 
-    __slots__ = ('engine', 'entry', 'codec', 'capacity')
+    __slots__ = ('book', 'entry', 'codec', 'capacity')
 
-    def __init__(self, engine: Any, entry: Any, codec: Codec, capacity: int) -> None:
-        self.engine = engine
+    def __init__(self, book: Any, entry: Any, codec: Codec, capacity: int) -> None:
+        self.book = book
         self.entry = entry
         self.codec = codec
         self.capacity = capacity
@@ -53,7 +53,7 @@ def failure(status: int, capacity: int, t0: float, enqueue_seconds: float | None
         return TimeoutError(f'{enq:.3f} seconds enqueue, {now - t0:.3f} seconds total')
     if status == CLOSED:
         return RuntimeError('the Server has been stopped')
-    return RuntimeError(f'unexpected engine status {status}')
+    return RuntimeError(f'unexpected request status {status}')
 
 
 def result(flags: int, payload: Any) -> Any:

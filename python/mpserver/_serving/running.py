@@ -10,7 +10,7 @@ opened in this order and closed in the reverse one:
 3. the supervisor (spawns, watches and reaps worker processes),
 4. the cancel board (requests whose callers gave up),
 5. the meter board (the core's live counters),
-6. the request book (``_core.Engine``: slots, the collector thread),
+6. the request book (``_core.RequestBook``: slots, the collector thread),
 7. the servlet graph's rings and workers (all started at once, then waited
    for),
 8. the announcement to ``python -m mpserver top``,
@@ -103,7 +103,7 @@ class Running:
         self.supervisor: Any = None
         self.board: Any = None
         self.meter: Any = None
-        self.engine: Any = None
+        self.book: Any = None
         self.entry: Any = None
         self.codec: Codec = PickleCodec
         self.chunk_readers = 0  # workers reading the entry ring, if it takes chunks (_wire.chunks)
@@ -132,7 +132,7 @@ class Running:
         run.meter = _core.MeterBoard.create(METER_RECORDS)
         launch = Launch(run.supervisor, run.control, run.board, run.meter)
         launch.output = run.output
-        engine = _core.Engine(run.output, capacity, run.board, run.meter)
+        book = _core.RequestBook(run.output, capacity, run.board, run.meter)
         try:
             run.entry, local = servlet._start(launch, run.output, True)
             run.chunk_readers = servlet._chunk_readers()
@@ -153,10 +153,10 @@ class Running:
         run.logs = LogPump(run.control, launch.names)
         run.logs.start()
         run.guardian.start()
-        engine.set_failure(*_error_message("the server's output ring was found corrupt; this request was lost"))
-        engine.start()
-        run.engine = engine
-        run.path = RequestPath(engine, run.entry, run.codec, capacity)
+        book.set_failure(*_error_message("the server's output ring was found corrupt; this request was lost"))
+        book.start()
+        run.book = book
+        run.path = RequestPath(book, run.entry, run.codec, capacity)
         _OPEN.add(run)
         log_started(len(launch.names), launch.thread_count, servlet._label(), perf_counter() - started_at)
         return run
@@ -202,18 +202,18 @@ class Running:
                     self.servlet._kill(STOP_GRACE)
                     raise
         finally:
-            engine = self.engine
-            engine.stop()
-            engine.close()
-            engine.fail_pending(*_error_message('the server stopped before this request finished'))
-            del engine
+            book = self.book
+            book.stop()
+            book.close()
+            book.fail_pending(*_error_message('the server stopped before this request finished'))
+            del book
             with self._ports_lock:
                 ports, self._ports = self._ports, None
             if ports is not None:
                 ports.close()
-            # Drop the rings, the engine and the supervisor thread now (a
-            # stream window still open keeps the engine alive on its own).
-            self.engine = self.entry = self.output = self.control = self.path = None
+            # Drop the rings, the book and the supervisor thread now (a
+            # stream window still open keeps the book alive on its own).
+            self.book = self.entry = self.output = self.control = self.path = None
             self.guardian = None  # before the supervisor it watches
             self.supervisor = None
             logs, self.logs = self.logs, None

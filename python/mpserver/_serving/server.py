@@ -1,7 +1,7 @@
 """Server: the main-process face of a servlet graph.
 
 ``call`` and ``stream`` encode inputs (pickle for process workers, object
-references for thread workers), hand them to the C++ engine, which takes a
+references for thread workers), hand them to the C++ request book, which takes a
 slot in its request book (the capacity bound), pushes the request into the
 entry ring, and blocks with the GIL released until the collector thread
 delivers the result into that slot.  What a running server holds is one
@@ -16,17 +16,17 @@ import logging
 import multiprocessing
 import os
 import threading
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from time import perf_counter
 from typing import IO, TYPE_CHECKING, Any, final
 
-from mpserver._graph.checks import check_seconds, normalize_cpus
+from mpserver._graph.checks import check_seconds
 from mpserver._graph.servlet import Servlet
 from mpserver._http_front import front
 from mpserver._observe import stats as _stats
 from mpserver._serving.async_ports import Ports
+from mpserver._serving.older_keywords import capacity_of, main_cpus
 from mpserver._serving.requests import OK, RESULT_TIMEOUT, failure, result
 from mpserver._serving.running import Running
 from mpserver._serving.stream import NON_BLOCKING_INPUTS, StreamRun
@@ -42,17 +42,6 @@ __all__ = ['Server']
 DEFAULT_STOP_GRACE = 30.0
 
 _log = logging.getLogger('mpserver')
-
-
-def _main_cpus(main_cpu: object) -> list[int] | None:
-    """The CPUs of the older ``main_cpu`` keyword: None, an int or a list of ints."""
-    if main_cpu is None:
-        return None
-    try:
-        cpus = normalize_cpus([main_cpu])[0]
-    except ConfigError as e:
-        raise ConfigError(f'main_cpu must be a CPU number or a list of them, got {main_cpu!r} ({e})') from None
-    return [cpus] if isinstance(cpus, int) else cpus
 
 
 class Server:
@@ -120,23 +109,11 @@ class Server:
     ) -> None:
         if not isinstance(servlet, Servlet):
             raise ConfigError(f'servlet must be a Servlet, got {type(servlet).__name__}')
-        if backlog is not None:
-            warnings.warn(
-                'the parameter `backlog` is deprecated (mpservice 0.12.7): use `capacity` instead',
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            capacity = backlog
-        if sys_info_log_cadence is not None:
-            warnings.warn(
-                'the parameter `sys_info_log_cadence` is deprecated (mpservice 0.12.1) and has no effect',
-                DeprecationWarning,
-                stacklevel=2,
-            )
+        capacity = capacity_of(capacity, backlog, sys_info_log_cadence)
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
             raise ConfigError(f'capacity must be an int > 0, got {capacity!r}')
         self._stop_grace = check_seconds('stop_grace', stop_grace)
-        cpus = _main_cpus(main_cpu)
+        cpus = main_cpus(main_cpu)
         if cpus is not None:
             os.sched_setaffinity(0, cpus)  # as mpservice did: the whole main process, from here on
         self.servlet = servlet
@@ -161,8 +138,8 @@ class Server:
         if self._state == 'forked':
             self._require_running()
         run = self._run
-        engine = run.engine if run is not None else None
-        return engine.backlog if engine is not None else 0
+        book = run.book if run is not None else None
+        return book.backlog if book is not None else 0
 
     @property
     def _state(self) -> str:
@@ -260,7 +237,7 @@ class Server:
             check_timeout(timeout)
         t0 = perf_counter()
         flags, payload = path.codec.encode(x)
-        status, rflags, out = path.engine.call(path.entry, payload, flags, timeout, backpressure)
+        status, rflags, out = path.book.call(path.entry, payload, flags, timeout, backpressure)
         if status == OK:
             return result(rflags, out)
         raise failure(status, self._capacity, t0, out if status == RESULT_TIMEOUT else None)
@@ -423,10 +400,10 @@ class Server:
         if self._state == 'forked':
             self._require_running()
         run = self._run
-        eng = run.engine if run is not None else None
+        book = run.book if run is not None else None
         backlog: list[dict[str, Any]] = []
-        if eng is not None:
-            backlog = [{'slot': s, 'state': st, 'age': age} for s, st, age in eng.snapshot()]
+        if book is not None:
+            backlog = [{'slot': s, 'state': st, 'age': age} for s, st, age in book.snapshot()]
         board = run.board if run is not None else None
         return {
             'type': type(self).__name__,
@@ -435,8 +412,8 @@ class Server:
             'state': self._state,
             'capacity': self._capacity,
             'servlet': self.servlet._debug_info(),
-            'collector': 'is_alive' if eng is not None and eng.collector_running else 'done',
-            'delivered': eng.delivered if eng is not None else 0,
+            'collector': 'is_alive' if book is not None and book.collector_running else 'done',
+            'delivered': book.delivered if book is not None else 0,
             'dropped': board.dropped if board is not None else self._dropped,
             'active_threads': [str(t) for t in threading.enumerate()],
             'backlog': backlog,

@@ -84,7 +84,7 @@ class StreamRun:
         """Opens the window on the running server (when the stream starts, not
         when it is made: a stream never iterated holds nothing)."""
         run = self._running()
-        self.win = _core.StreamWindow(run.engine, run.entry, self.timeout)
+        self.win = _core.StreamWindow(run.book, run.entry, self.timeout)
         self.capacity, self.codec, self.chunk_readers = run.capacity, run.codec, run.chunk_readers
 
     def encode(self, x: Any) -> tuple[Any, Exception | None]:
