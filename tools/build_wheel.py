@@ -19,6 +19,7 @@ left unversioned, and the import fails on a glibc that lacks it), a
 ``GLIBC_`` version newer than 2.28, or any ``GLIBCXX_``/``CXXABI_`` version
 (libc++ is linked into the module; it must need no libstdc++).
 ``python tools/build_wheel.py --check WHEEL...`` runs only that check.
+Last, the repaired wheel must carry LICENSE (``*.dist-info/licenses/``).
 
 The engine (``cpp/``, no Python.h) is compiled once and linked into the module
 of every Python version (CMake's ``MPSERVER_ENGINE_ARCHIVE``), so each further
@@ -145,6 +146,7 @@ def repair(wheel: Path, out: Path) -> Path:
     if found is None or int(found.group(1)) > int(GLIBC.split('.')[1]):
         sys.exit(f'auditwheel show does not confirm {PLAT} (or older) for {repaired.name}')
     require_symbols(repaired)
+    require_license(repaired)
     return repaired
 
 
@@ -249,6 +251,17 @@ def require_symbols(wheel: Path) -> None:
     log(
         f'{wheel.name}: symbols pass (GLIBC_{GLIBC} or older, no GLIBCXX/CXXABI, no unversioned reference left unbound)'
     )
+
+
+def require_license(wheel: Path) -> None:
+    """Fails unless ``wheel`` carries the project's LICENSE (PEP 639: ``*.dist-info/licenses/``)."""
+    with zipfile.ZipFile(wheel) as zf:
+        found = [n for n in zf.namelist() if re.fullmatch(r'[^/]+\.dist-info/licenses/LICENSE', n)]
+        if not found or zf.read(found[0]) != (ROOT / 'LICENSE').read_bytes():
+            sys.exit(f'{wheel.name} does not carry LICENSE in its .dist-info/licenses/')
+        metadata = next(n for n in zf.namelist() if re.fullmatch(r'[^/]+\.dist-info/METADATA', n))
+        if 'License-Expression: MIT' not in zf.read(metadata).decode().splitlines():
+            sys.exit(f'{wheel.name}: its METADATA does not declare License-Expression: MIT')
 
 
 def main(argv: list[str] | None = None) -> int:
