@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "chunk.hpp"
+#include "exit_text.hpp"
 #include "futex.hpp"
 #include "message_buffer.hpp"
 #include "quiet_thread.hpp"
@@ -29,26 +30,6 @@ void tick(int64_t now, int64_t limit_ns, int64_t* next) {
   constexpr int64_t kMaxTick = 250'000'000, kMinTick = 1'000'000;
   const int64_t at = now + std::clamp<int64_t>(limit_ns / 4, kMinTick, kMaxTick);
   if (*next == 0 || at < *next) *next = at;
-}
-
-// "killed by signal 9 (SIGKILL)", "exited with code 3".
-std::string describe_exit(int status) {
-  if (WIFSIGNALED(status)) {
-    const int sig = WTERMSIG(status);
-    // The usual ways a worker dies (sigabbrev_np needs glibc 2.32: too new for manylinux).
-    const char* name = sig == SIGKILL   ? "SIGKILL"
-                       : sig == SIGSEGV ? "SIGSEGV"
-                       : sig == SIGABRT ? "SIGABRT"
-                       : sig == SIGTERM ? "SIGTERM"
-                       : sig == SIGBUS  ? "SIGBUS"
-                       : sig == SIGFPE  ? "SIGFPE"
-                       : sig == SIGILL  ? "SIGILL"
-                       : sig == SIGINT  ? "SIGINT"
-                                        : nullptr;
-    return "was killed by signal " + std::to_string(sig) + (name ? std::string(" (") + name + ")" : "");
-  }
-  if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
-  return "ended (wait status " + std::to_string(status) + ")";
 }
 
 std::string items(size_t n) { return std::to_string(n) + (n == 1 ? " item" : " items"); }

@@ -1,10 +1,9 @@
 #include "http_message.hpp"
 
-#include <sys/wait.h>
-
 #include <cstring>
 #include <stdexcept>
 
+#include "exit_text.hpp"
 #include "wire.hpp"
 
 namespace mps {
@@ -189,14 +188,7 @@ std::string describe_crash(std::string_view payload) {
     status = status * 10 + (c - '0');
     if (status > (1 << 24)) break;
   }
-  std::string how = "died";
-  if (status >= 0 && WIFSIGNALED(status)) {
-    const int sig = WTERMSIG(status);
-    const char* abbrev = sigabbrev_np(sig);
-    how = "was killed by signal " + std::to_string(sig) + (abbrev ? " (SIG" + std::string(abbrev) + ")" : "");
-  } else if (status >= 0 && WIFEXITED(status)) {
-    how = "exited with status " + std::to_string(WEXITSTATUS(status));
-  }
+  const std::string how = status >= 0 ? describe_exit(status) : "died";
   return "worker process " + std::string(name) + " (pid " + std::string(pid) + ") of " + std::string(label) +
          " " + how + "; it " + std::string(note);
 }

@@ -10,6 +10,17 @@ module needs nothing newer than glibc 2.28 and no libstdc++ of the user's
 system: ``auditwheel repair --plat manylinux_2_28_x86_64`` then succeeds, and
 ``auditwheel show`` must confirm the tag (the script checks it).
 
+auditwheel judges only the symbols that carry a version, so the script then
+reads the repaired module's dynamic symbols itself (``check_symbols``) and
+fails on any that the oldest supported system could not bind: a reference
+without a version that nothing the module loads defines (a glibc function
+newer than the target: zig's glibc 2.28 stubs lack it, so the reference is
+left unversioned, and the import fails on a glibc that lacks it), a
+``GLIBC_`` version newer than 2.28, or any ``GLIBCXX_``/``CXXABI_`` version
+(libc++ is linked into the module; it must need no libstdc++).
+``python tools/build_wheel.py --check WHEEL...`` runs only that check.
+Last, the repaired wheel must carry LICENSE (``*.dist-info/licenses/``).
+
 The engine (``cpp/``, no Python.h) is compiled once and linked into the module
 of every Python version (CMake's ``MPSERVER_ENGINE_ARCHIVE``), so each further
 version compiles only ``bindings/``.  Each version's wheel is built by that
@@ -28,7 +39,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +145,123 @@ def repair(wheel: Path, out: Path) -> Path:
     found = re.search(r'platform tag: "manylinux_2_(\d+)_x86_64"', shown)
     if found is None or int(found.group(1)) > int(GLIBC.split('.')[1]):
         sys.exit(f'auditwheel show does not confirm {PLAT} (or older) for {repaired.name}')
+    require_symbols(repaired)
+    require_license(repaired)
     return repaired
+
+
+def elf_symbols(path: Path) -> Iterator[tuple[str, bool, bool, str | None]]:
+    """(name, undefined, weak, version) of each dynamic symbol of an ELF file.
+
+    The version is the name a reference needs (``GLIBC_2.17``) or that a
+    definition carries, from the GNU version sections; None when the symbol
+    has none (local or global index, or no version sections at all).
+    """
+    from elftools.elf.elffile import ELFFile  # pyelftools, as auditwheel reads ELF
+
+    with open(path, 'rb') as f:
+        elf = ELFFile(f)
+        names: dict[int, str] = {}
+        for section in elf.iter_sections():
+            if section['sh_type'] == 'SHT_GNU_verneed':
+                for _, auxs in section.iter_versions():
+                    names.update((aux['vna_other'], aux.name) for aux in auxs)
+            elif section['sh_type'] == 'SHT_GNU_verdef':
+                for verdef, auxs in section.iter_versions():
+                    names[verdef['vd_ndx']] = next(auxs).name
+        dynsym = elf.get_section_by_name('.dynsym')
+        versym = elf.get_section_by_name('.gnu.version')
+        if dynsym is None:
+            return
+        for i, sym in enumerate(dynsym.iter_symbols()):
+            if i == 0:
+                continue  # the null symbol
+            ndx = versym.get_symbol(i)['ndx'] if versym is not None else 0
+            # 0 and 1 (pyelftools: VER_NDX_LOCAL, VER_NDX_GLOBAL) carry no
+            # version; bit 15 marks a hidden definition.
+            version = names.get(ndx & 0x7FFF) if isinstance(ndx, int) else None
+            yield sym.name, sym['st_shndx'] == 'SHN_UNDEF', sym['st_info']['bind'] == 'STB_WEAK', version
+
+
+def needed(path: Path) -> list[str]:
+    """The DT_NEEDED names of an ELF file."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, 'rb') as f:
+        dynamic = ELFFile(f).get_section_by_name('.dynamic')
+        return [tag.needed for tag in dynamic.iter_tags('DT_NEEDED')] if dynamic is not None else []
+
+
+def glibc_too_new(version: str) -> bool:
+    found = re.fullmatch(r'GLIBC_(\d+)\.(\d+)(?:\.\d+)?', version)
+    return found is not None and tuple(map(int, found.groups())) > tuple(map(int, GLIBC.split('.')))
+
+
+def check_symbols(wheel: Path) -> list[str]:
+    """What in ``wheel``'s extension modules a glibc 2.28 system cannot bind.
+
+    One line per offending undefined dynamic symbol: a symbol without a
+    version that neither the interpreter (the Python C API, ``Py*`` and
+    ``_Py*``: an extension module does not link libpython) nor a library the
+    module needs from the wheel itself (auditwheel's ``mpserver.libs/``)
+    defines, unless the reference is weak (it may stay unbound); a
+    ``GLIBC_`` version newer than ``GLIBC``; any ``GLIBCXX_`` or ``CXXABI_``
+    version.  A system library's definitions cannot be read here (the build
+    machine's glibc is newer than the target's), so an unversioned reference
+    to one counts as missing: zig links against glibc 2.28 stubs, and a
+    function that they lack is exactly what becomes an unversioned reference.
+    """
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix='mpserver-symbols-') as tmp:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(tmp)
+        files = sorted(p for p in Path(tmp).rglob('*.so*') if p.is_file())
+        bundled = {p.name: p for p in files if '.libs' in p.parent.name}
+        for module in (p for p in files if p.name not in bundled):
+            provided: set[str] = set()
+            for name in needed(module):
+                if name in bundled:
+                    provided.update(s for s, undef, _, _ in elf_symbols(bundled[name]) if not undef)
+            where = module.relative_to(tmp)
+            for name, undef, weak, version in elf_symbols(module):
+                if not undef:
+                    continue
+                if version is None:
+                    if weak or name in provided or name.startswith(('Py', '_Py')):
+                        continue
+                    why = 'no version, and nothing the module loads defines it'
+                elif glibc_too_new(version):
+                    why = f'needs {version}, newer than GLIBC_{GLIBC}'
+                elif version.startswith(('GLIBCXX_', 'CXXABI_')):
+                    why = f'needs {version} (libstdc++): libc++ is linked into the module'
+                else:
+                    continue
+                problems.append(f'{where}: U {name}{"@" + version if version else ""}  ({why})')
+    return problems
+
+
+def require_symbols(wheel: Path) -> None:
+    """Fails (exit status 1) when ``check_symbols`` finds anything in ``wheel``."""
+    problems = check_symbols(wheel)
+    if problems:
+        sys.exit(
+            f'{wheel.name}: {len(problems)} undefined symbols that a glibc {GLIBC} system cannot bind:\n  '
+            + '\n  '.join(problems)
+        )
+    log(
+        f'{wheel.name}: symbols pass (GLIBC_{GLIBC} or older, no GLIBCXX/CXXABI, no unversioned reference left unbound)'
+    )
+
+
+def require_license(wheel: Path) -> None:
+    """Fails unless ``wheel`` carries the project's LICENSE (PEP 639: ``*.dist-info/licenses/``)."""
+    with zipfile.ZipFile(wheel) as zf:
+        found = [n for n in zf.namelist() if re.fullmatch(r'[^/]+\.dist-info/licenses/LICENSE', n)]
+        if not found or zf.read(found[0]) != (ROOT / 'LICENSE').read_bytes():
+            sys.exit(f'{wheel.name} does not carry LICENSE in its .dist-info/licenses/')
+        metadata = next(n for n in zf.namelist() if re.fullmatch(r'[^/]+\.dist-info/METADATA', n))
+        if 'License-Expression: MIT' not in zf.read(metadata).decode().splitlines():
+            sys.exit(f'{wheel.name}: its METADATA does not declare License-Expression: MIT')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', type=Path, default=ROOT / 'wheelhouse', help='where the repaired wheels go')
     parser.add_argument('--work', type=Path, default=ROOT / 'build' / 'zig', help='build directories')
     parser.add_argument('--jobs', type=int, default=os.cpu_count() or 2, help='parallel compile jobs')
+    parser.add_argument('--check', nargs='+', type=Path, metavar='WHEEL', help="only check these wheels' symbols")
     args = parser.parse_args(argv)
+    if args.check:
+        for wheel in args.check:
+            require_symbols(wheel)
+        return 0
     t0 = time.monotonic()
     # cmake and ninja: this interpreter's (a venv's), ahead of the system's.
     os.environ['PATH'] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get('PATH', '')

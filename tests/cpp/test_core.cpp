@@ -25,6 +25,7 @@
 #include "collector.hpp"
 #include "completion_queue.hpp"
 #include "ensemble_router.hpp"
+#include "exit_text.hpp"
 #include "guardian.hpp"
 #include "ledger.hpp"
 #include "oob_message.hpp"
@@ -645,6 +646,27 @@ TEST_CASE("ring: a message larger than the ring passes whole; a full ring times 
 }
 
 // ---------------------------------------------------------------- stress and recovery
+
+TEST_CASE("exit text: signal names without glibc's sigabbrev_np, exit codes") {
+  // Wait statuses as waitpid() reports them: a signal in the low 7 bits, an
+  // exit code in bits 8-15.
+  CHECK(describe_exit(SIGKILL) == "was killed by signal 9 (SIGKILL)");
+  CHECK(describe_exit(SIGSEGV) == "was killed by signal 11 (SIGSEGV)");
+  CHECK(describe_exit(SIGUSR1) == "was killed by signal 10 (SIGUSR1)");
+  CHECK(describe_exit(SIGRTMIN) == "was killed by signal " + std::to_string(SIGRTMIN));
+  CHECK(describe_exit(3 << 8) == "exited with code 3");
+  CHECK(describe_exit(0) == "exited with code 0");
+  CHECK(describe_exit(0x137f) == "ended (wait status 4991)");  // stopped by SIGSTOP: neither
+  for (int sig = 1; sig < 32; ++sig) {
+    INFO("signal " << sig);
+    const char* name = signal_name(sig);
+    REQUIRE(name != nullptr);  // every standard Linux signal has its name
+    CHECK(std::string(name).rfind("SIG", 0) == 0);
+  }
+  CHECK(signal_name(0) == nullptr);
+  CHECK(signal_name(SIGRTMIN) == nullptr);
+  static_assert(signal_name(SIGTERM)[3] == 'T');  // usable at compile time
+}
 
 TEST_CASE("oob message: sections are aligned, and malformed layouts are refused") {
   using namespace mps;

@@ -210,6 +210,17 @@ TEST_CASE("http message: answers for every kind of result") {
   CHECK(a.status == 502);
   CHECK(a.body.find("pid 42") != std::string::npos);
   CHECK(a.body.find("SIGKILL") != std::string::npos);
+  // The same words as the guardian's crash report (exit_text.hpp).
+  const auto crash = [](const std::string& status) {
+    const std::string sep(1, '\x1f');
+    return "process" + sep + "S(W)" + sep + "W-0" + sep + "0" + sep + "42" + sep + status + sep +
+           "held 1 item";
+  };
+  CHECK(describe_crash(crash("9")) ==
+        "worker process W-0 (pid 42) of S(W) was killed by signal 9 (SIGKILL); it held 1 item");
+  CHECK(describe_crash(crash("768")) ==
+        "worker process W-0 (pid 42) of S(W) exited with code 3; it held 1 item");
+  CHECK(describe_crash(crash("?")) == "worker process W-0 (pid 42) of S(W) died; it held 1 item");
   CHECK(answer_for(kFlagError | kFlagCrash, "dropped\x1f\x1f\x1f\x1f\x1f\x1fwas given up").status == 503);
   CHECK(json_string("a\"\\\n\xff") == "\"a\\\"\\\\\\u000a\xef\xbf\xbd\"");
   HttpRoutes r;
