@@ -11,35 +11,52 @@ and so on down the tree (member order as given).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ['Layout', 'WorkerLayout']
 
 
-@dataclass
-class WorkerLayout:
+class WorkerLayout(NamedTuple):
+    """One worker: its name, ``'process'`` or ``'thread'``, its meter record."""
+
     name: str
     kind: str
     record: int
 
 
-@dataclass
 class Layout:
     """Where one servlet's numbers live: its meter records and input ring.
 
     ``ring`` is a ``_core.Ring`` (or ``None``: a sequence has no ring of its
     own).  ``ring_fd`` is the ring's fd number in the server's process, for
-    monitors in other processes."""
+    monitors in other processes.  (A plain class, not a dataclass: servlet
+    modules import it, and a user's script that imports them is imported by
+    every worker process too.)"""
 
-    path: str
-    kind: str
-    label: str
-    ring: Any = None
-    ring_fd: int = -1
-    workers: list[WorkerLayout] = field(default_factory=list)
-    router: int | None = None  # an ensemble's meter record
-    children: list[Layout] = field(default_factory=list)
+    __slots__ = ('path', 'kind', 'label', 'ring', 'ring_fd', 'workers', 'router', 'children')
+
+    def __init__(
+        self,
+        path: str,
+        kind: str,
+        label: str,
+        ring: Any = None,
+        ring_fd: int = -1,
+        workers: list[WorkerLayout] | None = None,
+        router: int | None = None,  # an ensemble's meter record
+        children: list[Layout] | None = None,
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self.label = label
+        self.ring = ring
+        self.ring_fd = ring_fd
+        self.workers: list[WorkerLayout] = workers if workers is not None else []
+        self.router = router
+        self.children: list[Layout] = children if children is not None else []
+
+    def __repr__(self) -> str:
+        return f'Layout({self.path!r}, {self.kind!r}, {self.label!r}, {len(self.workers)} workers)'
 
     def records(self) -> list[int]:
         """Every meter record this subtree reads, in walk order."""

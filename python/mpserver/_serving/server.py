@@ -11,7 +11,6 @@ the asyncio face (``async_server``) submits through the same request path.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -23,18 +22,25 @@ from typing import IO, TYPE_CHECKING, Any, final
 
 from mpserver._graph.checks import check_seconds
 from mpserver._graph.servlet import Servlet
-from mpserver._http_front import front
-from mpserver._observe import stats as _stats
-from mpserver._serving.async_ports import Ports
 from mpserver._serving.older_keywords import capacity_of, main_cpus
 from mpserver._serving.requests import OK, RESULT_TIMEOUT, failure, result
-from mpserver._serving.running import Running
 from mpserver._serving.stream import NON_BLOCKING_INPUTS, StreamRun
 from mpserver._wire import process as _process
 from mpserver._wire.errors import ConfigError, check_timeout
 
+# What a running server needs (the running record with its counters and
+# announcement, the HTTP front, the live view) is imported when a server
+# first starts or the feature is first used, not here: a user's script
+# imports Server, and every worker process imports the user's script (as
+# multiprocessing's spawn does), so what this module imports at the top, each
+# worker process imports too.  tests/test_layers.py still checks the
+# direction of those imports.
 if TYPE_CHECKING:
+    from mpserver._http_front.front import HttpService
+    from mpserver._observe.stats import ServerStats
     from mpserver._observe.watch import Watch
+    from mpserver._serving.async_ports import Ports
+    from mpserver._serving.running import Running
 
 __all__ = ['Server']
 
@@ -162,6 +168,8 @@ class Server:
                 'otherwise every worker process would start the server again'
             )
         _process.keep_heap()
+        from mpserver._serving.running import Running  # (see the note at the top)
+
         self._run = Running.open(self.servlet, self._capacity)
         self._pid = os.getpid()
         self._phase = 'running'
@@ -309,7 +317,7 @@ class Server:
 
     # ------------------------------------------------------------ HTTP
 
-    def start_http(self, host: str = '127.0.0.1', port: int = 8000, **options: Any) -> front.HttpService:
+    def start_http(self, host: str = '127.0.0.1', port: int = 8000, **options: Any) -> HttpService:
         """Serves this server over HTTP/1.1 with the native front (C++
         threads of this process; no Python runs here per request) and
         returns at once with the running :class:`HttpService` (``.url``,
@@ -331,6 +339,8 @@ class Server:
         ``access_log``: one INFO record per response on the
         ``mpserver.access`` logger.  Raises ``OSError`` if it cannot listen.
         """
+        from mpserver._http_front import front  # (see the note at the top)
+
         return front.start_http(self, host, port, **options)
 
     def serve_http(
@@ -350,6 +360,8 @@ class Server:
         ``drain_timeout`` seconds — and returns.  ``debug=True``: error
         responses carry the worker's traceback (workers started by this call
         see ``MPSERVER_HTTP_TRACEBACKS=1``)."""
+        from mpserver._http_front import front  # (see the note at the top)
+
         front.serve_http(self, host, port, routes=routes, drain_timeout=drain_timeout, debug=debug, **options)
 
     def stop_http(self) -> None:
@@ -362,7 +374,7 @@ class Server:
 
     # ------------------------------------------------------------ introspection
 
-    def stats(self) -> _stats.ServerStats:
+    def stats(self) -> ServerStats:
         """A snapshot of the core's live counters: the server's requests and
         every servlet and worker of its tree (see :class:`ServerStats`).
 
@@ -370,11 +382,7 @@ class Server:
         come from two snapshots (:func:`mpserver.stats.rates`).  Raises
         ``RuntimeError`` when the server is not running.
         """
-        run = self._running()
-        meter, layout = run.meter, run.layout  # once: another thread may be stopping the server
-        if meter is None or layout is None:
-            raise RuntimeError('the Server has been stopped')
-        return _stats.snapshot(meter, layout)
+        return self._running().stats()
 
     def watch(self, interval: float = 1.0, *, file: IO[str] | None = None) -> Watch:
         """Draw a live table of every servlet and worker (queue depth, rates,
@@ -387,7 +395,7 @@ class Server:
         stops.  Needs ``rich`` (``pip install 'mpserver[view]'``;
         ``ImportError`` otherwise).  See docs/monitoring.md.
         """
-        # Imported here, not at the top: the view needs the optional rich (the view extra).
+        # (See the note at the top; the view also needs rich, the view extra.)
         from mpserver._observe.watch import Watch
 
         run = self._running()
@@ -417,5 +425,5 @@ class Server:
             'dropped': board.dropped if board is not None else self._dropped,
             'active_threads': [str(t) for t in threading.enumerate()],
             'backlog': backlog,
-            'stats': dataclasses.asdict(self.stats()) if self._state == 'running' else None,
+            'stats': run.stats_dict() if run is not None and self._state == 'running' else None,
         }

@@ -20,15 +20,17 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from mpserver import _core
 from mpserver._serving.chunk_sizer import ChunkSizer
 from mpserver._serving.requests import BACKLOG_FULL, failure
-from mpserver._serving.running import Running
 from mpserver._wire.chunks import encode_run
 from mpserver._wire.codec import FLAG_ERROR, Codec, PickleCodec, decode
 from mpserver._wire.errors import TimeoutError
+
+if TYPE_CHECKING:
+    from mpserver._serving.running import Running
 
 __all__ = ['StreamRun', 'NON_BLOCKING_INPUTS']
 
