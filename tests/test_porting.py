@@ -62,6 +62,28 @@ def no_mpservice(tmp_path) -> str:
     return home
 
 
+@pytest.fixture
+def site_without_mpservice(no_mpservice) -> str:
+    """Like ``no_mpservice``, plus every other package of this interpreter's
+    site-packages (uvicorn, starlette, ...), linked in: the installed
+    environment of a user who never had mpservice."""
+    import site
+
+    for sp in site.getsitepackages():
+        if not os.path.isdir(sp):
+            continue
+        for entry in os.listdir(sp):
+            low = entry.lower()
+            if low.startswith(('mpservice', 'mpserver', '__pycache__')) or low.endswith('.pth'):
+                continue
+            target = os.path.join(no_mpservice, entry)
+            if not os.path.exists(target):
+                os.symlink(os.path.join(sp, entry), target)
+    proc = run('-S', '-c', 'import uvicorn, starlette; import mpservice', cwd=no_mpservice, home=no_mpservice)
+    assert "No module named 'mpservice'" in proc.stderr, proc.stderr
+    return no_mpservice
+
+
 # -- the command line ------------------------------------------------------------
 
 
@@ -287,3 +309,34 @@ def test_seed001_hello_without_mpservice(no_mpservice):
     proc = run('-S', '-m', 'mpserver', os.path.join(SCRIPTS, 'seed001_hello.py'), cwd=no_mpservice, home=no_mpservice)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == 'Hello, wdwdwdwdwd!\nHello, 20!\n'
+
+
+# -- programs written for mpservice <= 0.12 ----------------------------------------------
+
+
+def check_older_012_service(proc):
+    [info] = json_lines(proc)
+    assert info == {
+        'server': 'mpserver',
+        'http': 'mpserver.http',
+        'answers': [{'y': [-4, 5]}, {'y': [-9, 10]}],
+        'stopped': 'server shutdown as requested',
+        'refused_some': True,
+        'full_when_idle': False,
+    }
+    # The one DeprecationWarning is the one mpservice 0.12.7 gave too (backlog).
+    warnings = [line for line in proc.stderr.splitlines() if 'DeprecationWarning' in line]
+    assert len(warnings) == 1 and '`backlog`' in warnings[0], proc.stderr
+
+
+def test_mpservice_012_service_runs_unchanged():
+    """Sequential, Ensemble, PipelineFull and mpservice.http.make_server, with mpservice 0.16.8 installed."""
+    proc = run('-W', 'always::DeprecationWarning', '-m', 'mpserver', 'older_012_service.py', cwd=SCRIPTS)
+    check_older_012_service(proc)
+
+
+def test_mpservice_012_service_runs_without_mpservice(site_without_mpservice):
+    script = os.path.join(SCRIPTS, 'older_012_service.py')
+    home = site_without_mpservice
+    proc = run('-S', '-W', 'always::DeprecationWarning', '-m', 'mpserver', script, cwd=home, home=home)
+    check_older_012_service(proc)

@@ -72,7 +72,10 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
         f"mpserver.http needs uvicorn ({e}); install it with: pip install 'mpserver[http]'", name=e.name
     ) from e
 
-__all__ = ['start_server', 'stop_server']
+# make_server and run_app are the API of mpservice <= 0.12 (make_server lived
+# on until 0.14); listed, as mpservice listed them, so that ``import *`` of an
+# older program finds them.
+__all__ = ['start_server', 'stop_server', 'make_server', 'run_app']
 
 #: uvicorn's exit status for a server that could not start (``uvicorn.main.STARTUP_FAILURE``).
 STARTUP_FAILURE = 3
@@ -259,6 +262,34 @@ def start_server(
     finally:
         if config.uds and os.path.exists(config.uds):
             os.remove(config.uds)
+
+
+def make_server(
+    app: Callable[..., Any] | str,
+    *,
+    host: str = '0.0.0.0',
+    port: int = 8000,
+    access_log: bool = False,
+    backlog: int = 128,
+    **kwargs: Any,
+) -> uvicorn.Server:
+    """A :class:`uvicorn.Server` for ``app``, not yet running: the API of mpservice <= 0.14.
+
+    Run it with ``server.run()`` (or ``await server.serve()`` in a coroutine);
+    setting ``server.should_exit = True`` (in an endpoint, say) stops it.
+    ``host``, ``port``, ``access_log`` and ``backlog`` are those of
+    :func:`start_server`; ``**kwargs`` go to :class:`uvicorn.Config` (unlike
+    :func:`start_server`, ``log_config`` is uvicorn's own unless given).  One
+    process serves it (uvicorn's ``workers=1``).  Programs written for mpservice
+    0.15+ use :func:`start_server`.
+    """
+    config = uvicorn.Config(app, host=host, port=port, access_log=access_log, backlog=backlog, workers=1, **kwargs)
+    return uvicorn.Server(config)
+
+
+def run_app(app: Callable[..., Any] | str, **kwargs: Any) -> None:
+    """``make_server(app, **kwargs).run()``: serve until stopped (mpservice 0.12.0 to 0.12.6)."""
+    make_server(app, **kwargs).run()
 
 
 def _run_workers(config: uvicorn.Config, app: Any, options: dict[str, Any], contexts: list[Any], server_id: str) -> int:
