@@ -340,3 +340,50 @@ def test_mpservice_012_service_runs_without_mpservice(site_without_mpservice):
     home = site_without_mpservice
     proc = run('-S', '-W', 'always::DeprecationWarning', '-m', 'mpserver', script, cwd=home, home=home)
     check_older_012_service(proc)
+
+
+# -- processes the program starts itself (multiprocessing) --------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def check_spawned_children(proc):
+    lines = {info.pop('kind'): info for info in json_lines(proc)}
+    ours = {'server': 'mpserver', 'http': 'mpserver.http', 'same_objects': True, 'main': '__mp_main__'}
+    assert lines['spawn'] == {**ours, 'grandchild': ours}
+    assert lines['forkserver'] == ours
+    assert lines['pool'] == {'results': [ours, ours]}
+    assert lines['http'] == {'exitcode': 0, 'child': ours, 'worker': {'y': 6, **ours}}
+    assert lines['main'] == {**ours, 'main': '__main__'}
+
+
+def test_children_of_multiprocessing_get_the_aliasing():
+    """With mpservice installed, a child the program starts (spawn, forkserver, a
+    process pool, a child's child, an HTTP server in a child) runs on mpserver,
+    not silently on the real mpservice."""
+    check_spawned_children(run('-m', 'mpserver', 'spawned_children.py', str(free_port()), cwd=SCRIPTS))
+
+
+def test_children_of_multiprocessing_get_the_aliasing_without_mpservice(site_without_mpservice):
+    """Without mpservice, such a child died with ModuleNotFoundError: No module named 'mpservice'."""
+    home = site_without_mpservice
+    script = os.path.join(SCRIPTS, 'spawned_children.py')
+    check_spawned_children(run('-S', '-m', 'mpserver', script, str(free_port()), cwd=home, home=home))
+
+
+def test_spawn_hook_is_installed_once_and_only_by_install():
+    code = (
+        'import json, multiprocessing.spawn as s, mpserver\n'
+        'before = "mpserver_install" in s.get_preparation_data("x")\n'
+        'mpserver.install(); f = s.get_preparation_data; mpserver.install()\n'
+        'print(json.dumps({"before": before, "after": "mpserver_install" in s.get_preparation_data("x"),\n'
+        '                  "once": s.get_preparation_data is f and not hasattr(f.__wrapped__, "__wrapped__")}))\n'
+    )
+    [info] = json_lines(run('-c', code, cwd=SCRIPTS))
+    assert info == {'before': False, 'after': True, 'once': True}
