@@ -499,3 +499,26 @@ def test_several_uvicorn_processes_through_python_m_mpserver():
         assert sorted(c['index'] for c in seen.values()) == [0, 1]
         _, last = exercise_http_service(url, proc)
     assert last == {'stopped': True, 'http': 'mpserver.http'}
+
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_worker_contexts_holding_multiprocessing_objects(backend, workers):
+    """A spawn context's Queue, Event and Value in ``worker_contexts`` reach each
+    uvicorn process and work there (mpservice hands contexts to its processes
+    as process arguments; mpserver pickles them as multiprocessing does for a
+    spawned process, fds included).  mpservice runs the script as it is;
+    mpserver through ``python -m mpserver``."""
+    runner = [] if backend.name == 'mpservice' else ['-m', 'mpserver']
+    args = [*runner, 'http_queue_contexts.py', str(free_port()), str(workers)]
+    proc = run_python(*args, cwd=SCRIPTS)
+    if backend.name == 'mpservice' and workers > 1 and 'unexpected keyword argument' in proc.stderr:
+        pytest.skip('mpservice 0.16.8 serves workers > 1 only with an older uvicorn (it subclasses its supervisor)')
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info == {
+        'http': 'mpservice.http' if backend.name == 'mpservice' else 'mpserver.http',
+        'indexes': list(range(workers)),
+        'events': [True] * workers,
+        'other_processes': 0 if workers == 1 else 2,
+        'counter': workers,
+    }

@@ -64,6 +64,7 @@ from typing import Any
 
 from mpserver._compat.inherit import inherit
 from mpserver._graph.launch import child_env
+from mpserver._wire.handover import dumps_for_child
 
 try:
     import uvicorn
@@ -221,7 +222,9 @@ def start_server(
     worker_contexts
         One value per uvicorn process, set as ``app.worker_context`` there
         before the lifespan starts (each gets ``None`` if not given).  With
-        ``workers > 1`` they are pickled.
+        ``workers > 1`` they are pickled as multiprocessing pickles a spawned
+        process's arguments, so they may hold queues, locks, events and
+        pipes made from a spawn context (``Server.get_mp_context()``).
     log_config
         Must be ``None``: uvicorn does not configure logging; the program's
         logging configuration applies.
@@ -321,17 +324,23 @@ def _run_workers(config: uvicorn.Config, app: Any, options: dict[str, Any], cont
             for i, context in enumerate(contexts):
                 prep = multiprocessing.spawn.get_preparation_data(f'mpserver-http-{i}')
                 prep.pop('authkey', None)  # not picklable, and the process needs none
+                # As multiprocessing hands a spawn child its arguments: a
+                # context may hold queues, locks, events, pipes (their fds go along).
+                body, handed = dumps_for_child((app, options, context))
                 boot = {
                     'prep': prep,
-                    'body': pickle.dumps((app, options, context)),
+                    'body': body,
                     'server_id': server_id,
                     'fds': (sock.fileno(), stop.r, stop.w),
                     'parent': os.getpid(),
                 }
-                boots.append(pickle.dumps(boot))
-            for data in boots:
+                boots.append((pickle.dumps(boot), [fd for fd, _ in handed]))
+            for data, handed_fds in boots:
                 proc = subprocess.Popen(
-                    command, stdin=subprocess.PIPE, env=env, pass_fds=(sock.fileno(), stop.r, stop.w)
+                    command,
+                    stdin=subprocess.PIPE,
+                    env=env,
+                    pass_fds=(sock.fileno(), stop.r, stop.w, *handed_fds),
                 )
                 procs.append(proc)
                 assert proc.stdin is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import multiprocessing.spawn
 import os
-import pickle
 import sys
 from typing import Any
 
@@ -13,11 +12,15 @@ from mpserver import _core
 from mpserver._graph.checks import Cpus, check_seconds, normalize_cpus
 from mpserver._graph.launch import Launch, boot_fd
 from mpserver._graph.servlet import _Simple
+from mpserver._wire.handover import dumps_for_child
 from mpserver._worker.api import Worker
 
 __all__ = ['ProcessServlet']
 
 _FD = _core.ChildFd
+#: Where the fds of multiprocessing objects in a worker's kwargs go in the
+#: worker process: past the fds of ``ChildFd``.
+_FIRST_HANDED_FD = max(int(fd) for fd in _FD) + 1
 _log = logging.getLogger('mpserver')
 
 
@@ -55,7 +58,10 @@ class ProcessServlet(_Simple):
         (``Server.call``/``stream``) is its own deadline for the *answer* and
         never stops a worker.
     **kwargs
-        Passed to ``worker_cls.__init__`` (they are pickled).
+        Passed to ``worker_cls.__init__``.  They are pickled as
+        multiprocessing pickles a spawned process's arguments, so they may hold
+        queues, locks, events, pipes and shared values made from a spawn
+        context (:meth:`Server.get_mp_context`).
     """
 
     _KIND = 'process'
@@ -106,7 +112,9 @@ class ProcessServlet(_Simple):
                 "or a script file (workers import your main script, like multiprocessing's spawn)"
             )
         try:
-            body = pickle.dumps((self._worker_cls, self._init_kwargs), 5)
+            # As multiprocessing hands a spawned process its arguments: kwargs
+            # may hold queues, locks, events, pipes; their fds go along.
+            body, handed = dumps_for_child((self._worker_cls, self._init_kwargs), _FIRST_HANDED_FD)
         except Exception as e:
             raise TypeError(
                 f'{self._worker_cls.__qualname__} and its kwargs must be picklable to run in a worker '
@@ -134,7 +142,7 @@ class ProcessServlet(_Simple):
         self._supervisor = launch.supervisor
         self._pids = [None] * n
         self._specs = [None] * n
-        fds = [
+        fds: list[tuple[int, int]] = [
             (self._boot_fd, _FD.BOOT),
             (launch.control.fd, _FD.CONTROL),
             (self._input.fd, _FD.INPUT),
@@ -145,6 +153,7 @@ class ProcessServlet(_Simple):
             fds.append((board.fd, _FD.BOARD))
         if self._meter is not None:
             fds.append((self._meter.fd, _FD.METER))
+        fds += handed  # the kwargs' own fds (they stay open in their objects here, for restarts too)
         for i, cpu in enumerate(self._cpus):
             cpus = [] if cpu is None else list(cpu) if isinstance(cpu, list) else [cpu]
             launch.add_process(self, i, [(fd, int(child)) for fd, child in fds], cpus)
