@@ -188,3 +188,33 @@ def test_multiprocessing_objects_in_kwargs_survive_a_restart(mpserver):
     with pytest.raises(TypeError, match='fork context'):
         with mpserver.Server(servlet):
             pass
+
+
+def test_only_classes_that_came_by_value_go_to_workers_by_value(mpserver, monkeypatch):
+    """A ``__main__`` class that this process's ``__main__`` does not hold came by
+    value (Ray ships a driver script's classes so): it goes on by value, with a
+    loaded cloudpickle.  Everything else is pickled by name, as before."""
+    import sys
+
+    from mpserver._graph.process_servlet import _by_value_pickler
+
+    cloudpickle = object()
+    monkeypatch.setitem(sys.modules, 'cloudpickle', cloudpickle)
+    shipped = type('Shipped', (mpserver.Worker,), {'__module__': '__main__'})
+    assert _by_value_pickler(shipped) is cloudpickle
+    monkeypatch.setattr(sys.modules['__main__'], 'Shipped', shipped, raising=False)
+    assert _by_value_pickler(shipped) is None  # this process's own script class: by name
+
+    def local():
+        class Local(mpserver.Worker):
+            pass
+
+        Local.__module__ = '__main__'
+        return Local
+
+    assert _by_value_pickler(local()) is None  # defined in a function: by name (and refused)
+    assert _by_value_pickler(_backends.get_backend('mpserver').w.Echo) is None  # a module's class
+    monkeypatch.delitem(sys.modules, 'cloudpickle')
+    monkeypatch.delitem(sys.modules, 'ray.cloudpickle', raising=False)
+    other = type('Other', (mpserver.Worker,), {'__module__': '__main__'})
+    assert _by_value_pickler(other) is None  # no cloudpickle here: nothing came by value
