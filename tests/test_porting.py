@@ -387,3 +387,16 @@ def test_spawn_hook_is_installed_once_and_only_by_install():
     )
     [info] = json_lines(run('-c', code, cwd=SCRIPTS))
     assert info == {'before': False, 'after': True, 'once': True}
+
+
+def test_fork_server_does_not_preload_the_script_without_the_hook(tmp_path):
+    """The fork server asks for the preparation data as 'ignore'; without the
+    script's path it cannot import the script before the hook is in place."""
+    script = tmp_path / 'prep.py'
+    script.write_text(
+        'import json, multiprocessing.spawn as s, mpserver\n'
+        'mpserver.install()\n'
+        'print(json.dumps(["init_main_from_path" in s.get_preparation_data(n) for n in ("ignore", "child")]))\n'
+    )
+    [info] = [json.loads(line) for line in run(str(script), cwd=str(tmp_path)).stdout.splitlines()]
+    assert info == [False, True]

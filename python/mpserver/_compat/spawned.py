@@ -27,6 +27,9 @@ __all__ = ['hook_spawn', 'PREPARATION_KEY']
 #: the child (``prepare()`` ignores entries it does not know).
 PREPARATION_KEY = 'mpserver_install'
 
+#: The name under which ``ForkServer.ensure_running`` asks for the preparation data.
+_FORK_SERVER = 'ignore'
+
 #: The directory that holds the mpserver package (``.../mpserver/..``).
 _HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,6 +69,15 @@ def hook_spawn() -> None:
     def get_preparation_data(name: str) -> dict[str, Any]:
         data = original(name)
         data[PREPARATION_KEY] = _ChildInstall()
+        if name == _FORK_SERVER:
+            # The fork server is a fresh interpreter that reads only a few
+            # entries of this data (not ours).  CPython releases newer than
+            # 3.13.0 make it import the main script from this path itself,
+            # before any child exists and without the hook, and its children
+            # would inherit that import.  Without the path it preloads nothing
+            # (as 3.13.0 and older do): each child imports the script after
+            # installing the hook.
+            data.pop('init_main_from_path', None)
         return data
 
     get_preparation_data.__mpserver__ = True  # type: ignore[attr-defined]
