@@ -264,6 +264,22 @@ def _define_workers(Worker) -> dict[str, type]:
         def call(self, x):
             return x
 
+    class Messenger(Worker):
+        # Holds multiprocessing objects from its kwargs: ``call(x)`` puts
+        # (worker_index, x) on ``queue``, adds x to ``total`` (a shared Value)
+        # and returns whether ``event`` is set; 'exit' ends the process.
+        def __init__(self, *, queue, event, total, **kwargs):
+            super().__init__(**kwargs)
+            self.queue, self.event, self.total = queue, event, total
+
+        def call(self, x):
+            if x == 'exit':
+                os._exit(3)
+            self.queue.put((self.worker_index, x))
+            with self.total.get_lock():
+                self.total.value += x
+            return self.event.is_set()
+
     class Describe(Worker):
         # Returns (type name, len) so big payloads need not travel back.
         def call(self, x):

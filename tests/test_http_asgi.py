@@ -328,6 +328,48 @@ def test_second_server_with_the_same_id_is_refused():
     assert first.returned
 
 
+def test_make_server_and_run_app_of_mpservice_012():
+    """mpservice <= 0.14's make_server (a uvicorn.Server, stopped by should_exit) and
+    0.12's run_app (make_server(...).run())."""
+    from mpserver import http
+
+    assert {'make_server', 'run_app'} <= set(http.__all__)
+
+    async def hello(request):
+        return PlainTextResponse('hello')
+
+    async def stop(request):
+        server.should_exit = True
+        return PlainTextResponse('stopping')
+
+    app = Starlette(routes=[Route('/', hello), Route('/stop', stop, methods=['POST'])])
+    for run in ('make_server', 'run_app'):
+        with socket.socket() as sock:
+            sock.bind(('127.0.0.1', 0))
+            sock.listen(16)
+            url = f'http://127.0.0.1:{sock.getsockname()[1]}'
+            if run == 'make_server':
+                server = http.make_server(app, fd=sock.fileno(), log_config=None)
+                assert server.config.backlog == 128 and server.config.access_log is False
+                thread = threading.Thread(target=server.run)
+            else:  # uvicorn stops it after one request
+                kwargs = dict(fd=sock.fileno(), log_config=None, limit_max_requests=1)
+                thread = threading.Thread(target=http.run_app, args=(app,), kwargs=kwargs)
+            thread.start()
+            deadline = time.monotonic() + WAIT
+            while True:
+                try:
+                    assert httpx.get(url, timeout=5).text == 'hello'
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            if run == 'make_server':
+                assert httpx.post(f'{url}/stop', timeout=WAIT).text == 'stopping'
+            thread.join(WAIT)
+            assert not thread.is_alive(), f'{run} did not stop'
+
+
 # -- subprocesses: the example, porting unchanged, workers > 1 -----------------------------------
 
 
@@ -457,3 +499,26 @@ def test_several_uvicorn_processes_through_python_m_mpserver():
         assert sorted(c['index'] for c in seen.values()) == [0, 1]
         _, last = exercise_http_service(url, proc)
     assert last == {'stopped': True, 'http': 'mpserver.http'}
+
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_worker_contexts_holding_multiprocessing_objects(backend, workers):
+    """A spawn context's Queue, Event and Value in ``worker_contexts`` reach each
+    uvicorn process and work there (mpservice hands contexts to its processes
+    as process arguments; mpserver pickles them as multiprocessing does for a
+    spawned process, fds included).  mpservice runs the script as it is;
+    mpserver through ``python -m mpserver``."""
+    runner = [] if backend.name == 'mpservice' else ['-m', 'mpserver']
+    args = [*runner, 'http_queue_contexts.py', str(free_port()), str(workers)]
+    proc = run_python(*args, cwd=SCRIPTS)
+    if backend.name == 'mpservice' and workers > 1 and 'unexpected keyword argument' in proc.stderr:
+        pytest.skip('mpservice 0.16.8 serves workers > 1 only with an older uvicorn (it subclasses its supervisor)')
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info == {
+        'http': 'mpservice.http' if backend.name == 'mpservice' else 'mpserver.http',
+        'indexes': list(range(workers)),
+        'events': [True] * workers,
+        'other_processes': 0 if workers == 1 else 2,
+        'counter': workers,
+    }

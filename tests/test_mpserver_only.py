@@ -162,3 +162,59 @@ def test_frame_decoder_rejects_corrupt_frames(mpserver):
     ):
         with pytest.raises(_core.RingCorrupt):
             _core._fuzz_frames(bad)
+
+
+def test_multiprocessing_objects_in_kwargs_survive_a_restart(mpserver):
+    """The restarted worker process gets the kwargs' fds again (they stay open in
+    the main process's objects); a fork-context object is refused at start."""
+    w = _backends.get_backend('mpserver').w
+    ctx = mpserver.Server.get_mp_context()
+    queue, event, total = ctx.Queue(), ctx.Event(), ctx.Value('i', 0)
+    with mpserver.Server(mpserver.ProcessServlet(w.Messenger, queue=queue, event=event, total=total)) as server:
+        assert server.call(1) is False
+        with pytest.raises(mpserver.WorkerCrashedError):
+            server.call('exit')
+        event.set()
+        assert server.call(2) is True  # the restarted worker (waits for it)
+    # (0, 1) may be lost: os._exit ends the first process before its queue's
+    # feeder thread wrote it (multiprocessing's rule); the shared value is exact.
+    got = [queue.get(timeout=30)]
+    while got[-1] != (0, 2):
+        got.append(queue.get(timeout=30))
+    assert set(got) <= {(0, 1), (0, 2)}
+    assert total.value == 3
+    fork = multiprocessing.get_context('fork')
+    servlet = mpserver.ProcessServlet(w.Messenger, queue=fork.Queue(), event=event, total=total)
+    with pytest.raises(TypeError, match='fork context'):
+        with mpserver.Server(servlet):
+            pass
+
+
+def test_only_classes_that_came_by_value_go_to_workers_by_value(mpserver, monkeypatch):
+    """A ``__main__`` class that this process's ``__main__`` does not hold came by
+    value (Ray ships a driver script's classes so): it goes on by value, with a
+    loaded cloudpickle.  Everything else is pickled by name, as before."""
+    import sys
+
+    from mpserver._graph.process_servlet import _by_value_pickler
+
+    cloudpickle = object()
+    monkeypatch.setitem(sys.modules, 'cloudpickle', cloudpickle)
+    shipped = type('Shipped', (mpserver.Worker,), {'__module__': '__main__'})
+    assert _by_value_pickler(shipped) is cloudpickle
+    monkeypatch.setattr(sys.modules['__main__'], 'Shipped', shipped, raising=False)
+    assert _by_value_pickler(shipped) is None  # this process's own script class: by name
+
+    def local():
+        class Local(mpserver.Worker):
+            pass
+
+        Local.__module__ = '__main__'
+        return Local
+
+    assert _by_value_pickler(local()) is None  # defined in a function: by name (and refused)
+    assert _by_value_pickler(_backends.get_backend('mpserver').w.Echo) is None  # a module's class
+    monkeypatch.delitem(sys.modules, 'cloudpickle')
+    monkeypatch.delitem(sys.modules, 'ray.cloudpickle', raising=False)
+    other = type('Other', (mpserver.Worker,), {'__module__': '__main__'})
+    assert _by_value_pickler(other) is None  # no cloudpickle here: nothing came by value

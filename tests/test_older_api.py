@@ -9,6 +9,7 @@ only (there is nothing to compare against).
 
 import asyncio
 import os
+import time
 
 import _older_workers as ow
 import mpserver
@@ -174,3 +175,80 @@ def test_server_all_three_older_keywords_at_once():
             assert list(server.stream(range(4))) == [0, 3, 6, 9]
     finally:
         os.sched_setaffinity(0, before)
+
+
+# ---------------------------------------------------------------- the rest of mpservice 0.12.7's surface
+
+#: Every name a program could import from mpservice 0.12.7's ``mpservice.mpserver``
+#: as its API: its ``__all__``, the aliases it documented (``Sequential``,
+#: ``Ensemble``, ``PipelineFull``) and what its docs and examples import from
+#: it (``CpuAffinity``, ``EnsembleError``, ``RemoteException``).  Its other
+#: module-level names are the standard library, psutil, queue internals
+#: (``SingleLane``, ``_FastQueue``), sentinels, and mpservice's own
+#: ``Process``/``Thread``/``MP_SPAWN_CTX`` from its other modules (see docs/porting.md).
+SURFACE_0_12_7 = [
+    'TimeoutError', 'ServerBacklogFull', 'PipelineFull', 'Worker', 'ProcessWorker', 'ThreadWorker',
+    'make_threadworker', 'PassThrough', 'Servlet', 'ProcessServlet', 'ThreadServlet', 'SequentialServlet',
+    'EnsembleServlet', 'Sequential', 'Ensemble', 'SwitchServlet', 'Server', 'CpuAffinity', 'EnsembleError',
+    'RemoteException',
+]  # fmt: skip
+
+
+def test_every_name_of_mpservice_0_12_7_resolves():
+    missing = [n for n in SURFACE_0_12_7 if not hasattr(mpserver, n)]
+    assert not missing
+    for method in ('get_mp_context', 'capacity', 'backlog', 'full', 'async_call', 'call', 'stream'):
+        assert hasattr(Server, method), method
+
+
+def test_older_aliases_are_the_same_objects_and_stay_out_of_all():
+    assert mpserver.Sequential is SequentialServlet
+    assert mpserver.Ensemble is mpserver.EnsembleServlet
+    assert mpserver.PipelineFull is ServerBacklogFull
+    names = {}
+    exec('from mpserver import *', names)
+    assert not {'Sequential', 'Ensemble', 'PipelineFull'} & set(names)
+    assert {'Sequential', 'Ensemble', 'PipelineFull'} <= set(dir(mpserver))
+
+
+def test_older_aliases_serve_and_pipelinefull_catches_a_full_server():
+    servlet = mpserver.Sequential(
+        ProcessServlet(ow.Triple), mpserver.Ensemble(ThreadServlet(ow.Negate), ThreadServlet(ow.Negate))
+    )
+    with Server(servlet, capacity=2) as server:
+        assert server.call(2) == [-6, -6]
+        assert not server.full()
+
+        async def flood():
+            return await asyncio.gather(*(server.async_call(i) for i in range(50)), return_exceptions=True)
+
+        # More requests at once than capacity: some are refused.
+        results = asyncio.run(flood())
+        refused = [r for r in results if isinstance(r, mpserver.PipelineFull)]
+        assert refused and all(r == [-3 * i, -3 * i] for i, r in enumerate(results) if r not in refused)
+        assert server.backlog == 0 and not server.full()
+
+
+def test_server_full_is_true_at_capacity(tmp_path):
+    import threading
+
+    gate = tmp_path / 'gate'
+    with Server(ThreadServlet(ow.WaitFor, num_threads=2), capacity=2) as server:
+        threads = [threading.Thread(target=server.call, args=(str(gate),)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while not server.full():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert server.backlog == 2
+        gate.touch()
+        for t in threads:
+            t.join(30)
+        assert not server.full()
+
+
+def test_worker_accepts_batch_size_log_cadence():
+    with Server(ProcessServlet(ow.Cadence)) as server:
+        assert list(server.stream(range(6))) == [(i, 100) for i in range(6)]
+    assert Worker(worker_index=0).batch_size_log_cadence == 1_000_000  # the default, as in mpservice

@@ -62,6 +62,28 @@ def no_mpservice(tmp_path) -> str:
     return home
 
 
+@pytest.fixture
+def site_without_mpservice(no_mpservice) -> str:
+    """Like ``no_mpservice``, plus every other package of this interpreter's
+    site-packages (uvicorn, starlette, ...), linked in: the installed
+    environment of a user who never had mpservice."""
+    import site
+
+    for sp in site.getsitepackages():
+        if not os.path.isdir(sp):
+            continue
+        for entry in os.listdir(sp):
+            low = entry.lower()
+            if low.startswith(('mpservice', 'mpserver', '__pycache__')) or low.endswith('.pth'):
+                continue
+            target = os.path.join(no_mpservice, entry)
+            if not os.path.exists(target):
+                os.symlink(os.path.join(sp, entry), target)
+    proc = run('-S', '-c', 'import uvicorn, starlette; import mpservice', cwd=no_mpservice, home=no_mpservice)
+    assert "No module named 'mpservice'" in proc.stderr, proc.stderr
+    return no_mpservice
+
+
 # -- the command line ------------------------------------------------------------
 
 
@@ -287,3 +309,94 @@ def test_seed001_hello_without_mpservice(no_mpservice):
     proc = run('-S', '-m', 'mpserver', os.path.join(SCRIPTS, 'seed001_hello.py'), cwd=no_mpservice, home=no_mpservice)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == 'Hello, wdwdwdwdwd!\nHello, 20!\n'
+
+
+# -- programs written for mpservice <= 0.12 ----------------------------------------------
+
+
+def check_older_012_service(proc):
+    [info] = json_lines(proc)
+    assert info == {
+        'server': 'mpserver',
+        'http': 'mpserver.http',
+        'answers': [{'y': [-4, 5]}, {'y': [-9, 10]}],
+        'stopped': 'server shutdown as requested',
+        'refused_some': True,
+        'full_when_idle': False,
+    }
+    # The one DeprecationWarning is the one mpservice 0.12.7 gave too (backlog).
+    warnings = [line for line in proc.stderr.splitlines() if 'DeprecationWarning' in line]
+    assert len(warnings) == 1 and '`backlog`' in warnings[0], proc.stderr
+
+
+def test_mpservice_012_service_runs_unchanged():
+    """Sequential, Ensemble, PipelineFull and mpservice.http.make_server, with mpservice 0.16.8 installed."""
+    proc = run('-W', 'always::DeprecationWarning', '-m', 'mpserver', 'older_012_service.py', cwd=SCRIPTS)
+    check_older_012_service(proc)
+
+
+def test_mpservice_012_service_runs_without_mpservice(site_without_mpservice):
+    script = os.path.join(SCRIPTS, 'older_012_service.py')
+    home = site_without_mpservice
+    proc = run('-S', '-W', 'always::DeprecationWarning', '-m', 'mpserver', script, cwd=home, home=home)
+    check_older_012_service(proc)
+
+
+# -- processes the program starts itself (multiprocessing) --------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def check_spawned_children(proc):
+    lines = {info.pop('kind'): info for info in json_lines(proc)}
+    ours = {'server': 'mpserver', 'http': 'mpserver.http', 'same_objects': True, 'main': '__mp_main__'}
+    assert lines['spawn'] == {**ours, 'grandchild': ours}
+    assert lines['forkserver'] == ours
+    assert lines['pool'] == {'results': [ours, ours]}
+    assert lines['http'] == {'exitcode': 0, 'child': ours, 'worker': {'y': 6, **ours}}
+    assert lines['main'] == {**ours, 'main': '__main__'}
+
+
+def test_children_of_multiprocessing_get_the_aliasing():
+    """With mpservice installed, a child the program starts (spawn, forkserver, a
+    process pool, a child's child, an HTTP server in a child) runs on mpserver,
+    not silently on the real mpservice."""
+    check_spawned_children(run('-m', 'mpserver', 'spawned_children.py', str(free_port()), cwd=SCRIPTS))
+
+
+def test_children_of_multiprocessing_get_the_aliasing_without_mpservice(site_without_mpservice):
+    """Without mpservice, such a child died with ModuleNotFoundError: No module named 'mpservice'."""
+    home = site_without_mpservice
+    script = os.path.join(SCRIPTS, 'spawned_children.py')
+    check_spawned_children(run('-S', '-m', 'mpserver', script, str(free_port()), cwd=home, home=home))
+
+
+def test_spawn_hook_is_installed_once_and_only_by_install():
+    code = (
+        'import json, multiprocessing.spawn as s, mpserver\n'
+        'before = "mpserver_install" in s.get_preparation_data("x")\n'
+        'mpserver.install(); f = s.get_preparation_data; mpserver.install()\n'
+        'print(json.dumps({"before": before, "after": "mpserver_install" in s.get_preparation_data("x"),\n'
+        '                  "once": s.get_preparation_data is f and not hasattr(f.__wrapped__, "__wrapped__")}))\n'
+    )
+    [info] = json_lines(run('-c', code, cwd=SCRIPTS))
+    assert info == {'before': False, 'after': True, 'once': True}
+
+
+def test_fork_server_does_not_preload_the_script_without_the_hook(tmp_path):
+    """The fork server asks for the preparation data as 'ignore'; without the
+    script's path it cannot import the script before the hook is in place."""
+    script = tmp_path / 'prep.py'
+    script.write_text(
+        'import json, multiprocessing.spawn as s, mpserver\n'
+        'mpserver.install()\n'
+        'print(json.dumps(["init_main_from_path" in s.get_preparation_data(n) for n in ("ignore", "child")]))\n'
+    )
+    [info] = [json.loads(line) for line in run(str(script), cwd=str(tmp_path)).stdout.splitlines()]
+    assert info == [False, True]

@@ -180,6 +180,34 @@ def test_placement_failure_is_a_clear_error(cluster):
     assert time.perf_counter() - t0 < 60
 
 
+def _script_class(name, call):
+    """A Worker class as a driver script defines it: its module is ``__main__``
+    (which cloudpickle, hence Ray, ships by value)."""
+    from mpserver import Worker
+
+    return type(name, (Worker,), {'call': call, '__module__': '__main__', '__qualname__': name})
+
+
+def test_worker_class_of_the_drivers_main_script(cluster):
+    """A worker class defined in the driver's script reaches the replica by value
+    (Ray) and goes on by value to the replica's worker processes, which cannot
+    import the driver's script; batching and errors work as for any worker."""
+
+    def call(self, xs):
+        if -1 in xs:
+            raise ValueError('no negative cubes')
+        return [(x**3, os.getpid()) for x in xs]
+
+    Cube = _script_class('Cube', call)
+    servlet = RayServlet(ProcessServlet(Cube, cpus=2, batch_size=4), ray_actor_options=ON_A)
+    with Server(servlet) as server:
+        got = list(server.stream(range(20)))
+        assert [y for y, _ in got] == [x**3 for x in range(20)]
+        assert os.getpid() not in {pid for _, pid in got}
+        with pytest.raises(ValueError, match='no negative cubes'):
+            server.call(-1)
+
+
 def _load_example(name):
     """Import examples/<name>.py under its own name (the replicas' workers import it by name)."""
     import importlib.util

@@ -275,6 +275,22 @@ def test_init_kwargs_process_servlet(backend):
         assert list(server.stream(['ab', 1])) == ['hi ababab from 0', 'hi 3 from 0']
 
 
+def test_init_kwargs_may_hold_multiprocessing_objects(backend):
+    """A queue, an event and a shared value from ``get_mp_context()`` in a process
+    worker's kwargs: each worker process uses the very objects of the main process."""
+    ctx = backend.Server.get_mp_context()
+    queue, event, total = ctx.Queue(), ctx.Event(), ctx.Value('i', 0)
+    servlet = backend.ProcessServlet(backend.w.Messenger, cpus=2, queue=queue, event=event, total=total)
+    with backend.Server(servlet) as server:
+        assert server.call(1) is False
+        event.set()
+        assert list(server.stream(range(2, 40))) == [True] * 38
+    got = sorted(queue.get(timeout=30) for _ in range(39))
+    assert sorted(x for _, x in got) == list(range(1, 40))
+    assert {i for i, _ in got} <= {0, 1}
+    assert total.value == sum(range(1, 40))
+
+
 def test_init_kwargs_thread_servlet(backend):
     with backend.Server(backend.ThreadServlet(backend.w.Greeter, greeting='hello')) as server:
         assert server.call(5) == 'hello 5 from 0'

@@ -57,14 +57,25 @@ _HOME = {
     'get_remote_traceback': 'mpserver._wire.remote',
     'EnsembleError': 'mpserver._wire.remote',
     'install': 'mpserver._compat.install',
+    # Older names of mpservice <= 0.12 (the same objects), for programs written then:
+    'Sequential': 'mpserver._graph.compound',
+    'Ensemble': 'mpserver._graph.compound',
+    'PipelineFull': 'mpserver._wire.errors',
 }
 
-__all__ = list(_HOME)
+#: Names that resolve but stay out of ``__all__`` (so out of ``import *`` and of
+#: the API reference): mpservice deprecated these aliases itself (0.11.8) and
+#: never listed them in its ``__all__``; new code uses the names they alias.
+_UNLISTED = frozenset({'Sequential', 'Ensemble', 'PipelineFull'})
+
+__all__ = [name for name in _HOME if name not in _UNLISTED]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from mpserver._compat.install import install as install
     from mpserver._graph.checks import CpuAffinity as CpuAffinity
+    from mpserver._graph.compound import Ensemble as Ensemble
     from mpserver._graph.compound import EnsembleServlet as EnsembleServlet
+    from mpserver._graph.compound import Sequential as Sequential
     from mpserver._graph.compound import SequentialServlet as SequentialServlet
     from mpserver._graph.compound import SwitchServlet as SwitchServlet
     from mpserver._graph.process_servlet import ProcessServlet as ProcessServlet
@@ -75,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from mpserver._serving.async_server import AsyncServer as AsyncServer
     from mpserver._serving.server import Server as Server
     from mpserver._wire.errors import ConfigError as ConfigError
+    from mpserver._wire.errors import PipelineFull as PipelineFull
     from mpserver._wire.errors import ServerBacklogFull as ServerBacklogFull
     from mpserver._wire.errors import TimeoutError as TimeoutError
     from mpserver._wire.errors import WorkerCrashedError as WorkerCrashedError
@@ -105,4 +117,4 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(_HOME))

@@ -64,6 +64,7 @@ from typing import Any
 
 from mpserver._compat.inherit import inherit
 from mpserver._graph.launch import child_env
+from mpserver._wire.handover import dumps_for_child
 
 try:
     import uvicorn
@@ -72,7 +73,10 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
         f"mpserver.http needs uvicorn ({e}); install it with: pip install 'mpserver[http]'", name=e.name
     ) from e
 
-__all__ = ['start_server', 'stop_server']
+# make_server and run_app are the API of mpservice <= 0.12 (make_server lived
+# on until 0.14); listed, as mpservice listed them, so that ``import *`` of an
+# older program finds them.
+__all__ = ['start_server', 'stop_server', 'make_server', 'run_app']
 
 #: uvicorn's exit status for a server that could not start (``uvicorn.main.STARTUP_FAILURE``).
 STARTUP_FAILURE = 3
@@ -218,7 +222,9 @@ def start_server(
     worker_contexts
         One value per uvicorn process, set as ``app.worker_context`` there
         before the lifespan starts (each gets ``None`` if not given).  With
-        ``workers > 1`` they are pickled.
+        ``workers > 1`` they are pickled as multiprocessing pickles a spawned
+        process's arguments, so they may hold queues, locks, events and
+        pipes made from a spawn context (``Server.get_mp_context()``).
     log_config
         Must be ``None``: uvicorn does not configure logging; the program's
         logging configuration applies.
@@ -261,6 +267,34 @@ def start_server(
             os.remove(config.uds)
 
 
+def make_server(
+    app: Callable[..., Any] | str,
+    *,
+    host: str = '0.0.0.0',
+    port: int = 8000,
+    access_log: bool = False,
+    backlog: int = 128,
+    **kwargs: Any,
+) -> uvicorn.Server:
+    """A :class:`uvicorn.Server` for ``app``, not yet running: the API of mpservice <= 0.14.
+
+    Run it with ``server.run()`` (or ``await server.serve()`` in a coroutine);
+    setting ``server.should_exit = True`` (in an endpoint, say) stops it.
+    ``host``, ``port``, ``access_log`` and ``backlog`` are those of
+    :func:`start_server`; ``**kwargs`` go to :class:`uvicorn.Config` (unlike
+    :func:`start_server`, ``log_config`` is uvicorn's own unless given).  One
+    process serves it (uvicorn's ``workers=1``).  Programs written for mpservice
+    0.15+ use :func:`start_server`.
+    """
+    config = uvicorn.Config(app, host=host, port=port, access_log=access_log, backlog=backlog, workers=1, **kwargs)
+    return uvicorn.Server(config)
+
+
+def run_app(app: Callable[..., Any] | str, **kwargs: Any) -> None:
+    """``make_server(app, **kwargs).run()``: serve until stopped (mpservice 0.12.0 to 0.12.6)."""
+    make_server(app, **kwargs).run()
+
+
 def _run_workers(config: uvicorn.Config, app: Any, options: dict[str, Any], contexts: list[Any], server_id: str) -> int:
     """Serve with ``len(contexts)`` uvicorn processes on one socket bound here;
     return 0 when stopped as asked, else the status of the process that ended
@@ -290,17 +324,23 @@ def _run_workers(config: uvicorn.Config, app: Any, options: dict[str, Any], cont
             for i, context in enumerate(contexts):
                 prep = multiprocessing.spawn.get_preparation_data(f'mpserver-http-{i}')
                 prep.pop('authkey', None)  # not picklable, and the process needs none
+                # As multiprocessing hands a spawn child its arguments: a
+                # context may hold queues, locks, events, pipes (their fds go along).
+                body, handed = dumps_for_child((app, options, context))
                 boot = {
                     'prep': prep,
-                    'body': pickle.dumps((app, options, context)),
+                    'body': body,
                     'server_id': server_id,
                     'fds': (sock.fileno(), stop.r, stop.w),
                     'parent': os.getpid(),
                 }
-                boots.append(pickle.dumps(boot))
-            for data in boots:
+                boots.append((pickle.dumps(boot), [fd for fd, _ in handed]))
+            for data, handed_fds in boots:
                 proc = subprocess.Popen(
-                    command, stdin=subprocess.PIPE, env=env, pass_fds=(sock.fileno(), stop.r, stop.w)
+                    command,
+                    stdin=subprocess.PIPE,
+                    env=env,
+                    pass_fds=(sock.fileno(), stop.r, stop.w, *handed_fds),
                 )
                 procs.append(proc)
                 assert proc.stdin is not None

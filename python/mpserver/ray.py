@@ -127,8 +127,9 @@ class RayServlet(Servlet):
     ----------
     servlet
         Any servlet tree (process workers, batching, ensembles); each replica
-        runs its own copy on its node, with that node's cores.  Its worker
-        classes must be importable on the cluster's nodes.
+        runs its own copy on its node, with that node's cores.  Worker
+        classes of the driver's script travel by value (as Ray ships them);
+        those of modules must be importable on the cluster's nodes.
     num_replicas
         Number of replica actors (default 1).
     ray_actor_options

@@ -3,7 +3,8 @@
 ``install()`` sets :data:`ENV_VAR` in the environment, which every process
 started afterwards inherits: worker processes (``_worker.child``) and the
 uvicorn processes of ``mpserver.http`` call :func:`inherit` first thing, so
-that ``mpservice`` names resolve to mpserver there too.
+that ``mpservice`` names resolve to mpserver there too.  (The processes the
+program itself starts with multiprocessing: ``_compat/spawned.py``.)
 """
 
 from __future__ import annotations

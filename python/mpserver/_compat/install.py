@@ -25,8 +25,11 @@ as before, using mpserver's ``remote_exception`` module.
 ``install()`` is idempotent.  It also sets ``MPSERVER_INSTALL=1`` in
 :data:`os.environ`; mpserver's worker processes inherit it and install the
 hook before they import the main script, so classes defined there see the
-same modules as the main process.  (Processes started otherwise, e.g. by the
-real ``mpservice.multiprocessing``, are not affected.)
+same modules as the main process.  And it makes the processes that the
+program starts with :mod:`multiprocessing` (``spawn`` and ``forkserver``:
+its own processes, a ``ProcessPoolExecutor``, the real
+``mpservice.multiprocessing``) install the hook before they import the main
+script (see ``_compat/spawned.py``).
 
 ``python -m mpserver script.py`` calls it before running the script.
 """
@@ -43,6 +46,7 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 from mpserver._compat import ENV_VAR
+from mpserver._compat.spawned import hook_spawn
 from mpserver._wire import remote as _remote
 
 __all__ = ['install']
@@ -154,8 +158,9 @@ def _replace(name: str) -> None:
 
 def install() -> None:
     """Make ``mpservice.mpserver``, ``mpservice.multiprocessing.remote_exception``
-    and ``mpservice.http`` resolve to mpserver, in this process and in
-    mpserver's worker processes.
+    and ``mpservice.http`` resolve to mpserver, in this process, in
+    mpserver's worker processes and in the processes this program starts with
+    :mod:`multiprocessing`.
 
     Idempotent, and it may run before or after ``mpservice`` is imported.
     The real ``mpservice/__init__.py`` imports ``mpservice.mpserver`` and
@@ -172,3 +177,4 @@ def install() -> None:
         _replace(_REMOTE)
         _replace(_HTTP)
     os.environ[ENV_VAR] = '1'
+    hook_spawn()

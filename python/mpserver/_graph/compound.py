@@ -307,3 +307,9 @@ class SwitchServlet(_Compound):
         if self._thread is not None:
             self._thread.join(1.0)
         self._input = self._thread = None
+
+
+#: The names of mpservice <= 0.12 (deprecated there since 0.11.8, gone in
+#: 0.13): the same classes.  Not in ``__all__``: new code uses the full names.
+Sequential = SequentialServlet
+Ensemble = EnsembleServlet

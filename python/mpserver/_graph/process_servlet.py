@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import multiprocessing.spawn
 import os
-import pickle
 import sys
 from typing import Any
 
@@ -13,11 +12,15 @@ from mpserver import _core
 from mpserver._graph.checks import Cpus, check_seconds, normalize_cpus
 from mpserver._graph.launch import Launch, boot_fd
 from mpserver._graph.servlet import _Simple
+from mpserver._wire.handover import dumps_for_child
 from mpserver._worker.api import Worker
 
 __all__ = ['ProcessServlet']
 
 _FD = _core.ChildFd
+#: Where the fds of multiprocessing objects in a worker's kwargs go in the
+#: worker process: past the fds of ``ChildFd``.
+_FIRST_HANDED_FD = max(int(fd) for fd in _FD) + 1
 _log = logging.getLogger('mpserver')
 
 
@@ -55,7 +58,10 @@ class ProcessServlet(_Simple):
         (``Server.call``/``stream``) is its own deadline for the *answer* and
         never stops a worker.
     **kwargs
-        Passed to ``worker_cls.__init__`` (they are pickled).
+        Passed to ``worker_cls.__init__``.  They are pickled as
+        multiprocessing pickles a spawned process's arguments, so they may hold
+        queues, locks, events, pipes and shared values made from a spawn
+        context (:meth:`Server.get_mp_context`).
     """
 
     _KIND = 'process'
@@ -98,21 +104,7 @@ class ProcessServlet(_Simple):
     def _start(self, launch: Launch, output: Any, output_local: bool) -> tuple[Any, bool]:
         if self._started:
             raise RuntimeError('this servlet is already running in a server')
-        main = sys.modules.get('__main__')
-        if self._worker_cls.__module__ == '__main__' and not getattr(main, '__file__', None):
-            raise TypeError(
-                f'{self._worker_cls.__qualname__} is defined in an interactive session or a '
-                "'python -c' program, which worker processes cannot import: define it in a module "
-                "or a script file (workers import your main script, like multiprocessing's spawn)"
-            )
-        try:
-            body = pickle.dumps((self._worker_cls, self._init_kwargs), 5)
-        except Exception as e:
-            raise TypeError(
-                f'{self._worker_cls.__qualname__} and its kwargs must be picklable to run in a worker '
-                f'process (define the class at module level; classes from make_worker() only work '
-                f'in a ThreadServlet): {e}'
-            ) from e
+        body, handed = self._pickle_body()
         prep = multiprocessing.spawn.get_preparation_data('mpserver-worker')
         prep.pop('authkey', None)
         n = len(self._cpus)
@@ -134,7 +126,7 @@ class ProcessServlet(_Simple):
         self._supervisor = launch.supervisor
         self._pids = [None] * n
         self._specs = [None] * n
-        fds = [
+        fds: list[tuple[int, int]] = [
             (self._boot_fd, _FD.BOOT),
             (launch.control.fd, _FD.CONTROL),
             (self._input.fd, _FD.INPUT),
@@ -145,11 +137,37 @@ class ProcessServlet(_Simple):
             fds.append((board.fd, _FD.BOARD))
         if self._meter is not None:
             fds.append((self._meter.fd, _FD.METER))
+        fds += handed  # the kwargs' own fds (they stay open in their objects here, for restarts too)
         for i, cpu in enumerate(self._cpus):
             cpus = [] if cpu is None else list(cpu) if isinstance(cpu, list) else [cpu]
             launch.add_process(self, i, [(fd, int(child)) for fd, child in fds], cpus)
         self._started = True
         return self._input, False
+
+    def _pickle_body(self) -> tuple[bytes, list[tuple[int, int]]]:
+        """The worker class and its kwargs as the worker processes unpickle them,
+        and the fds they hand over (see ``_wire.handover``)."""
+        cls = self._worker_cls
+        by_value = _by_value_pickler(cls)
+        if by_value is not None:
+            return by_value.dumps((cls, self._init_kwargs), protocol=5), []
+        main = sys.modules.get('__main__')
+        if cls.__module__ == '__main__' and not getattr(main, '__file__', None):
+            raise TypeError(
+                f'{cls.__qualname__} is defined in an interactive session or a '
+                "'python -c' program, which worker processes cannot import: define it in a module "
+                "or a script file (workers import your main script, like multiprocessing's spawn)"
+            )
+        try:
+            # As multiprocessing hands a spawned process its arguments: kwargs
+            # may hold queues, locks, events, pipes; their fds go along.
+            return dumps_for_child((cls, self._init_kwargs), _FIRST_HANDED_FD)
+        except Exception as e:
+            raise TypeError(
+                f'{cls.__qualname__} and its kwargs must be picklable to run in a worker '
+                f'process (define the class at module level; classes from make_worker() only work '
+                f'in a ThreadServlet): {e}'
+            ) from e
 
     def _spawned(self, index: int, spec: Any, pid: int) -> None:
         """Called by the Launch: worker ``index`` runs as ``pid``, started from ``spec``."""
@@ -244,3 +262,26 @@ class ProcessServlet(_Simple):
         info: dict[str, Any] = {'type': type(self).__name__, 'worker': self._worker_cls.__qualname__, 'children': out}
         info.update(self._health())
         return info
+
+
+def _by_value_pickler(cls: type) -> Any:
+    """The cloudpickle module to pickle ``cls`` with, by value, when it came by
+    value from another process's ``__main__``; else ``None``.
+
+    Ray (and other cloudpickle users: Dask, joblib's loky) ship a class defined
+    in the driver's script by value: in a Ray actor or task, such a class says
+    it lives in ``__main__``, but this process's ``__main__`` (Ray's worker
+    script) does not hold it, so worker processes cannot import it by name.
+    Such a class goes to them by value too, with a cloudpickle already loaded
+    in this process (the one that brought it; the worker processes, in the
+    same environment, import it to unpickle).  A class of this process's own
+    ``__main__``, or one defined in a function, is still pickled by name.
+    """
+    if cls.__module__ != '__main__' or '<locals>' in cls.__qualname__:
+        return None
+    held: Any = sys.modules.get('__main__')
+    for part in cls.__qualname__.split('.'):
+        held = getattr(held, part, None)
+    if held is cls:
+        return None
+    return sys.modules.get('cloudpickle') or sys.modules.get('ray.cloudpickle')

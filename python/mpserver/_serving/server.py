@@ -147,6 +147,11 @@ class Server:
         book = run.book if run is not None else None
         return book.backlog if book is not None else 0
 
+    def full(self) -> bool:
+        """Whether the server holds ``capacity`` requests now (older mpservice API:
+        the next call with ``backpressure=True`` would be refused)."""
+        return self.backlog >= self._capacity
+
     @property
     def _state(self) -> str:
         """'new', 'running', 'stopping', 'stopped', or 'forked' (a copy of a

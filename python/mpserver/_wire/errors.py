@@ -35,6 +35,11 @@ class ServerBacklogFull(RuntimeError):
         )
 
 
+#: The name of mpservice <= 0.12 (``PipelineFull``, kept "for backward
+#: compatibility" until 0.13): the same class.  Not in ``__all__``.
+PipelineFull = ServerBacklogFull
+
+
 class WorkerStartupError(RuntimeError):
     """A worker did not start: its process exited before it reported ready
     (e.g. it could not import its class), or its ``__init__`` raised a

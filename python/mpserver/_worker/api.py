@@ -76,6 +76,10 @@ class Worker:
     cpu_affinity
         CPUs this worker's process is pinned to (an int or a list of ints), or
         ``None``.  Supplied by :class:`ProcessServlet` from its ``cpus``.
+    batch_size_log_cadence
+        Accepted for programs written for mpservice <= 0.12, where it set how
+        often batch sizes were logged; kept as ``self.batch_size_log_cadence``
+        (mpserver logs no batch statistics; its counters are in :meth:`Server.stats`).
     """
 
     def __init__(
@@ -85,13 +89,14 @@ class Worker:
         batch_size: int | None = None,
         batch_wait_time: float | None = None,
         cpu_affinity: int | list[int] | None = None,
+        batch_size_log_cadence: int | None = 1_000_000,
     ) -> None:
         batch_size, batch_wait_time = _normalize_batching(batch_size, batch_wait_time)
         self.worker_index = worker_index
         self.batch_size = batch_size
         self.batch_wait_time = batch_wait_time
         #: Kept for compatibility with mpservice; mpserver does not log batch statistics.
-        self.batch_size_log_cadence = 1_000_000
+        self.batch_size_log_cadence = batch_size_log_cadence
         self.name = f'{_process.name()}-{threading.current_thread().name}'
         cpu_affinity = _normalize_cpu_affinity(cpu_affinity)
         if cpu_affinity is not None:
