@@ -1,10 +1,10 @@
 """Server: the main-process face of a servlet graph.
 
 ``call`` and ``stream`` encode inputs (pickle for process workers, object
-references for thread workers), hand them to the C++ request book, which takes a
-slot in its request book (the capacity bound), pushes the request into the
-entry ring, and blocks with the GIL released until the collector thread
-delivers the result into that slot.  What a running server holds is one
+references for thread workers) and hand them to the C++ request book, which
+takes a slot (the capacity bound), pushes the request into the entry ring,
+and blocks with the GIL released until the collector thread delivers the
+result into that slot.  What a running server holds is one
 record (``running.Running``); a stream's state is a ``stream.StreamRun``;
 the asyncio face (``async_server``) submits through the same request path.
 """
