@@ -106,7 +106,7 @@ def ocr_text_ok(answer: str | bytes, expected: str) -> bool:
     if isinstance(answer, bytes):
         answer = answer.decode('utf-8', 'replace')
     got, want = answer.strip().split('\n'), expected.split('\n')
-    return len(got) == len(want) and all(_normal(a) == _normal(b) for a, b in zip(got, want))
+    return len(got) == len(want) and all(_normal(a) == _normal(b) for a, b in zip(got, want, strict=True))
 
 
 def ocr_engine() -> Any:
