@@ -154,7 +154,8 @@ def pythons(peers: list[Peer], args: argparse.Namespace) -> dict[str, tuple[str 
 def server_env() -> dict[str, str]:
     env = dict(os.environ, **work.THREAD_ENV)
     env[WORKERS_ENV] = str(os.cpu_count() or 1)
-    paths = [ROOT, *([os.path.join(ROOT, 'python')] if built_core() else [])]
+    # examples/: worker processes re-import the examples' classes (peers/mpserver_native.py) by name.
+    paths = [ROOT, os.path.join(ROOT, 'examples'), *([os.path.join(ROOT, 'python')] if built_core() else [])]
     env['PYTHONPATH'] = os.pathsep.join([*paths, *filter(None, env.get('PYTHONPATH', '').split(os.pathsep))])
     env.pop(INNER_ENV, None)
     return env
@@ -742,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f'{venv}: {python or why}')
         return 0
     sizes = Sizes(args.quick)
+    os.environ['PYTHONPATH'] = server_env()['PYTHONPATH']  # the offline runs' worker processes
     logdir = args.logdir or tempfile.mkdtemp(prefix='real-models-')
     log(f'servers log into {logdir}')
     data: dict[str, Any] = {

@@ -128,7 +128,9 @@ async def open_loop(
         try:
             return _Conn(*await asyncio.open_connection(host, port))
         except BaseException:
-            opened -= 1
+            async with freed:
+                opened -= 1
+                freed.notify()
             raise
 
     async def give(conn: _Conn | None) -> None:
@@ -144,34 +146,31 @@ async def open_loop(
         late = time.perf_counter() - start - due
         index = first_index + i
         body = bodies[index % len(bodies)]
-        conn = None
+        conn = None  # a connection this request holds (counted in ``opened``)
+        error = ''
         try:
             async with asyncio.timeout(timeout):
                 try:
                     conn = await take()
                 except OSError:
-                    outcomes.append(Outcome(index, due, time.perf_counter() - start - due, 0, CONNECT, late=late))
-                    conn = None
-                    await give(None)
-                    return
-                conn.writer.write(prefix + str(len(body)).encode() + b'\r\n\r\n' + body)
-                status, data, keep = await _read_response(conn.reader)
-            outcomes.append(Outcome(index, due, time.perf_counter() - start - due, status, body=data, late=late))
-            if keep:
-                await give(conn)
-            else:
-                conn.close()
-                await give(None)
+                    error = CONNECT
+                else:
+                    conn.writer.write(prefix + str(len(body)).encode() + b'\r\n\r\n' + body)
+                    status, data, keep = await _read_response(conn.reader)
         except TimeoutError:
-            outcomes.append(Outcome(index, due, time.perf_counter() - start - due, 0, TIMEOUT, late=late))
-            if conn is not None:
-                conn.close()
-            await give(None)
+            error = TIMEOUT
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as e:
-            outcomes.append(Outcome(index, due, time.perf_counter() - start - due, 0, type(e).__name__, late=late))
-            if conn is not None:
+            error = type(e).__name__
+        latency = time.perf_counter() - start - due
+        if error:
+            outcomes.append(Outcome(index, due, latency, 0, error, late=late))
+            keep = False
+        else:
+            outcomes.append(Outcome(index, due, latency, status, body=data, late=late))
+        if conn is not None:
+            if not keep:
                 conn.close()
-            await give(None)
+            await give(conn if keep else None)
 
     tasks = []
     start = time.perf_counter()
@@ -179,8 +178,8 @@ async def open_loop(
     for i in range(count):
         due = i / rate
         delay = start + due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # When behind, still yield, so that the requests already started make progress.
+        await asyncio.sleep(max(delay, 0))
         tasks.append(loop.create_task(one(i, due, start)))
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - start

@@ -1,5 +1,8 @@
 """mpserver's native front: ``python -m mpserver serve benchmarks.real.peers.mpserver_native:WORKLOAD``.
 
+The servlets are the examples' (``examples/ocr_service.py``,
+``examples/digits_service.py``), so the benchmark serves what a user reads:
+
 * ``ocr``: ``SequentialServlet(ProcessServlet(Detect), ProcessServlet(Recognise))``,
   each stage with :func:`~benchmarks.real.peers.settings.workers` processes (one per
   core); no batching.  The crops travel from stage to stage pickled.
@@ -8,75 +11,40 @@
   bad body fails alone, not its batch.
 
 Served at ``POST /``; ready when ``GET /readyz`` answers 200.  The same servlets
-serve the uvicorn peer (``mpserver_asgi.py``).
+serve the uvicorn peer (``mpserver_asgi.py``) and the offline runs.  Worker
+processes re-import the examples' classes by module name, so ``examples/`` must
+be on ``PYTHONPATH`` (``real_models.py`` puts it there).
 """
 
 from __future__ import annotations
 
-import time
+import os
+import sys
 
-from mpserver import ProcessServlet, SequentialServlet, Worker
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+EXAMPLES = os.path.join(ROOT, 'examples')
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
 
-from benchmarks.real import work
-from benchmarks.real.peers.settings import workers
+import digits_service  # noqa: E402
+import ocr_service  # noqa: E402
+
+from benchmarks.real.peers.settings import workers  # noqa: E402
 
 PATH = '/'
 HEALTH = '/readyz'
 
 
-class Detect(Worker):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.stage = work.OcrDetect()
-
-    def call(self, png):
-        return self.stage(png)
-
-
-class Recognise(Worker):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.stage = work.OcrRecognise()
-
-    def call(self, crops):
-        return self.stage(crops)
-
-
-class Digits(Worker):
-    onnx = False
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.model = work.Digits(onnx=self.onnx)
-
-    def preprocess(self, body):
-        return work.parse_row(body)
-
-    def call(self, items):
-        sleep = max(s for _, s in items)
-        if sleep:
-            time.sleep(sleep)
-        return [{'label': label} for label in self.model.labels([row for row, _ in items])]
-
-
-class DigitsOnnx(Digits):
-    onnx = True
-
-
 def ocr():
-    return SequentialServlet(ProcessServlet(Detect, cpus=workers()), ProcessServlet(Recognise, cpus=workers()))
-
-
-def _digits(cls):
-    return ProcessServlet(cls, cpus=workers(), batch_size=work.BATCH_SIZE, batch_wait_time=work.BATCH_WAIT)
+    return ocr_service.servlet(workers())
 
 
 def digits():
-    return _digits(Digits)
+    return digits_service.servlet(onnx=False, workers=workers())
 
 
 def digits_onnx():
-    return _digits(DigitsOnnx)
+    return digits_service.servlet(onnx=True, workers=workers())
 
 
 SERVLETS = {'ocr': ocr, 'digits': digits, 'digits-onnx': digits_onnx}
