@@ -84,14 +84,19 @@ class Sizes:
         self.seconds = 1.5 if quick else 10.0  # one open-loop run
         self.idle = 0.5 if quick else 5.0
         self.goodput_steps = 1 if quick else 4
-        self.kill_every, self.kill_for = (1.0, 3.0) if quick else (5.0, 60.0)
+        # --quick: slower than a digits worker's restart (~3 s to train its model), or every kill lands on a restart.
+        self.kill_every, self.kill_for = (3.0, 6.0) if quick else (5.0, 60.0)
         self.stuck_sleep = 2.0 if quick else 30.0
         self.stuck_share = 0.05 if quick else 0.005
-        self.restart_run = 6.0 if quick else 30.0
+        self.restart_run = 12.0 if quick else 30.0  # the restart comes at a quarter of it: room for a cold start
         self.bad_share = 0.05 if quick else 0.01
         self.ready_timeout = 120.0
+        self.timeout_scale = 0.5 if quick else 1.0  # of timeout_for(): --quick waits less for hopeless requests
         self.offline_items = {'ocr': 40 if quick else 1_000, 'digits': 400 if quick else 10_000}
         self.samples = {'ocr': 16 if quick else 64, 'digits': 500 if quick else 2_000}
+
+
+SIZES = Sizes(quick=False)  # main() sets the run's
 
 
 def timeout_for(workload: str) -> float:
@@ -393,7 +398,7 @@ def shoot(server: Running, samples: Samples, rate: float, seconds: float, bodies
         [b for b, _ in wire],
         rate,
         seconds,
-        timeout=timeout_for(samples.workload),
+        timeout=timeout_for(samples.workload) * SIZES.timeout_scale,
         content_type=content_type,
     )
 
@@ -669,11 +674,11 @@ def report(data: dict) -> str:
                 lines.append(f'| {peer} | skipped: {r["skipped"]} | | |')
                 continue
             q, b = r.get('quiet', {}), r.get('busy', {})
-            ratio = b.get('items_per_s', float('nan')) / q.get('items_per_s', float('nan'))
-            lines.append(
-                f'| {peer} | {q.get("items_per_s", float("nan")):.1f} (chunk {q.get("chunk", 0):.0f}) '
-                f'| {b.get("items_per_s", float("nan")):.1f} | {ratio:.2f} |'
-            )
+            quiet = f'{q["items_per_s"]:.1f} (chunk {q["chunk"]:.0f})' if q.get('items_per_s') else '—'
+            busy = f'{b["items_per_s"]:.1f}' if b.get('items_per_s') else '—'
+            both = q.get('items_per_s') and b.get('items_per_s')
+            ratio = f'{b["items_per_s"] / q["items_per_s"]:.2f}' if both else '—'
+            lines.append(f'| {peer} | {quiet} | {busy} | {ratio} |')
         lines.append('')
     return '\n'.join(lines)
 
@@ -748,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
         for venv, (python, why) in found.items():
             log(f'{venv}: {python or why}')
         return 0
-    sizes = Sizes(args.quick)
+    global SIZES
+    sizes = SIZES = Sizes(args.quick)
     os.environ['PYTHONPATH'] = server_env()['PYTHONPATH']  # the offline runs' worker processes
     logdir = args.logdir or tempfile.mkdtemp(prefix='real-models-')
     log(f'servers log into {logdir}')
