@@ -757,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SIZES = Sizes(args.quick)
     os.environ['PYTHONPATH'] = server_env()['PYTHONPATH']  # the offline runs' worker processes
     logdir = args.logdir or tempfile.mkdtemp(prefix='real-models-')
+    os.makedirs(logdir, exist_ok=True)
     log(f'servers log into {logdir}')
     data: dict[str, Any] = {
         'quick': args.quick,
