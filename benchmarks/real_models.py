@@ -268,12 +268,15 @@ class Running:
     def first_answer(self, body: bytes, content_type: str, check: Callable[[bytes], bool], limit: float) -> float:
         """Seconds from the process's start to the first correct answer."""
         deadline = time.perf_counter() + limit
+        failed = 0
         while True:
             status, data = self.post(body, content_type, timeout=max(1.0, deadline - time.perf_counter()))
             if status == 200 and check(data):
                 return time.perf_counter() - self.t0
-            if time.perf_counter() > deadline:
-                raise NotServing(f'no correct answer within {limit:.0f} s (last: {status} {data[:200]!r})')
+            # 503 and no answer may mean "still starting"; anything else 20 times over is a broken config.
+            failed += status not in (0, 503)
+            if time.perf_counter() > deadline or failed >= 20:
+                raise NotServing(f'no correct answer (last: {status} {data[:200]!r}); log: {self.log_tail()}')
             time.sleep(0.05)
 
     def tree(self) -> list[int]:

@@ -36,16 +36,17 @@ CAPACITY = 1024
 
 
 class Detect(Worker):
+    # (Not ``self.stage``: mosec's Worker has a ``stage`` property, the stage's name.)
     def __init__(self):
         super().__init__()
-        self.stage = work.OcrDetect()
+        self.step = work.OcrDetect()
 
     def deserialize(self, data: bytes) -> bytes:
         return data
 
     def forward(self, png: bytes):
         try:
-            return self.stage(png)
+            return self.step(png)
         except work.NotAnImage as e:
             raise DecodingError(str(e)) from None
 
@@ -55,10 +56,10 @@ class Recognise(Worker):
 
     def __init__(self):
         super().__init__()
-        self.stage = work.OcrRecognise()
+        self.step = work.OcrRecognise()
 
     def forward(self, crops):
-        return self.stage(crops)
+        return self.step(crops)
 
     def serialize(self, data: str) -> bytes:
         return data.encode()
