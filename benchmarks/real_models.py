@@ -353,6 +353,11 @@ class Samples:
     def ok(self, i: int, data: bytes) -> bool:
         want = self.expected[i % len(self.expected)]
         if self.workload == 'ocr':
+            if data.startswith(b'{'):  # a peer that answers JSON only (LitServe): {"text": ...}
+                try:
+                    data = json.loads(data)['text'].encode()
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    return False
             return work.ocr_text_ok(data, want)
         try:
             value = json.loads(data)
