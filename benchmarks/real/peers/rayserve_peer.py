@@ -5,7 +5,8 @@ on the port, each model a deployment of ``workers()`` replicas with
 ``num_cpus=1`` each.
 
 * ``ocr``: Serve's model composition: a ``Detect`` and a ``Recognise``
-  deployment (``workers()`` replicas each), called through their
+  deployment (``workers()`` replicas each, ``num_cpus=0.5``: the two stages
+  share the cores), called through their
   ``DeploymentHandle`` by an ingress deployment (one replica, ``num_cpus=0``)
   that reads the raw PNG body and answers with the text; no batching.
 * ``digits`` / ``digits-onnx``: one deployment whose ``__call__`` reads the body
@@ -39,9 +40,12 @@ PATH = '/'
 HEALTH = '/-/healthz'
 N = settings.workers()
 ONE_CPU = {'num_cpus': 1}
+# The two OCR stages share the cores, as mpserver's and mosec's two stages of one process per core do
+# (with a whole CPU each, the second stage's replicas would never be scheduled).
+HALF_CPU = {'num_cpus': 0.5}
 
 
-@serve.deployment(num_replicas=N, ray_actor_options=ONE_CPU)
+@serve.deployment(num_replicas=N, ray_actor_options=HALF_CPU)
 class Detect:
     def __init__(self):
         self.stage = work.OcrDetect()
@@ -50,7 +54,7 @@ class Detect:
         return self.stage(png)
 
 
-@serve.deployment(num_replicas=N, ray_actor_options=ONE_CPU)
+@serve.deployment(num_replicas=N, ray_actor_options=HALF_CPU)
 class Recognise:
     def __init__(self):
         self.stage = work.OcrRecognise()
@@ -101,7 +105,8 @@ class DigitsOnnx(Digits.func_or_class):
 
 def main() -> None:
     args = settings.parse(__doc__.split('\n\n')[0])
-    ray.init(num_cpus=N, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address='local': a cluster of its own, even when another one runs on this machine.
+    ray.init(address='local', num_cpus=N, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={'host': args.host, 'port': args.port})
     if args.workload == 'ocr':
         app = OcrFront.bind(Detect.bind(), Recognise.bind())
