@@ -87,7 +87,9 @@ class Sizes:
         # --quick: slower than a digits worker's restart (~3 s to train its model), or every kill lands on a restart.
         self.kill_every, self.kill_for = (3.0, 6.0) if quick else (5.0, 60.0)
         self.stuck_sleep = 2.0 if quick else 30.0
-        self.stuck_share = 0.05 if quick else 0.005
+        # --quick: a few stuck requests only: each holds a worker for stuck_sleep, and the rounds after it
+        # run on the same server (at 5 %, the backlog they left made the next round all timeouts).
+        self.stuck_share = 0.003 if quick else 0.005
         self.restart_run = 12.0 if quick else 30.0  # the restart comes at a quarter of it: room for a cold start
         self.bad_share = 0.05 if quick else 0.01
         self.ready_timeout = 120.0
@@ -537,6 +539,8 @@ def _failures(server, fresh, record, values, samples, rate, sizes) -> None:
         finally:
             if not sizes.quick:
                 server.stop()
+        if sizes.quick:
+            time.sleep(sizes.stuck_sleep)  # let the stuck batches end before the next round on this server
     # (a) kill -9 a random worker every few seconds.
     if not sizes.quick:
         server = fresh()
