@@ -751,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(w not in work.WORKLOADS for w in workloads):
         p.error(f'--workloads: choose from {work.WORKLOADS}')
     peers = [BY_KEY[k] for k in wanted if k in BY_KEY]
+    if built_core() and os.path.join(ROOT, 'python') not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, 'python'))  # mpserver for the offline runs, from the checkout
     # Re-run in the base venv (the workloads' packages make the bodies and the expected answers).
     if args.python == 'venv' and not os.environ.get(INNER_ENV):
         base, why = ensure_venv('base', install=not args.no_install)
