@@ -117,6 +117,9 @@ EXAMPLES = {
     # These start a local Ray instance each (~10 s): Ray's budget, not the suite's.
     'ray_pipeline.py': Example(check_ray_pipeline, needs=('ray',)),
     'ray_http_per_node.py': Example(check_ray_http_per_node, needs=('ray',)),
+    # Services of issue 35's workloads: their test starts each and checks an answer.
+    'digits_service.py': Example(covered='tests/test_real_models.py::test_digits_example_answers_the_models_label'),
+    'ocr_service.py': Example(covered='tests/test_real_models.py::test_ocr_example_reads_the_text_that_was_drawn'),
 }
 
 
@@ -515,6 +518,19 @@ COMMANDS = [
         ],
         [options('benchmarks/ray_bench.py')],
         why=BENCH,
+    ),
+    Entry(
+        [
+            'python benchmarks/real_models.py --install-only',
+            'python benchmarks/real_models.py',
+            'python benchmarks/real_models.py --quick --peers mpserver-native,fastapi --workloads digits',
+            'python benchmarks/real_models.py --from-json run.json',
+        ],
+        [
+            options('benchmarks/real_models.py'),
+            covered('tests/test_real_models.py::test_quick_run_serves_digits_with_two_peers_and_reports_them'),
+        ],
+        why='installs a venv per serving framework (~5 GB) and runs for hours; the --quick run has its own test',
     ),
 ]
 
