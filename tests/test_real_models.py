@@ -22,9 +22,11 @@ else with the benchmark's ``base`` venv if ``python benchmarks/real_models.py
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -150,6 +152,11 @@ def workload_python() -> str:
     if all(importlib.util.find_spec(m) for m in WORKLOAD_MODULES):
         return sys.executable
     if os.path.exists(BASE_VENV_PYTHON):
+        version = subprocess.run(
+            [BASE_VENV_PYTHON, '-c', 'import sys; print(sys.version_info[:2])'], capture_output=True, text=True
+        ).stdout.strip()
+        if version != str(sys.version_info[:2]):
+            pytest.skip(f'the base venv is Python {version}, this mpserver is built for {sys.version_info[:2]}')
         return BASE_VENV_PYTHON
     pytest.skip(
         f'needs {", ".join(WORKLOAD_MODULES)} (pip install ".[real]"), or the benchmark\'s base venv: '
@@ -157,13 +164,27 @@ def workload_python() -> str:
     )
 
 
+def _mpserver_only() -> str:
+    """A directory holding nothing but the mpserver this test imports (a link
+    to it): the base venv has the workloads' packages but not mpserver, and
+    the site-packages of this interpreter would bring everything else too."""
+    import tempfile
+
+    import mpserver
+
+    home = tempfile.mkdtemp(prefix='mpserver-only-')
+    atexit.register(shutil.rmtree, home, True)
+    os.symlink(os.path.dirname(os.path.abspath(mpserver.__file__)), os.path.join(home, 'mpserver'))
+    return home
+
+
+MPSERVER_ONLY = _mpserver_only()
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop('PYTHONSAFEPATH', None)
-    paths = [ROOT, os.path.join(ROOT, 'examples')]
-    core = [f for f in os.listdir(os.path.join(ROOT, 'python', 'mpserver')) if f.startswith('_core')]
-    if core:
-        paths.append(os.path.join(ROOT, 'python'))
+    paths = [ROOT, os.path.join(ROOT, 'examples'), MPSERVER_ONLY]
     env['PYTHONPATH'] = os.pathsep.join([*paths, *(p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p)])
     env.update({'OMP_NUM_THREADS': '1', 'OPENBLAS_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'})
     return env
