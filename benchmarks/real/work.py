@@ -256,6 +256,15 @@ class Digits:
             return [int(v) for v in self.session.run(None, {self.session.get_inputs()[0].name: x})[0]]
         return [int(v) for v in self.model.predict(x)]
 
+    def labels_of(self, items: list[tuple[list[float], float]]) -> list[int]:
+        """Labels of parsed rows ``(row, sleep)`` (what :func:`parse_row` gives).
+        A batch first waits for its longest ``sleep``: the failure round's
+        stuck request holds up the batch it joined, in every server alike."""
+        sleep = max((s for _, s in items), default=0.0)
+        if sleep:
+            time.sleep(sleep)
+        return self.labels([r for r, _ in items]) if items else []
+
     def score(self, bodies: list[Any]) -> list[dict | Exception]:
         """One answer per body, ``{"label": int}``, or the :class:`BadRequest` for a bad body."""
         parsed: list[tuple[list[float], float] | Exception] = []
@@ -264,11 +273,7 @@ class Digits:
                 parsed.append(parse_row(body))
             except BadRequest as e:
                 parsed.append(e)
-        good = [p for p in parsed if not isinstance(p, Exception)]
-        sleep = max((s for _, s in good), default=0.0)
-        if sleep:
-            time.sleep(sleep)
-        labels = iter(self.labels([r for r, _ in good]) if good else [])
+        labels = iter(self.labels_of([p for p in parsed if not isinstance(p, Exception)]))
         return [p if isinstance(p, Exception) else {'label': next(labels)} for p in parsed]
 
     def one(self, body: Any) -> dict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
@@ -79,10 +78,7 @@ class Digits(Worker):
             raise DecodingError(str(e)) from None
 
     def forward(self, items: list):
-        sleep = max(s for _, s in items)
-        if sleep:
-            time.sleep(sleep)
-        return [{'label': label} for label in self.model.labels([row for row, _ in items])]
+        return [{'label': label} for label in self.model.labels_of(items)]
 
 
 class DigitsOnnx(Digits):

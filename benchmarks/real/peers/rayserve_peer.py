@@ -23,7 +23,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
@@ -92,10 +91,8 @@ class Digits:
 
     @serve.batch(max_batch_size=work.BATCH_SIZE, batch_wait_timeout_s=work.BATCH_WAIT)
     async def score(self, items):
-        sleep = max(s for _, s in items)
-        if sleep:
-            time.sleep(sleep)  # the model is synchronous: a stuck request holds its replica
-        return [{'label': label} for label in self.model.labels([row for row, _ in items])]
+        # The model is synchronous: a stuck request holds its replica.
+        return [{'label': label} for label in self.model.labels_of(items)]
 
 
 @serve.deployment(num_replicas=N, ray_actor_options=ONE_CPU)
